@@ -1,0 +1,185 @@
+//! The operations behind the PHP functions: who we are + one connection + the table's SQL.
+//! Nothing here knows about PHP.
+
+use crate::connection;
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::invalidations::{self, InvalidationRow, Owner, ReleaseOutcome, RowFilter};
+use crate::options::{Key, Options, Value};
+use crate::schema::{self, SchemaOptions, SchemaReport};
+
+/// The owner columns this process writes, from its identity read now (after a fork, the
+/// child's own pid).
+pub fn current_owner() -> Owner {
+    let me = Identity::current();
+    Owner {
+        process_id: Some(me.process_id()),
+        processing_host: me.host,
+    }
+}
+
+pub fn claim(idinvalidation: i64) -> Result<bool> {
+    if idinvalidation < 1 {
+        return Err(Error::invalid(format!(
+            "claim_invalidation(): idinvalidation must be 1 or more, got {idinvalidation}"
+        )));
+    }
+    let owner = current_owner();
+    connection::run("claim_invalidation", |conn, config, attempt| {
+        invalidations::claim(conn, config, idinvalidation, &owner, attempt)
+    })
+}
+
+/// Gives this process's claims among `ids` back; returns how many rows changed (re-queued or
+/// deleted as duplicates), as Matomo's `releaseInProgressInvalidations()` does.
+pub fn release(ids: &[i64]) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let owner = current_owner();
+    let mut changed = 0;
+    connection::run("release_invalidations", |conn, config, _| {
+        // On a retry after reconnect, rows released by the first pass are no longer ours and
+        // drop out here, so `changed` keeps counting each row once.
+        for (id, fence) in invalidations::owned_claims(conn, config, ids, &owner)? {
+            match invalidations::release_one(conn, config, id, &fence)? {
+                ReleaseOutcome::Reset | ReleaseOutcome::DeletedDuplicate => changed += 1,
+                ReleaseOutcome::LostRace => {}
+            }
+        }
+        Ok(())
+    })?;
+    Ok(changed)
+}
+
+/// Deletes this process's finished claims among `ids`; returns how many were deleted.
+pub fn complete(ids: &[i64]) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let owner = current_owner();
+    let mut deleted = 0;
+    connection::run("complete_invalidations", |conn, config, _| {
+        deleted += invalidations::complete(conn, config, ids, &owner)?;
+        Ok(())
+    })?;
+    Ok(deleted)
+}
+
+pub fn in_progress(filter: &RowFilter) -> Result<Vec<InvalidationRow>> {
+    connection::run("in_progress", |conn, config, _| {
+        invalidations::in_progress(conn, config, filter)
+    })
+}
+
+pub fn install_schema(options: &SchemaOptions) -> Result<SchemaReport> {
+    let mut table = String::new();
+    let report = connection::run("install_schema", |conn, config, _| {
+        table = config.table_name(invalidations::TABLE);
+        schema::install(conn, config, options)
+    })?;
+    report.ok_or_else(|| {
+        Error::Schema(format!(
+            "install_schema(): table `{table}` does not exist in this database; is tables_prefix \
+             right, and is Matomo installed here?"
+        ))
+    })
+}
+
+pub const FILTER_KEYS: &[&str] = &["idsites", "hosts", "started_after", "started_before"];
+
+pub fn parse_filter(function: &'static str, entries: &[(Key, Value)]) -> Result<RowFilter> {
+    let o = Options::new(function, entries, FILTER_KEYS)?;
+    Ok(RowFilter {
+        idsites: o.ids("idsites")?,
+        hosts: o.strings("hosts")?,
+        started_after: datetime(&o, "started_after")?,
+        started_before: datetime(&o, "started_before")?,
+    })
+}
+
+pub fn parse_schema_options(entries: &[(Key, Value)]) -> Result<SchemaOptions> {
+    let o = Options::new("install_schema", entries, &["index", "dry_run"])?;
+    Ok(SchemaOptions {
+        add_index: o.bool("index")?.unwrap_or(false),
+        dry_run: o.bool("dry_run")?.unwrap_or(false),
+    })
+}
+
+/// 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD' on the database clock, as Matomo writes ts_started.
+fn datetime(o: &Options, key: &str) -> Result<Option<String>> {
+    let Some(s) = o.string(key)? else {
+        return Ok(None);
+    };
+    if is_datetime(s) {
+        Ok(Some(s.to_owned()))
+    } else {
+        Err(Error::invalid(format!(
+            "{}(): option '{key}' must look like '2026-11-29 03:00:00' (database time), got '{}'",
+            o.function(),
+            s.chars().take(40).collect::<String>()
+        )))
+    }
+}
+
+fn is_datetime(s: &str) -> bool {
+    let shape = |pattern: &str| {
+        s.len() == pattern.len()
+            && s.bytes().zip(pattern.bytes()).all(|(c, p)| match p {
+                b'9' => c.is_ascii_digit(),
+                other => c == other,
+            })
+    };
+    shape("9999-99-99") || shape("9999-99-99 99:99:99")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(k: &str, v: Value) -> (Key, Value) {
+        (Key::Str(k.into()), v)
+    }
+
+    #[test]
+    fn filters_parse_and_refuse_what_is_wrong() {
+        let f = parse_filter(
+            "in_progress",
+            &[
+                s("idsites", Value::Array(vec![(Key::Int(0), Value::Int(3))])),
+                s("started_before", Value::Str("2026-11-29 03:00:00".into())),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(f.idsites, Some(vec![3]));
+        assert_eq!(f.started_before.as_deref(), Some("2026-11-29 03:00:00"));
+
+        for bad in [
+            vec![s("idsite", Value::Int(1))],
+            vec![s("idsites", Value::Int(1))],
+            vec![s("started_after", Value::Str("yesterday".into()))],
+            vec![s(
+                "started_after",
+                Value::Str("2026-11-29' OR 1=1 --".into()),
+            )],
+            vec![s(
+                "hosts",
+                Value::Array(vec![(Key::Int(0), Value::Str(String::new()))]),
+            )],
+        ] {
+            assert!(parse_filter("in_progress", &bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn claims_refuse_ids_below_one_before_touching_the_database() {
+        // No configuration exists in this test process: the id check must come first.
+        assert!(matches!(claim(0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(claim(-5), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn database_calls_without_configuration_say_how_to_configure() {
+        assert!(matches!(claim(1), Err(Error::NotConfigured)));
+    }
+}

@@ -1,0 +1,164 @@
+//! Who is calling: host name, pid, and what makes this process start unique (its start time,
+//! the boot it runs in, its pid namespace). Also the same facts about any other local pid, which
+//! is how a reaper proves that an owner is gone or that its pid now belongs to someone else.
+
+use std::fs;
+
+/// Matomo's `processing_host` column is VARCHAR(100); a longer name would be cut by the server
+/// and then never match our fenced statements, so we cut it the same way first.
+pub const MAX_HOST_CHARS: usize = 100;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// What PHP's gethostname() returns; None where that fails (Matomo then stores NULL).
+    pub host: Option<String>,
+    pub pid: u32,
+    /// Wall-clock start of this process, Unix seconds (10 ms resolution, from /proc).
+    pub started_at: Option<f64>,
+    pub boot_id: Option<String>,
+    /// Inode of /proc/self/ns/pid: processes in different pid namespaces may share a pid.
+    pub pid_namespace: Option<u64>,
+}
+
+impl Identity {
+    /// The facts about the calling process, read fresh (a forked child has a new pid).
+    pub fn current() -> Identity {
+        let pid = std::process::id();
+        Identity {
+            host: host_name(),
+            pid,
+            started_at: process_start_time("self"),
+            boot_id: boot_id(),
+            pid_namespace: pid_namespace("self"),
+        }
+    }
+
+    /// `process_id` as Matomo stores it: the pid in decimal.
+    pub fn process_id(&self) -> String {
+        self.pid.to_string()
+    }
+}
+
+pub fn host_name() -> Option<String> {
+    let name = hostname::get().ok()?.to_string_lossy().into_owned();
+    if name.is_empty() {
+        return None;
+    }
+    Some(name.chars().take(MAX_HOST_CHARS).collect())
+}
+
+pub fn boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+pub fn pid_namespace(pid: &str) -> Option<u64> {
+    let link = fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
+    parse_namespace_link(&link.to_string_lossy())
+}
+
+/// `pid:[4026531836]` -> 4026531836
+fn parse_namespace_link(link: &str) -> Option<u64> {
+    link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// When a local process started, in Unix seconds; None if there is no such process (in this
+/// pid namespace) or /proc cannot tell.
+pub fn process_start_time(pid: &str) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = start_ticks_from_stat(&stat)?;
+    let boot_time = boot_time_from_proc_stat(&fs::read_to_string("/proc/stat").ok()?)?;
+    Some(boot_time as f64 + ticks as f64 / clock_ticks_per_second())
+}
+
+/// Whether a pid exists in the caller's pid namespace.
+pub fn pid_exists(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok()
+}
+
+/// Field 22 of /proc/<pid>/stat: start time in clock ticks after boot. Field 2 (the command)
+/// may contain spaces and parentheses, so count fields after the last ')'.
+fn start_ticks_from_stat(stat: &str) -> Option<u64> {
+    let after_command = &stat[stat.rfind(')')? + 1..];
+    // after ')' come fields 3.. ; field 22 is the 20th of them.
+    after_command.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `btime` of /proc/stat: boot time in Unix seconds.
+fn boot_time_from_proc_stat(proc_stat: &str) -> Option<u64> {
+    proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_start_time_field_past_a_hostile_command_name() {
+        // comm "(a) b)" has spaces and parentheses; starttime is 123456.
+        let stat = "4242 ((a) b)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10 18446744073709551615";
+        assert_eq!(start_ticks_from_stat(stat), Some(123456));
+        assert_eq!(start_ticks_from_stat("garbage"), None);
+    }
+
+    #[test]
+    fn reads_boot_time() {
+        let s = "cpu  1 2 3\nintr 5\nbtime 1764379200\nprocesses 9\n";
+        assert_eq!(boot_time_from_proc_stat(s), Some(1764379200));
+        assert_eq!(boot_time_from_proc_stat("cpu 1\n"), None);
+    }
+
+    #[test]
+    fn parses_namespace_links() {
+        assert_eq!(parse_namespace_link("pid:[4026531836]"), Some(4026531836));
+        assert_eq!(parse_namespace_link("net:[1]"), None);
+    }
+
+    #[test]
+    fn the_current_process_is_described_by_proc() {
+        let me = Identity::current();
+        assert_eq!(me.pid, std::process::id());
+        assert_eq!(me.process_id(), std::process::id().to_string());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let started = me.started_at.expect("linux has /proc");
+        // This test process started before now, and not days ago.
+        assert!(
+            started <= now + 1.0 && started > now - 86400.0,
+            "{started} vs {now}"
+        );
+        assert_eq!(me.boot_id.as_deref().map(str::len), Some(36));
+        assert!(me.pid_namespace.is_some());
+        assert_eq!(
+            me.host,
+            hostname::get()
+                .ok()
+                .map(|h| h.to_string_lossy().into_owned())
+        );
+    }
+
+    #[test]
+    fn other_pids_exist_or_not() {
+        assert!(pid_exists(std::process::id()));
+        // pid_max never reaches this.
+        assert!(!pid_exists(u32::MAX - 1));
+        assert!(process_start_time(&(u32::MAX - 1).to_string()).is_none());
+    }
+}

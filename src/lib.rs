@@ -1,0 +1,25 @@
+//! matomo_archive_claim: claims Matomo archive invalidations natively, recording the real host
+//! and pid of the claiming PHP process. This file only registers things with PHP.
+
+pub mod claims;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod identity;
+pub mod invalidations;
+pub mod options;
+mod php_api;
+mod php_exceptions;
+mod php_module;
+pub mod schema;
+
+use ext_php_rs::prelude::*;
+use php_module::startup;
+
+#[php_module]
+#[php(startup = "startup")]
+pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
+    php_api::register_functions(module)
+        .shutdown_function(php_module::shutdown)
+        .info_function(php_module::info)
+}

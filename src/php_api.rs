@@ -1,0 +1,188 @@
+//! The PHP boundary: argument conversion in, arrays out, errors through `php_exceptions`.
+//! No decisions are made here.
+
+use ext_php_rs::boxed::ZBox;
+use ext_php_rs::prelude::*;
+use ext_php_rs::types::{ArrayKey, ZendHashTable, Zval};
+
+use crate::claims;
+use crate::config::DbConfig;
+use crate::connection;
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::invalidations::InvalidationRow;
+use crate::options::{id_list, Key, Value};
+
+/// Nested arrays deeper than this are refused rather than walked (nothing we take nests deeper
+/// than two levels).
+const MAX_DEPTH: usize = 4;
+
+fn to_entries(function: &str, array: Option<&ZendHashTable>) -> Result<Vec<(Key, Value)>> {
+    match array {
+        None => Ok(Vec::new()),
+        Some(ht) => array_entries(function, ht, 0),
+    }
+}
+
+fn array_entries(function: &str, ht: &ZendHashTable, depth: usize) -> Result<Vec<(Key, Value)>> {
+    ht.iter()
+        .map(|(key, zval)| {
+            let key = match key {
+                ArrayKey::Long(i) => Key::Int(i),
+                ArrayKey::String(s) => Key::Str(s),
+                other => Key::Str(other.to_string()),
+            };
+            Ok((key, to_value(function, zval, depth)?))
+        })
+        .collect()
+}
+
+fn to_value(function: &str, zval: &Zval, depth: usize) -> Result<Value> {
+    let z = zval.dereference();
+    if z.is_null() {
+        Ok(Value::Null)
+    } else if let Some(b) = z.bool() {
+        Ok(Value::Bool(b))
+    } else if let Some(n) = z.long() {
+        Ok(Value::Int(n))
+    } else if let Some(f) = z.double() {
+        Ok(Value::Float(f))
+    } else if z.is_string() {
+        z.string()
+            .map(Value::Str)
+            .ok_or_else(|| Error::invalid(format!("{function}(): strings must be valid UTF-8")))
+    } else if let Some(ht) = z.array() {
+        if depth >= MAX_DEPTH {
+            return Err(Error::invalid(format!(
+                "{function}(): arrays nest too deeply"
+            )));
+        }
+        Ok(Value::Array(array_entries(function, ht, depth + 1)?))
+    } else {
+        Err(Error::wrong_type(format!(
+            "{function}(): only scalars and arrays are accepted, {:?} given",
+            z.get_type()
+        )))
+    }
+}
+
+fn ht_result(
+    build: impl FnOnce(&mut ZendHashTable) -> ext_php_rs::error::Result<()>,
+) -> PhpResult<ZBox<ZendHashTable>> {
+    let mut ht = ZendHashTable::new();
+    build(&mut ht).map_err(|e| {
+        PhpException::from_message(format!("could not build the result array: {e}"))
+    })?;
+    Ok(ht)
+}
+
+/// Connection settings, as in the `[database]` section of Matomo's config.ini.php.
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\configure")]
+pub fn configure(database: &ZendHashTable) -> PhpResult<()> {
+    let entries = to_entries("configure", Some(database))?;
+    connection::configure(DbConfig::from_matomo(&entries)?);
+    Ok(())
+}
+
+/// Host, pid and what makes this process start unique.
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\identity")]
+pub fn identity() -> PhpResult<ZBox<ZendHashTable>> {
+    let me = Identity::current();
+    ht_result(|ht| {
+        ht.insert("host", me.host)?;
+        ht.insert("pid", i64::from(me.pid))?;
+        ht.insert("started_at", me.started_at)?;
+        ht.insert("boot_id", me.boot_id)?;
+        ht.insert("pid_namespace", me.pid_namespace.map(|n| n as i64))?;
+        Ok(())
+    })
+}
+
+/// Matomo's `Model::startArchive()`, natively: true iff this call moved the row from queued to
+/// in progress under this host and pid.
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\claim_invalidation")]
+pub fn claim_invalidation(idinvalidation: i64) -> PhpResult<bool> {
+    Ok(claims::claim(idinvalidation)?)
+}
+
+/// Gives this process's claims back (re-queued, or deleted when a duplicate exists).
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\release_invalidations")]
+pub fn release_invalidations(ids: &ZendHashTable) -> PhpResult<i64> {
+    let entries = to_entries("release_invalidations", Some(ids))?;
+    let ids = id_list("release_invalidations", &entries)?;
+    Ok(claims::release(&ids)? as i64)
+}
+
+/// Deletes this process's finished claims.
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\complete_invalidations")]
+pub fn complete_invalidations(ids: &ZendHashTable) -> PhpResult<i64> {
+    let entries = to_entries("complete_invalidations", Some(ids))?;
+    let ids = id_list("complete_invalidations", &entries)?;
+    Ok(claims::complete(&ids)? as i64)
+}
+
+/// Rows in progress, oldest claim first.
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\in_progress")]
+pub fn in_progress(filters: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashTable>> {
+    let entries = to_entries("in_progress", filters)?;
+    let filter = claims::parse_filter("in_progress", &entries)?;
+    let rows = claims::in_progress(&filter)?;
+    ht_result(|list| {
+        for row in rows {
+            list.push(row_array(row)?)?;
+        }
+        Ok(())
+    })
+}
+
+fn row_array(row: InvalidationRow) -> ext_php_rs::error::Result<ZBox<ZendHashTable>> {
+    let mut ht = ZendHashTable::new();
+    ht.insert("idinvalidation", row.idinvalidation as i64)?;
+    ht.insert("idarchive", row.idarchive)?;
+    ht.insert("name", row.name)?;
+    ht.insert("idsite", row.idsite)?;
+    ht.insert("date1", row.date1)?;
+    ht.insert("date2", row.date2)?;
+    ht.insert("period", row.period)?;
+    ht.insert("ts_invalidated", row.ts_invalidated)?;
+    ht.insert("ts_started", row.ts_started)?;
+    ht.insert("status", row.status)?;
+    ht.insert("report", row.report)?;
+    ht.insert("processing_host", row.processing_host)?;
+    ht.insert("process_id", row.process_id)?;
+    ht.insert("age_seconds", row.age_seconds)?;
+    Ok(ht)
+}
+
+/// Adds what claims need to an existing Matomo database; returns what it changed.
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\install_schema")]
+pub fn install_schema(options: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashTable>> {
+    let entries = to_entries("install_schema", options)?;
+    let options = claims::parse_schema_options(&entries)?;
+    let report = claims::install_schema(&options)?;
+    ht_result(|ht| {
+        ht.insert("table", report.table)?;
+        ht.insert("dry_run", options.dry_run)?;
+        ht.insert("changes", report.changes)?;
+        Ok(())
+    })
+}
+
+/// Adds every function above to the module (the generated wrappers are private to this file).
+pub fn register_functions(module: ModuleBuilder) -> ModuleBuilder {
+    module
+        .function(wrap_function!(configure))
+        .function(wrap_function!(identity))
+        .function(wrap_function!(claim_invalidation))
+        .function(wrap_function!(release_invalidations))
+        .function(wrap_function!(complete_invalidations))
+        .function(wrap_function!(in_progress))
+        .function(wrap_function!(install_schema))
+}

@@ -1,0 +1,150 @@
+//! `install_schema()`: brings a Matomo database up to what claims need, idempotently, and says
+//! what it changed. Only additive changes: nothing is dropped or rewritten.
+
+use mysql::prelude::Queryable;
+use mysql::Conn;
+
+use crate::config::DbConfig;
+use crate::invalidations::TABLE;
+
+type SqlResult<T> = std::result::Result<T, mysql::Error>;
+
+/// The two columns Matomo 5.3.0 added, with Matomo's exact definitions.
+const OWNER_COLUMNS: &[(&str, &str)] = &[
+    ("processing_host", "VARCHAR(100) NULL DEFAULT NULL"),
+    ("process_id", "VARCHAR(15) NULL DEFAULT NULL"),
+];
+
+/// Serves `status = 1 AND processing_host = ?` (reaping one host, the operator view); Matomo
+/// indexes neither column.
+pub const OWNER_INDEX: &str = "index_archive_claim_status_host";
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchemaOptions {
+    pub add_index: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchemaReport {
+    pub table: String,
+    /// Human-readable, one entry per change made (or that would be made in a dry run).
+    pub changes: Vec<String>,
+}
+
+/// What is missing, as facts; `None` when the table itself does not exist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableShape {
+    pub columns: Vec<String>,
+    pub indexes: Vec<String>,
+}
+
+pub fn table_shape(conn: &mut Conn, table_name: &str) -> SqlResult<Option<TableShape>> {
+    let exists: Option<u8> = conn.exec_first(
+        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        (table_name,),
+    )?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let columns: Vec<String> = conn.exec(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        (table_name,),
+    )?;
+    let indexes: Vec<String> = conn.exec(
+        "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        (table_name,),
+    )?;
+    Ok(Some(TableShape { columns, indexes }))
+}
+
+/// The ALTER clauses a table of this shape needs, with a description of each. Pure.
+pub fn plan(shape: &TableShape, options: &SchemaOptions) -> Vec<(String, String)> {
+    let has = |name: &str| shape.columns.iter().any(|c| c.eq_ignore_ascii_case(name));
+    let mut plan: Vec<(String, String)> = OWNER_COLUMNS
+        .iter()
+        .filter(|(name, _)| !has(name))
+        .map(|(name, def)| {
+            (
+                format!("ADD COLUMN `{name}` {def}"),
+                format!("added column {name} {def}"),
+            )
+        })
+        .collect();
+    if options.add_index && !shape.indexes.iter().any(|i| i == OWNER_INDEX) {
+        plan.push((
+            format!("ADD INDEX `{OWNER_INDEX}` (`status`, `processing_host`)"),
+            format!("added index {OWNER_INDEX} (status, processing_host)"),
+        ));
+    }
+    plan
+}
+
+/// Outcome of `install`: `Ok(None)` when the invalidations table does not exist.
+pub fn install(
+    conn: &mut Conn,
+    config: &DbConfig,
+    options: &SchemaOptions,
+) -> SqlResult<Option<SchemaReport>> {
+    let table_name = config.table_name(TABLE);
+    let Some(shape) = table_shape(conn, &table_name)? else {
+        return Ok(None);
+    };
+    let plan = plan(&shape, options);
+    if !plan.is_empty() && !options.dry_run {
+        let clauses: Vec<&str> = plan.iter().map(|(sql, _)| sql.as_str()).collect();
+        conn.query_drop(format!(
+            "ALTER TABLE {} {}",
+            config.table(TABLE),
+            clauses.join(", ")
+        ))?;
+    }
+    Ok(Some(SchemaReport {
+        table: table_name,
+        changes: plan.into_iter().map(|(_, what)| what).collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(columns: &[&str], indexes: &[&str]) -> TableShape {
+        TableShape {
+            columns: columns.iter().map(|s| s.to_string()).collect(),
+            indexes: indexes.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_pre_5_3_table_gets_both_columns_with_matomos_types() {
+        let p = plan(
+            &shape(&["idinvalidation", "status"], &["PRIMARY"]),
+            &SchemaOptions::default(),
+        );
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[0].0,
+            "ADD COLUMN `processing_host` VARCHAR(100) NULL DEFAULT NULL"
+        );
+        assert_eq!(
+            p[1].0,
+            "ADD COLUMN `process_id` VARCHAR(15) NULL DEFAULT NULL"
+        );
+    }
+
+    #[test]
+    fn a_current_table_needs_nothing_unless_the_index_is_asked_for() {
+        let s = shape(&["status", "processing_host", "process_id"], &["PRIMARY"]);
+        assert!(plan(&s, &SchemaOptions::default()).is_empty());
+        let with_index = SchemaOptions {
+            add_index: true,
+            ..Default::default()
+        };
+        assert_eq!(plan(&s, &with_index).len(), 1);
+        let indexed = shape(&["status", "processing_host", "process_id"], &[OWNER_INDEX]);
+        assert!(plan(&indexed, &with_index).is_empty());
+    }
+}
