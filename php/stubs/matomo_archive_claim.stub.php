@@ -1,0 +1,108 @@
+<?php
+/**
+ * IDE and static-analysis stubs for the matomo_archive_claim extension. Never include this file
+ * at run time: the extension defines all of it. tests/php/StubsTest.php keeps it honest against
+ * the loaded extension's reflection.
+ *
+ * @generated no: curated by hand
+ */
+
+namespace Matomo\ArchiveClaim;
+
+/** Root of everything the extension throws (other than \ValueError and \TypeError). */
+class Exception extends \RuntimeException {}
+
+/** No connection settings (neither configure() nor the php.ini setting), or unusable ones. */
+class ConfigurationException extends Exception {}
+
+/** The database cannot be reached, or refused our credentials. Code: the MySQL errno. */
+class ConnectionException extends Exception {}
+
+/** The server refused a statement. Code: the MySQL errno. */
+class QueryException extends Exception {}
+
+/** The invalidations table is missing, or lacks Matomo 5.3's processing_host/process_id columns. */
+class SchemaException extends Exception {}
+
+/**
+ * Sets the connection for this process from the [database] section of Matomo's config.ini.php.
+ *
+ * Keys: host, port, unix_socket, username, password, dbname, tables_prefix, charset, and the
+ * extension's own connect_timeout, read_timeout, write_timeout (seconds). Matomo's other
+ * [database] keys (adapter, type, schema, collation, ssl_*) are accepted and ignored.
+ * Nothing connects until the first call that needs the database.
+ *
+ * @param array<string, string|int|bool|null> $database
+ * @throws \ValueError for an unknown key, an unsafe tables_prefix or charset, a missing host/dbname
+ * @throws \TypeError for a value of the wrong type
+ * @throws ConfigurationException when enable_ssl is on (this build cannot speak TLS)
+ */
+function configure(array $database): void {}
+
+/**
+ * The calling process as the extension records it.
+ *
+ * @return array{host: ?string, pid: int, started_at: ?float, boot_id: ?string, pid_namespace: ?int}
+ *   host as gethostname(), pid as getmypid(), started_at the process start (Unix seconds)
+ */
+function identity(): array {}
+
+/**
+ * Matomo's Model::startArchive(), natively: in one statement, status 1, processing_host,
+ * process_id and ts_started = NOW(), only if the row is queued.
+ *
+ * @return bool true iff this call claimed the row; false if it is gone or someone else has it
+ * @throws \ValueError when $idinvalidation < 1
+ * @throws ConfigurationException|ConnectionException|QueryException|SchemaException
+ */
+function claim_invalidation(int $idinvalidation): bool {}
+
+/**
+ * Gives this process's claims back with Matomo's release semantics, in id order: a row for an
+ * archive that another row already covers is deleted, any other goes back to the queue with
+ * processing_host, process_id and ts_started cleared. Rows not in progress under this host and
+ * pid are left alone.
+ *
+ * @param array<int|string> $ids positive invalidation ids (ints or decimal strings)
+ * @return int how many rows changed
+ * @throws \ValueError for an id that is not a positive integer (nothing is changed)
+ * @throws ConfigurationException|ConnectionException|QueryException|SchemaException
+ */
+function release_invalidations(array $ids): int {}
+
+/**
+ * Deletes this process's finished claims; rows not in progress under this host and pid are
+ * left alone.
+ *
+ * @param array<int|string> $ids
+ * @return int how many rows were deleted
+ * @throws \ValueError for an id that is not a positive integer (nothing is changed)
+ * @throws ConfigurationException|ConnectionException|QueryException|SchemaException
+ */
+function complete_invalidations(array $ids): int {}
+
+/**
+ * Invalidations in progress (ts_started set), oldest claim first, with Matomo's column names
+ * plus age_seconds (on the database clock).
+ *
+ * @param array{idsites?: int[], hosts?: string[], started_after?: string, started_before?: string}|null $filters
+ *   started_* are 'YYYY-MM-DD HH:MM:SS' in database time
+ * @return list<array{idinvalidation: int, idarchive: ?int, name: string, idsite: int, date1: string,
+ *   date2: string, period: int, ts_invalidated: ?string, ts_started: string, status: int,
+ *   report: ?string, processing_host: ?string, process_id: ?string, age_seconds: int}>
+ * @throws \ValueError|\TypeError for unknown filter keys or malformed values
+ * @throws ConfigurationException|ConnectionException|QueryException|SchemaException
+ */
+function in_progress(?array $filters = null): array {}
+
+/**
+ * Idempotently adds what claims need: the processing_host and process_id columns (Matomo 5.3's
+ * exact types) to an older table, and on request an index on (status, processing_host).
+ *
+ * @param array{index?: bool, dry_run?: bool}|null $options
+ * @return array{table: string, dry_run: bool, changes: list<string>} changes is empty when nothing was needed
+ * @throws \ValueError|\TypeError for unknown option keys or wrong types
+ * @throws SchemaException when the invalidations table does not exist
+ * @throws ConfigurationException|ConnectionException|QueryException
+ */
+function install_schema(?array $options = null): array {}

@@ -1,0 +1,134 @@
+<?php
+declare(strict_types=1);
+
+namespace Matomo\ArchiveClaim\Tests;
+
+use function Matomo\ArchiveClaim\claim_invalidation;
+use function Matomo\ArchiveClaim\configure;
+use function Matomo\ArchiveClaim\in_progress;
+
+/** configure(), the php.ini fallback, and every way settings can be wrong. */
+final class ConfigurationTest extends ExtensionTestCase
+{
+    private function url(array $overrides = []): string
+    {
+        $c = $overrides + $this->config;
+        return sprintf('mysql://%s:%s@%s:%s/%s?tables_prefix=%s', rawurlencode($c['username']),
+            rawurlencode($c['password']), $c['host'], $c['port'], $c['dbname'], $c['tables_prefix']);
+    }
+
+    public function testMatomoKeysThatDoNotConcernUsAreAcceptedAndUnknownOnesNamed(): void
+    {
+        configure($this->config + ['type' => 'InnoDB', 'schema' => 'Mysql', 'collation' => '',
+            'enable_ssl' => '0', 'ssl_ca' => '', 'ssl_no_verify' => '1', 'read_timeout' => 10]);
+        try {
+            configure($this->config + ['tables_prefx' => 'matomo_']);
+            $this->fail('a typo passed');
+        } catch (\ValueError $e) {
+            $this->assertStringContainsString("'tables_prefx'", $e->getMessage());
+        }
+    }
+
+    /** @return array<string, array{0: string}> */
+    public static function unsafePrefixes(): array
+    {
+        return [
+            'quote' => ['matomo`; DROP TABLE x; -- '],
+            'dash' => ['mat-omo_'],
+            'space' => ['mat omo'],
+            'dot' => ['other_db.matomo_'],
+            'too long' => [str_repeat('p', 41)],
+        ];
+    }
+
+    /** @dataProvider unsafePrefixes */
+    public function testUnsafePrefixesAreRefusedAndTheOldSettingsStay(string $prefix): void
+    {
+        [$id] = $this->queue([[]]);
+        try {
+            configure(['tables_prefix' => $prefix] + $this->config);
+            $this->fail('accepted ' . $prefix);
+        } catch (\ValueError $e) {
+            $this->assertStringContainsString('tables_prefix', $e->getMessage());
+        }
+        $this->assertTrue(claim_invalidation($id), 'the previous configuration is still in force');
+    }
+
+    public function testWrongValueTypesAreTypeErrors(): void
+    {
+        $this->expectException(\TypeError::class);
+        configure(['port' => [3306]] + $this->config);
+    }
+
+    public function testOutOfRangeNumbersAreValueErrors(): void
+    {
+        foreach ([['port' => 70000], ['port' => 'abc'], ['read_timeout' => 0]] as $bad) {
+            try {
+                configure($bad + $this->config);
+                $this->fail(json_encode($bad));
+            } catch (\ValueError $e) {
+                $this->assertStringContainsString(array_key_first($bad), $e->getMessage());
+            }
+        }
+    }
+
+    public function testTlsIsRefusedRatherThanSilentlyDropped(): void
+    {
+        $this->expectException(\Matomo\ArchiveClaim\ConfigurationException::class);
+        $this->expectExceptionMessage('enable_ssl');
+        configure(['enable_ssl' => '1'] + $this->config);
+    }
+
+    public function testCallingTheDatabaseUnconfiguredSaysHowToConfigure(): void
+    {
+        [$code, $out] = $this->runPhp('try { Matomo\ArchiveClaim\claim_invalidation(1); }
+            catch (Matomo\ArchiveClaim\ConfigurationException $e) { echo $e->getMessage(); }');
+        $this->assertSame(0, $code);
+        $this->assertStringContainsString('configure()', $out);
+        $this->assertStringContainsString('matomo_archive_claim.database', $out);
+    }
+
+    public function testThePhpIniSettingIsAFallback(): void
+    {
+        [$id] = $this->queue([[]]);
+        [$code, $out, $err] = $this->runPhp("var_export(Matomo\\ArchiveClaim\\claim_invalidation($id));",
+            ['matomo_archive_claim.database' => $this->url()]);
+        $this->assertSame(0, $code, $err);
+        $this->assertSame('true', $out);
+        $this->assertSame(1, (int) $this->row($id)['status']);
+    }
+
+    public function testABadPhpIniSettingIsAConfigurationErrorWithoutThePassword(): void
+    {
+        [, $out] = $this->runPhp('try { Matomo\ArchiveClaim\in_progress(); }
+            catch (Matomo\ArchiveClaim\ConfigurationException $e) { echo get_class($e), ": ", $e->getMessage(); }',
+            ['matomo_archive_claim.database' => $this->url(['tables_prefix' => 'x-y'])]);
+        $this->assertStringContainsString('ConfigurationException: ', $out);
+        $this->assertStringContainsString('tables_prefix', $out);
+        $this->assertStringNotContainsString($this->config['password'], $out);
+    }
+
+    public function testAWrongPrefixIsASchemaExceptionNamingTheTable(): void
+    {
+        configure(['tables_prefix' => 'piwik_'] + $this->config);
+        try {
+            claim_invalidation(1);
+            $this->fail('claimed in a missing table');
+        } catch (\Matomo\ArchiveClaim\SchemaException $e) {
+            $this->assertStringContainsString('piwik_archive_invalidations', $e->getMessage());
+            $this->assertSame(0, $e->getCode());
+        }
+    }
+
+    public function testASocketConnectionWorks(): void
+    {
+        $socket = getenv('MATOMO_ARCHIVE_CLAIM_TEST_SOCKET');
+        if (!$socket) {
+            $this->markTestSkipped('the test server has no local socket');
+        }
+        [$id] = $this->queue([[]]);
+        configure(['host' => '', 'port' => '1', 'unix_socket' => $socket] + $this->config);
+        $this->assertTrue(claim_invalidation($id));
+        $this->assertCount(1, in_progress());
+    }
+}

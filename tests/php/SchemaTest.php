@@ -1,0 +1,87 @@
+<?php
+declare(strict_types=1);
+
+namespace Matomo\ArchiveClaim\Tests;
+
+use function Matomo\ArchiveClaim\claim_invalidation;
+use function Matomo\ArchiveClaim\configure;
+use function Matomo\ArchiveClaim\install_schema;
+
+/** A table from before Matomo 5.3, brought up to date by install_schema(). */
+final class SchemaTest extends ExtensionTestCase
+{
+    protected function createPre53Table(): bool
+    {
+        return true;
+    }
+
+    private function columns(string $prefix): array
+    {
+        $s = $this->pdo->prepare('SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT
+            FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?
+            ORDER BY ORDINAL_POSITION');
+        $s->execute([$prefix . 'archive_invalidations']);
+        return $s->fetchAll(\PDO::FETCH_ASSOC);
+    }
+
+    public function testAClaimOnAnOldTableSaysToRunInstallSchema(): void
+    {
+        [$id] = $this->queue([[]]);
+        try {
+            claim_invalidation($id);
+            $this->fail('claimed without the owner columns');
+        } catch (\Matomo\ArchiveClaim\SchemaException $e) {
+            $this->assertStringContainsString('install_schema', $e->getMessage());
+        }
+        $this->assertSame(0, (int) $this->row($id)['status']);
+    }
+
+    public function testInstallSchemaAddsMatomosColumnsOnceAndSaysSo(): void
+    {
+        $dry = install_schema(['dry_run' => true]);
+        $this->assertTrue($dry['dry_run']);
+        $this->assertCount(2, $dry['changes']);
+        $this->assertCount(11, $this->columns(self::PREFIX), 'a dry run changes nothing');
+
+        $first = install_schema();
+        $this->assertSame('matomo_archive_invalidations', $first['table']);
+        $this->assertSame([
+            'added column processing_host VARCHAR(100) NULL DEFAULT NULL',
+            'added column process_id VARCHAR(15) NULL DEFAULT NULL',
+        ], $first['changes']);
+        $this->assertSame([], install_schema()['changes'], 'a second call changes nothing');
+
+        // Same definitions as a table Matomo 5.3 creates from scratch.
+        $this->pdo->exec(sprintf(TestDatabase::INVALIDATIONS_DDL, 'fresh_'));
+        $this->assertSame($this->columns('fresh_'), $this->columns(self::PREFIX));
+
+        [$id] = $this->queue([[]]);
+        $this->assertTrue(claim_invalidation($id));
+    }
+
+    public function testTheOptionalIndexIsAddedOnRequestOnly(): void
+    {
+        install_schema();
+        $indexes = fn () => $this->pdo->query('SHOW INDEX FROM ' . $this->table())->fetchAll(\PDO::FETCH_COLUMN, 2);
+        $this->assertNotContains('index_archive_claim_status_host', $indexes());
+        $this->assertSame(['added index index_archive_claim_status_host (status, processing_host)'],
+            install_schema(['index' => true])['changes']);
+        $this->assertContains('index_archive_claim_status_host', $indexes());
+        $this->assertSame([], install_schema(['index' => true])['changes']);
+    }
+
+    public function testAMissingTableIsASchemaExceptionNamingIt(): void
+    {
+        configure(['tables_prefix' => 'nosuch_'] + $this->config);
+        $this->expectException(\Matomo\ArchiveClaim\SchemaException::class);
+        $this->expectExceptionMessage('nosuch_archive_invalidations');
+        install_schema();
+    }
+
+    public function testUnknownOptionsAreRefused(): void
+    {
+        $this->expectException(\ValueError::class);
+        $this->expectExceptionMessage("'indexes'");
+        install_schema(['indexes' => true]);
+    }
+}

@@ -1,0 +1,11 @@
+<?php
+declare(strict_types=1);
+
+if (!extension_loaded('matomo_archive_claim')) {
+    fwrite(STDERR, "The matomo_archive_claim extension is not loaded.\n"
+        . "Run: php -d extension=target/release/libmatomo_archive_claim.so /usr/bin/phpunit -c tests/php/phpunit.xml\n");
+    exit(1);
+}
+
+require __DIR__ . '/../support/TestDatabase.php';
+require __DIR__ . '/ExtensionTestCase.php';
