@@ -1,0 +1,55 @@
+# Shared by scripts/test and scripts/demo: packages, build, paths. Source it; do not run it.
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Debian package => a file or command that proves it is installed.
+declare -A needed=(
+  [php-cli]=/usr/bin/php
+  [php-dev]=/usr/bin/php-config
+  [php-mysql]=pdo_mysql
+  [phpunit]=/usr/bin/phpunit
+  [mariadb-server]=/usr/sbin/mariadbd
+  [mariadb-client]=/usr/bin/mariadb
+  [clang]=/usr/bin/clang
+  [libclang-dev]=libclang
+  [util-linux]=/usr/bin/unshare
+)
+
+missing_packages() {
+  local pkg probe
+  for pkg in "${!needed[@]}"; do
+    probe=${needed[$pkg]}
+    case "$probe" in
+      /*) [[ -e "$probe" ]] || echo "$pkg" ;;
+      pdo_mysql) php -m 2>/dev/null | grep -qx pdo_mysql || echo "$pkg" ;;
+      libclang) compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || echo "$pkg" ;;
+    esac
+  done | sort
+}
+
+ensure_packages() {
+  local missing
+  missing=$(missing_packages | tr '\n' ' ')
+  [[ -z "${missing// }" ]] && return 0
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "==> installing Debian packages: $missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  else
+    echo "Missing packages. Run this once, then try again:" >&2
+    echo "  sudo apt-get install -y $missing" >&2
+    exit 1
+  fi
+  command -v cargo >/dev/null || { echo "cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }
+}
+
+# Builds the extension; prints nothing but cargo's own lines. $1: debug|release
+build_extension() {
+  local profile=$1 flag=()
+  [[ "$profile" == release ]] && flag=(--release)
+  (cd "$root" && cargo build "${flag[@]}" --quiet)
+  extension="$root/target/$profile/libmatomo_archive_claim.so"
+  export MATOMO_ARCHIVE_CLAIM_EXT=$extension
+}

@@ -1,0 +1,146 @@
+//! Rust tests of the SQL layer against a real MariaDB. They need a server, so they are
+//! `#[ignore]`d in a plain `cargo test` (reported as ignored, never as passed) and run by
+//! `scripts/test`, which starts one and passes `--include-ignored`.
+
+use matomo_archive_claim::config::DbConfig;
+use matomo_archive_claim::connection::{self, Attempt};
+use matomo_archive_claim::invalidations::{self, Owner, RowFilter};
+use mysql::prelude::Queryable;
+use mysql::Conn;
+
+struct TestDb {
+    admin: Conn,
+    config: DbConfig,
+}
+
+impl TestDb {
+    fn new(ddl: &str) -> TestDb {
+        let dsn = std::env::var("MATOMO_ARCHIVE_CLAIM_TEST_DSN")
+            .expect("MATOMO_ARCHIVE_CLAIM_TEST_DSN (run through tests/support/with-mariadb.sh)");
+        let dbname = format!("mac_rs_{}_{}", std::process::id(), rand_suffix());
+        let mut admin =
+            Conn::new(mysql::Opts::from_url(&dsn).expect("dsn")).expect("admin connection");
+        admin
+            .query_drop(format!("CREATE DATABASE `{dbname}`"))
+            .expect("create db");
+        admin.query_drop(format!("USE `{dbname}`")).expect("use");
+        admin.query_drop(ddl).expect("create table");
+        let config =
+            DbConfig::from_url(&format!("{}{dbname}?tables_prefix=matomo_", dsn)).expect("config");
+        TestDb { admin, config }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = self
+            .admin
+            .query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.config.dbname));
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+}
+
+const MATOMO_5_3: &str = "CREATE TABLE matomo_archive_invalidations (
+  idinvalidation BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, idarchive INTEGER UNSIGNED NULL,
+  name VARCHAR(255) NOT NULL, idsite INTEGER UNSIGNED NOT NULL, date1 DATE NOT NULL,
+  date2 DATE NOT NULL, period TINYINT UNSIGNED NOT NULL, ts_invalidated DATETIME NULL,
+  ts_started DATETIME NULL, status TINYINT(1) UNSIGNED DEFAULT 0, report VARCHAR(255) NULL,
+  processing_host VARCHAR(100) NULL DEFAULT NULL, process_id VARCHAR(15) NULL DEFAULT NULL,
+  PRIMARY KEY(idinvalidation), INDEX index_idsite_dates_period_name(idsite, date1, period))";
+
+/// Installs upgraded from 4.0.0-b1 have a signed idsite and a NOT NULL ts_invalidated.
+const UPGRADED_FROM_4: &str = "CREATE TABLE matomo_archive_invalidations (
+  idinvalidation BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, idarchive INTEGER UNSIGNED NULL,
+  name VARCHAR(255) NOT NULL, idsite INTEGER NOT NULL, date1 DATE NOT NULL,
+  date2 DATE NOT NULL, period TINYINT UNSIGNED NOT NULL, ts_invalidated DATETIME NOT NULL,
+  ts_started DATETIME NULL, status TINYINT(1) UNSIGNED DEFAULT 0, report VARCHAR(255) NULL,
+  processing_host VARCHAR(100) NULL DEFAULT NULL, process_id VARCHAR(15) NULL DEFAULT NULL,
+  PRIMARY KEY(idinvalidation))";
+
+fn insert_queued(db: &mut TestDb, idsite: i64) -> i64 {
+    db.admin
+        .exec_drop(
+            "INSERT INTO matomo_archive_invalidations (name, idsite, date1, date2, period, ts_invalidated)
+             VALUES ('done', ?, '2026-11-28', '2026-11-28', 1, NOW())",
+            (idsite,),
+        )
+        .expect("insert");
+    db.admin.last_insert_id() as i64
+}
+
+fn me() -> Owner {
+    Owner {
+        processing_host: Some("test-host".into()),
+        process_id: Some("4242".into()),
+    }
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn a_retry_after_reconnect_recognises_a_claim_that_already_committed() {
+    let mut db = TestDb::new(MATOMO_5_3);
+    let id = insert_queued(&mut db, 1);
+    let mut conn = connection::connect(&db.config).expect("connect");
+
+    // The first attempt committed, but its reply was lost with the connection.
+    assert!(invalidations::claim(&mut conn, &db.config, id, &me(), Attempt::First).expect("claim"));
+    // A plain second claim is not a new claim (Matomo semantics) ...
+    assert!(
+        !invalidations::claim(&mut conn, &db.config, id, &me(), Attempt::First).expect("claim")
+    );
+    // ... but the retry after a reconnect knows the row is ours.
+    assert!(
+        invalidations::claim(&mut conn, &db.config, id, &me(), Attempt::AfterReconnect)
+            .expect("claim")
+    );
+
+    // Someone else's row is not mistaken for ours on a retry.
+    let other = Owner {
+        processing_host: Some("test-host".into()),
+        process_id: Some("4243".into()),
+    };
+    assert!(
+        !invalidations::claim(&mut conn, &db.config, id, &other, Attempt::AfterReconnect)
+            .expect("claim")
+    );
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn the_connection_reconnects_once_and_tells_the_work_it_is_a_retry() {
+    let mut db = TestDb::new(MATOMO_5_3);
+    connection::configure(db.config.clone());
+    let first = connection::run("test", |conn, _, _| Ok(conn.connection_id())).expect("first");
+    db.admin.query_drop(format!("KILL {first}")).expect("kill");
+
+    let mut attempts = Vec::new();
+    let second = connection::run("test", |conn, _, attempt| {
+        attempts.push(attempt);
+        conn.query_drop("SELECT 1")?;
+        Ok(conn.connection_id())
+    })
+    .expect("reconnected");
+    assert_ne!(first, second);
+    assert_eq!(attempts, vec![Attempt::First, Attempt::AfterReconnect]);
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn rows_of_an_install_upgraded_from_matomo_4_are_read() {
+    let mut db = TestDb::new(UPGRADED_FROM_4);
+    let id = insert_queued(&mut db, 3);
+    let mut conn = connection::connect(&db.config).expect("connect");
+    assert!(invalidations::claim(&mut conn, &db.config, id, &me(), Attempt::First).expect("claim"));
+    let rows =
+        invalidations::in_progress(&mut conn, &db.config, &RowFilter::default()).expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].idsite, 3);
+    assert_eq!(rows[0].process_id.as_deref(), Some("4242"));
+    assert!(rows[0].ts_invalidated.is_some());
+}
