@@ -7,6 +7,7 @@ pub mod connection;
 pub mod error;
 pub mod identity;
 pub mod invalidations;
+pub mod liveness;
 pub mod options;
 mod php_api;
 mod php_exceptions;
