@@ -1,12 +1,33 @@
 //! The operations behind the PHP functions: who we are + one connection + the table's SQL.
 //! Nothing here knows about PHP.
 
+use std::cell::Cell;
+
 use crate::connection;
 use crate::error::{Error, Result};
+use crate::heartbeat::{self, Registered};
 use crate::identity::Identity;
 use crate::invalidations::{self, InvalidationRow, Owner, ReleaseOutcome, RowFilter};
+use crate::liveness::Decision;
 use crate::options::{Key, Options, Value};
+use crate::reap::{self, ReapError, ReapOptions, ReapReport};
 use crate::schema::{self, SchemaOptions, SchemaReport};
+use crate::settings::HeartbeatSettings;
+
+thread_local! {
+    /// The pid whose implicit registration failed (for example: no CREATE privilege), so claims
+    /// do not retry it each time. Claims then work as stock Matomo's do.
+    static REGISTRATION_FAILED_IN: Cell<u32> = const { Cell::new(0) };
+}
+
+/// New connection settings. A registration made in another database is withdrawn first: the
+/// next claim registers where it claims.
+pub fn configure(config: crate::config::DbConfig) {
+    if connection::configured().is_some_and(|old| *old != config) {
+        heartbeat::stop();
+    }
+    connection::configure(config);
+}
 
 /// The owner columns this process writes, from its identity read now (after a fork, the
 /// child's own pid).
@@ -26,8 +47,46 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
     }
     let owner = current_owner();
     connection::run("claim_invalidation", |conn, config, attempt| {
+        let pid = std::process::id();
+        if REGISTRATION_FAILED_IN.get() != pid {
+            // Registered before the claim, so a registration is never younger than its claims.
+            match heartbeat::ensure_registered(conn, config) {
+                Ok(_) => {}
+                Err(e) if connection::is_connection_lost(&e) => return Err(e),
+                Err(_) => REGISTRATION_FAILED_IN.set(pid),
+            }
+        }
         invalidations::claim(conn, config, idinvalidation, &owner, attempt)
     })
+}
+
+/// Registers this process and starts its heartbeat now (hosts such as the Matomo plugin that
+/// want to be visible before their first claim).
+pub fn register() -> Result<Registered> {
+    connection::run("register_process", |conn, config, _| {
+        heartbeat::ensure_registered(conn, config)
+    })
+}
+
+/// Stops the heartbeat and removes the registration; false if there was none.
+pub fn unregister() -> bool {
+    heartbeat::stop()
+}
+
+/// Finds and releases orphans (see `liveness` for the rules).
+pub fn reap_orphans(options: &ReapOptions) -> Result<ReapReport> {
+    let me = Identity::current();
+    connection::run("reap_orphans", |conn, config, _| {
+        match reap::reap(conn, config, &me, options) {
+            Ok(report) => Ok(Ok(report)),
+            Err(ReapError::Refused(e)) => Ok(Err(e)),
+            Err(ReapError::Sql(e)) => Err(e),
+        }
+    })?
+}
+
+pub fn parse_reap_options(entries: &[(Key, Value)]) -> Result<ReapOptions> {
+    ReapOptions::parse(entries, HeartbeatSettings::from_ini().lease.as_secs_f64())
 }
 
 /// Gives this process's claims among `ids` back; returns how many rows changed (re-queued or
@@ -66,9 +125,15 @@ pub fn complete(ids: &[i64]) -> Result<u64> {
     Ok(deleted)
 }
 
-pub fn in_progress(filter: &RowFilter) -> Result<Vec<InvalidationRow>> {
+/// In-progress rows, each with its liveness verdict (nothing is released).
+pub fn in_progress(filter: &RowFilter) -> Result<Vec<(InvalidationRow, Decision)>> {
+    let me = Identity::current();
+    let options = ReapOptions::proof_only(HeartbeatSettings::from_ini().lease.as_secs_f64());
     connection::run("in_progress", |conn, config, _| {
-        invalidations::in_progress(conn, config, filter)
+        let observer = reap::observe(conn, config, &me, &options)?;
+        let rows = invalidations::in_progress(conn, config, filter)?;
+        let decisions = reap::assess(&observer, &rows);
+        Ok(rows.into_iter().zip(decisions).collect())
     })
 }
 
@@ -95,6 +160,7 @@ pub fn parse_filter(function: &'static str, entries: &[(Key, Value)]) -> Result<
         hosts: o.strings("hosts")?,
         started_after: datetime(&o, "started_after")?,
         started_before: datetime(&o, "started_before")?,
+        include_never_started: false,
     })
 }
 

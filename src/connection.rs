@@ -17,7 +17,6 @@ use std::rc::Rc;
 
 use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder};
-use once_cell::sync::OnceCell;
 
 use crate::config::DbConfig;
 use crate::error::{errno, Error, Result};
@@ -101,18 +100,6 @@ pub fn close() {
     });
 }
 
-/// Where the php.ini fallback comes from; set by the PHP layer at module startup, so this
-/// module stays free of PHP (and Rust tests simply have none).
-static INI_READER: OnceCell<fn() -> Option<String>> = OnceCell::new();
-
-pub fn set_ini_reader(reader: fn() -> Option<String>) {
-    let _ = INI_READER.set(reader);
-}
-
-fn ini_fallback() -> Option<String> {
-    INI_READER.get().and_then(|read| read())
-}
-
 /// Runs `work` on this process's connection, connecting first if needed, reconnecting once if
 /// the connection turns out to be dead. Without `configure()`, the php.ini URL is used.
 pub fn run<T>(
@@ -124,7 +111,7 @@ pub fn run<T>(
         let config = match &state.config {
             Some(c) => c.clone(),
             None => {
-                let url = ini_fallback()
+                let url = crate::settings::ini(crate::settings::INI_DATABASE)
                     .filter(|u| !u.trim().is_empty())
                     .ok_or(Error::NotConfigured)?;
                 let c = Rc::new(DbConfig::from_url(&url)?);

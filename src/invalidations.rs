@@ -62,6 +62,8 @@ pub struct InvalidationRow {
     pub process_id: Option<String>,
     /// Seconds since ts_started on the database clock.
     pub age_seconds: Option<i64>,
+    /// ts_started as Unix seconds on the database clock.
+    pub claimed_at: Option<f64>,
 }
 
 impl InvalidationRow {
@@ -83,6 +85,8 @@ pub struct RowFilter {
     pub hosts: Option<Vec<String>>,
     pub started_after: Option<String>,
     pub started_before: Option<String>,
+    /// Also rows in progress without ts_started (a reap reports them as never_started).
+    pub include_never_started: bool,
 }
 
 /// Matomo's claim: one autocommit compare-and-set from queued to in progress.
@@ -167,11 +171,9 @@ pub fn owned_claims(
     Ok(out)
 }
 
-/// Gives one claim back with Matomo's release semantics, fenced on the claim that was observed.
-///
-/// Matomo deletes the row instead of re-queueing it when another row for the same archive
-/// (name, site, dates, period, report) is queued, or is in progress and started after this row
-/// was invalidated: re-queueing would archive the same thing twice.
+/// Gives one claim back with Matomo's release semantics, fenced on the claim that was observed:
+/// deleted when it has a duplicate (re-queueing would archive the same thing twice), otherwise
+/// back to queued with the owner cleared.
 pub fn release_one(
     conn: &mut Conn,
     config: &DbConfig,
@@ -179,18 +181,7 @@ pub fn release_one(
     fence: &Fence,
 ) -> SqlResult<ReleaseOutcome> {
     let t = config.table(TABLE);
-    let duplicate: Option<u8> = conn.exec_first(
-        format!(
-            "SELECT 1 FROM {t} o JOIN {t} r ON r.idinvalidation = ? \
-             WHERE o.idinvalidation <> r.idinvalidation \
-               AND o.idsite = r.idsite AND o.date1 = r.date1 AND o.period = r.period \
-               AND o.date2 = r.date2 AND o.name = r.name \
-               AND IFNULL(o.report, '') = IFNULL(r.report, '') \
-               AND (o.status = ? OR (o.status = ? AND o.ts_started > r.ts_invalidated)) \
-             LIMIT 1"
-        ),
-        (idinvalidation, STATUS_QUEUED, STATUS_IN_PROGRESS),
-    )?;
+    let duplicate = has_duplicate(conn, config, idinvalidation)?;
     let fenced = "idinvalidation = ? AND status = ? AND processing_host <=> ? \
                   AND process_id <=> ? AND ts_started <=> ?";
     let params = (
@@ -200,7 +191,7 @@ pub fn release_one(
         &fence.owner.process_id,
         &fence.ts_started,
     );
-    if duplicate.is_some() {
+    if duplicate {
         conn.exec_drop(format!("DELETE FROM {t} WHERE {fenced}"), params)?;
         return Ok(if conn.affected_rows() > 0 {
             ReleaseOutcome::DeletedDuplicate
@@ -220,6 +211,25 @@ pub fn release_one(
     } else {
         ReleaseOutcome::LostRace
     })
+}
+
+/// Whether releasing this row would delete it: another row for the same archive (name, site,
+/// dates, period, report) is queued, or in progress and started after this one was invalidated.
+pub fn has_duplicate(conn: &mut Conn, config: &DbConfig, idinvalidation: u64) -> SqlResult<bool> {
+    let t = config.table(TABLE);
+    let found: Option<u8> = conn.exec_first(
+        format!(
+            "SELECT 1 FROM {t} o JOIN {t} r ON r.idinvalidation = ? \
+             WHERE o.idinvalidation <> r.idinvalidation \
+               AND o.idsite = r.idsite AND o.date1 = r.date1 AND o.period = r.period \
+               AND o.date2 = r.date2 AND o.name = r.name \
+               AND IFNULL(o.report, '') = IFNULL(r.report, '') \
+               AND (o.status = ? OR (o.status = ? AND o.ts_started > r.ts_invalidated)) \
+             LIMIT 1"
+        ),
+        (idinvalidation, STATUS_QUEUED, STATUS_IN_PROGRESS),
+    )?;
+    Ok(found.is_some())
 }
 
 /// Deletes finished claims, only those `owner` still holds. Returns how many went.
@@ -255,9 +265,13 @@ pub fn in_progress(
     let mut sql = format!(
         "SELECT idinvalidation, idarchive, name, idsite, CAST(date1 AS CHAR), CAST(date2 AS CHAR), \
                 period, CAST(ts_invalidated AS CHAR), CAST(ts_started AS CHAR), status, report, \
-                processing_host, process_id, TIMESTAMPDIFF(SECOND, ts_started, NOW()) \
-           FROM {t} WHERE status = ? AND ts_started IS NOT NULL"
+                processing_host, process_id, TIMESTAMPDIFF(SECOND, ts_started, NOW()), \
+                UNIX_TIMESTAMP(ts_started) + 0.0 \
+           FROM {t} WHERE status = ?"
     );
+    if !filter.include_never_started {
+        sql += " AND ts_started IS NOT NULL";
+    }
     let mut params = vec![Value::from(STATUS_IN_PROGRESS)];
     if let Some(idsites) = &filter.idsites {
         if idsites.is_empty() {
@@ -302,6 +316,7 @@ fn row_from_sql(mut row: Row) -> SqlResult<InvalidationRow> {
         processing_host: col(&mut row, 11)?,
         process_id: col(&mut row, 12)?,
         age_seconds: col(&mut row, 13)?,
+        claimed_at: col(&mut row, 14)?,
     })
 }
 

@@ -5,6 +5,7 @@ pub mod claims;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod heartbeat;
 pub mod identity;
 pub mod invalidations;
 pub mod liveness;
@@ -12,7 +13,10 @@ pub mod options;
 mod php_api;
 mod php_exceptions;
 mod php_module;
+pub mod reap;
+pub mod registry;
 pub mod schema;
+pub mod settings;
 
 use ext_php_rs::prelude::*;
 use php_module::startup;

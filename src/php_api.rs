@@ -7,11 +7,11 @@ use ext_php_rs::types::{ArrayKey, ZendHashTable, Zval};
 
 use crate::claims;
 use crate::config::DbConfig;
-use crate::connection;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::invalidations::InvalidationRow;
 use crate::options::{id_list, Key, Value};
+use crate::reap::Action;
 
 /// Nested arrays deeper than this are refused rather than walked (nothing we take nests deeper
 /// than two levels).
@@ -81,7 +81,7 @@ fn ht_result(
 #[php(name = "Matomo\\ArchiveClaim\\configure")]
 pub fn configure(database: &ZendHashTable) -> PhpResult<()> {
     let entries = to_entries("configure", Some(database))?;
-    connection::configure(DbConfig::from_matomo(&entries)?);
+    claims::configure(DbConfig::from_matomo(&entries)?);
     Ok(())
 }
 
@@ -134,11 +134,75 @@ pub fn in_progress(filters: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashTa
     let filter = claims::parse_filter("in_progress", &entries)?;
     let rows = claims::in_progress(&filter)?;
     ht_result(|list| {
-        for row in rows {
-            list.push(row_array(row)?)?;
+        for (row, decision) in rows {
+            let mut ht = row_array(row)?;
+            ht.insert("verdict", decision.verdict.as_str())?;
+            ht.insert("reason", decision.reason.as_str())?;
+            list.push(ht)?;
         }
         Ok(())
     })
+}
+
+/// Finds in-progress rows whose owner is proven dead (or timed out, or on a host declared
+/// dead) and gives them back to the queue; returns a report of every row looked at.
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\reap_orphans")]
+pub fn reap_orphans(options: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashTable>> {
+    let entries = to_entries("reap_orphans", options)?;
+    let options = claims::parse_reap_options(&entries)?;
+    let report = claims::reap_orphans(&options)?;
+    ht_result(|ht| {
+        ht.insert("dry_run", report.dry_run)?;
+        ht.insert("examined", report.entries.len() as i64)?;
+        ht.insert("released", report.released() as i64)?;
+        for action in [
+            Action::Reset,
+            Action::DeletedDuplicate,
+            Action::Kept,
+            Action::LostRace,
+            Action::WouldReset,
+            Action::WouldDelete,
+        ] {
+            ht.insert(action.as_str(), report.count(action) as i64)?;
+        }
+        let mut rows = ZendHashTable::new();
+        for entry in report.entries {
+            let mut r = row_array(entry.row)?;
+            r.insert("verdict", entry.decision.verdict.as_str())?;
+            r.insert("reason", entry.decision.reason.as_str())?;
+            r.insert("action", entry.action.as_str())?;
+            rows.push(r)?;
+        }
+        ht.insert("rows", rows)?;
+        Ok(())
+    })
+}
+
+/// Registers this process and starts its heartbeat now, instead of at its first claim.
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\register_process")]
+pub fn register_process() -> PhpResult<ZBox<ZendHashTable>> {
+    let r = claims::register()?;
+    ht_result(|ht| {
+        ht.insert("idprocess", r.idprocess as i64)?;
+        ht.insert("host", r.identity.host)?;
+        ht.insert("pid", i64::from(r.identity.pid))?;
+        ht.insert("started_at", r.identity.started_at)?;
+        ht.insert("boot_id", r.identity.boot_id)?;
+        ht.insert("pid_namespace", r.identity.pid_namespace.map(|n| n as i64))?;
+        ht.insert("heartbeat_interval", r.settings.interval.as_secs() as i64)?;
+        ht.insert("lease", r.settings.lease.as_secs() as i64)?;
+        ht.insert("auto_reap", r.settings.auto_reap)?;
+        Ok(())
+    })
+}
+
+/// Stops this process's heartbeat and removes its registration; false if it had none.
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\unregister_process")]
+pub fn unregister_process() -> bool {
+    claims::unregister()
 }
 
 fn row_array(row: InvalidationRow) -> ext_php_rs::error::Result<ZBox<ZendHashTable>> {
@@ -185,4 +249,7 @@ pub fn register_functions(module: ModuleBuilder) -> ModuleBuilder {
         .function(wrap_function!(complete_invalidations))
         .function(wrap_function!(in_progress))
         .function(wrap_function!(install_schema))
+        .function(wrap_function!(reap_orphans))
+        .function(wrap_function!(register_process))
+        .function(wrap_function!(unregister_process))
 }

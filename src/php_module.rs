@@ -8,29 +8,42 @@ use ext_php_rs::{info_table_end, info_table_row, info_table_start};
 
 use crate::config::DbConfig;
 use crate::connection;
+use crate::heartbeat;
 use crate::php_exceptions;
 
-pub const INI_DATABASE: &str = "matomo_archive_claim.database";
+use crate::settings::{self, INI_DATABASE};
 
-static INI_ENTRIES: IniEntryDefs<2> = IniEntryDefs::new([
+static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
     IniEntryDef::new(
         c"matomo_archive_claim.database",
         c"",
         IniEntryPermission::All,
     ),
+    IniEntryDef::new(
+        c"matomo_archive_claim.heartbeat_interval",
+        c"5",
+        IniEntryPermission::All,
+    ),
+    IniEntryDef::new(
+        c"matomo_archive_claim.lease",
+        c"60",
+        IniEntryPermission::All,
+    ),
+    IniEntryDef::new(
+        c"matomo_archive_claim.auto_reap",
+        c"1",
+        IniEntryPermission::All,
+    ),
     IniEntryDef::end(),
 ]);
 
-fn read_ini_database() -> Option<String> {
-    ExecutorGlobals::get()
-        .ini_values()
-        .remove(INI_DATABASE)
-        .flatten()
+fn read_ini(key: &str) -> Option<String> {
+    ExecutorGlobals::get().ini_values().remove(key).flatten()
 }
 
 pub fn startup(_ty: i32, module_number: i32) -> i32 {
     IniEntryDef::register(INI_ENTRIES.as_slice(), module_number);
-    connection::set_ini_reader(read_ini_database);
+    settings::set_reader(read_ini);
     if php_exceptions::register() {
         0
     } else {
@@ -39,6 +52,8 @@ pub fn startup(_ty: i32, module_number: i32) -> i32 {
 }
 
 pub extern "C" fn shutdown(_ty: i32, _module_number: i32) -> i32 {
+    // A clean exit removes the registration; kill -9 leaves it to go stale.
+    heartbeat::stop();
     connection::close();
     0
 }
@@ -46,7 +61,7 @@ pub extern "C" fn shutdown(_ty: i32, _module_number: i32) -> i32 {
 pub extern "C" fn info(_module: *mut ModuleEntry) {
     let (source, target) = match connection::configured() {
         Some(c) => ("configure()", c.describe()),
-        None => match read_ini_database().filter(|u| !u.trim().is_empty()) {
+        None => match read_ini(INI_DATABASE).filter(|u| !u.trim().is_empty()) {
             Some(url) => match DbConfig::from_url(&url) {
                 Ok(c) => ("php.ini", c.describe()),
                 Err(e) => ("php.ini (invalid)", e.to_string()),
@@ -60,5 +75,21 @@ pub extern "C" fn info(_module: *mut ModuleEntry) {
     info_table_row!("built for PHP", env!("MATOMO_ARCHIVE_CLAIM_PHP_VERSION"));
     info_table_row!("connection settings", source);
     info_table_row!("database", target.as_str());
+    let beat = crate::settings::HeartbeatSettings::from_ini();
+    info_table_row!(
+        "heartbeat",
+        format!(
+            "every {} s, lease {} s, automatic reaping {}",
+            beat.interval.as_secs(),
+            beat.lease.as_secs(),
+            if beat.auto_reap { "on" } else { "off" }
+        )
+        .as_str()
+    );
+    let registration = match heartbeat::current() {
+        Some(r) => format!("registered as process #{}", r.idprocess),
+        None => "not registered (registers at its first claim)".to_owned(),
+    };
+    info_table_row!("this process", registration.as_str());
     info_table_end!();
 }

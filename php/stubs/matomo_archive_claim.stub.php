@@ -83,13 +83,16 @@ function complete_invalidations(array $ids): int {}
 
 /**
  * Invalidations in progress (ts_started set), oldest claim first, with Matomo's column names
- * plus age_seconds (on the database clock).
+ * plus age_seconds (on the database clock) and the owner's liveness: verdict 'dead', 'alive' or
+ * 'unknown' and its reason (pid_gone, pid_reused, heartbeat_stale, heartbeat_fresh, pid_alive,
+ * remote_unregistered, implausible_pid). Nothing is released.
  *
  * @param array{idsites?: int[], hosts?: string[], started_after?: string, started_before?: string}|null $filters
  *   started_* are 'YYYY-MM-DD HH:MM:SS' in database time
  * @return list<array{idinvalidation: int, idarchive: ?int, name: string, idsite: int, date1: string,
  *   date2: string, period: int, ts_invalidated: ?string, ts_started: string, status: int,
- *   report: ?string, processing_host: ?string, process_id: ?string, age_seconds: int}>
+ *   report: ?string, processing_host: ?string, process_id: ?string, age_seconds: int,
+ *   verdict: string, reason: string}>
  * @throws \ValueError|\TypeError for unknown filter keys or malformed values
  * @throws ConfigurationException|ConnectionException|QueryException|SchemaException
  */
@@ -106,3 +109,47 @@ function in_progress(?array $filters = null): array {}
  * @throws ConfigurationException|ConnectionException|QueryException
  */
 function install_schema(?array $options = null): array {}
+
+/**
+ * Finds in-progress rows whose owner is proven dead and gives them back with Matomo's release
+ * semantics (a duplicate is deleted, any other row re-queued), each as a compare-and-set on the
+ * owner and ts_started seen, so a row re-claimed meanwhile is left alone ('lost_race').
+ *
+ * Released: rows whose owner is proven dead (heartbeat older than the lease, or on this host a
+ * pid that is gone or was reused), rows older than the recovery timeout (Matomo's backstop,
+ * per-site overrides), and rows of hosts declared dead. Rows with ts_started NULL are never
+ * touched.
+ *
+ * @param array{dry_run?: bool, timeout?: int, site_timeouts?: array<int, int>, hosts?: string[],
+ *   force?: bool, idsites?: int[], lease?: int}|null $options
+ *   dry_run: decide and report, change nothing; timeout: seconds (default 86400, Matomo's
+ *   archive_failure_recovery_timeout); site_timeouts: idsite => seconds; hosts: host names
+ *   declared dead; force: release a declared host's rows even while it heartbeats; idsites:
+ *   only these sites; lease: seconds after which a heartbeat is stale (default: php.ini)
+ * @return array{dry_run: bool, examined: int, released: int, reset: int, deleted_duplicate: int,
+ *   kept: int, lost_race: int, would_reset: int, would_delete: int,
+ *   rows: list<array<string, mixed>>} rows: Matomo's columns plus age_seconds, verdict, reason
+ *   and action (reset, deleted_duplicate, kept, lost_race, would_reset, would_delete)
+ * @throws \ValueError for unknown option keys or bad values, and when a declared host still
+ *   heartbeats and force is not set (nothing is released then)
+ * @throws \TypeError for option values of the wrong type
+ * @throws ConfigurationException|ConnectionException|QueryException|SchemaException
+ */
+function reap_orphans(?array $options = null): array {}
+
+/**
+ * Registers this process in <prefix>archive_claim_process and starts its heartbeat thread now,
+ * rather than at its first claim. Idempotent within a process; a forked child registers itself.
+ *
+ * @return array{idprocess: int, host: ?string, pid: int, started_at: ?float, boot_id: ?string,
+ *   pid_namespace: ?int, heartbeat_interval: int, lease: int, auto_reap: bool}
+ * @throws ConfigurationException|ConnectionException|QueryException
+ */
+function register_process(): array {}
+
+/**
+ * Stops this process's heartbeat and deletes its registration (also done at a clean exit).
+ *
+ * @return bool false if this process was not registered
+ */
+function unregister_process(): bool {}

@@ -90,8 +90,17 @@ abstract class ExtensionTestCase extends TestCase
         return [proc_close($proc), $out, $err];
     }
 
-    protected function configExport(): string
+    /** A pid that belonged to a process of this host a moment ago and is free now. */
+    protected function goneLocalPid(): int
     {
-        return var_export($this->config, true);
+        $pid = (int) shell_exec(escapeshellarg(PHP_BINARY) . ' -n -r "echo getmypid();"');
+        $this->assertFalse(file_exists("/proc/$pid"));
+        return $pid;
+    }
+
+    /** @return array<int, array<string, mixed>> reap report rows by id */
+    protected static function byId(array $report): array
+    {
+        return array_column($report['rows'], null, 'idinvalidation');
     }
 }

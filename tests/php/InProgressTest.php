@@ -22,7 +22,8 @@ final class InProgressTest extends ExtensionTestCase
         $this->assertSame([$old, $new, $mine], array_column($rows, 'idinvalidation'));
         $first = $rows[0];
         $this->assertSame(['idinvalidation', 'idarchive', 'name', 'idsite', 'date1', 'date2', 'period',
-            'ts_invalidated', 'ts_started', 'status', 'report', 'processing_host', 'process_id', 'age_seconds'],
+            'ts_invalidated', 'ts_started', 'status', 'report', 'processing_host', 'process_id', 'age_seconds',
+            'verdict', 'reason'],
             array_keys($first));
         $this->assertSame(2, $first['idsite']);
         $this->assertSame('Goals', $first['report']);
@@ -33,6 +34,10 @@ final class InProgressTest extends ExtensionTestCase
         $this->assertSame(1, $first['status']);
         $this->assertEqualsWithDelta(7200, $first['age_seconds'], 2);
         $this->assertSame((string) getmypid(), $rows[2]['process_id']);
+        // Liveness, from here: another host that never registered proves nothing; this very
+        // process is registered (it claimed) and runs.
+        $this->assertSame(['unknown', 'remote_unregistered'], [$first['verdict'], $first['reason']]);
+        $this->assertSame(['alive', 'heartbeat_fresh'], [$rows[2]['verdict'], $rows[2]['reason']]);
     }
 
     public function testFilters(): void

@@ -8,4 +8,5 @@ if (!extension_loaded('matomo_archive_claim')) {
 }
 
 require __DIR__ . '/../support/TestDatabase.php';
+require __DIR__ . '/../support/SimulatedServer.php';
 require __DIR__ . '/ExtensionTestCase.php';

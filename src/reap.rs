@@ -1,0 +1,413 @@
+//! Reaping: gather the facts about in-progress rows in a few queries, decide each with
+//! `liveness::decide`, and give the dead ones back with Matomo's release semantics, each as a
+//! compare-and-set on the claim that was observed.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mysql::prelude::Queryable;
+use mysql::Conn;
+
+use crate::config::DbConfig;
+use crate::error::{Error, Result};
+use crate::identity::{self, Identity};
+use crate::invalidations::{self, InvalidationRow, ReleaseOutcome, RowFilter};
+use crate::liveness::{self, ClaimFacts, Context, Decision, LocalProcess, Verdict};
+use crate::options::{Key, Options, Value};
+use crate::registry::{self, Registrations};
+
+type SqlResult<T> = std::result::Result<T, mysql::Error>;
+
+/// Matomo's `[General] archive_failure_recovery_timeout` default.
+pub const DEFAULT_TIMEOUT: i64 = 86400;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReapOptions {
+    pub dry_run: bool,
+    /// None: no timeout backstop (automatic reaping releases proven deaths only).
+    pub timeout: Option<i64>,
+    pub site_timeouts: HashMap<i64, i64>,
+    pub hosts: Vec<String>,
+    pub force: bool,
+    pub idsites: Option<Vec<i64>>,
+    pub lease_seconds: f64,
+}
+
+pub const OPTION_KEYS: &[&str] = &[
+    "dry_run",
+    "timeout",
+    "site_timeouts",
+    "hosts",
+    "force",
+    "idsites",
+    "lease",
+];
+
+impl ReapOptions {
+    /// Only what can be proven, as the heartbeat thread reaps: no timeout, no declared hosts.
+    pub fn proof_only(lease_seconds: f64) -> ReapOptions {
+        ReapOptions {
+            dry_run: false,
+            timeout: None,
+            site_timeouts: HashMap::new(),
+            hosts: Vec::new(),
+            force: false,
+            idsites: None,
+            lease_seconds,
+        }
+    }
+
+    pub fn parse(entries: &[(Key, Value)], default_lease: f64) -> Result<ReapOptions> {
+        let o = Options::new("reap_orphans", entries, OPTION_KEYS)?;
+        let mut site_timeouts = HashMap::new();
+        match o.get("site_timeouts") {
+            None => {}
+            Some(Value::Array(items)) => {
+                for (k, v) in items {
+                    let site = match k {
+                        Key::Int(n) if *n >= 1 => *n,
+                        other => {
+                            return Err(Error::invalid(format!(
+                                "reap_orphans(): site_timeouts keys must be site ids, got {other}"
+                            )))
+                        }
+                    };
+                    let seconds = match v {
+                        Value::Int(n) if *n >= 1 => *n,
+                        Value::Str(s) => s.trim().parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                            Error::invalid(format!(
+                                "reap_orphans(): site_timeouts[{site}] must be a positive number of seconds"
+                            ))
+                        })?,
+                        _ => {
+                            return Err(Error::invalid(format!(
+                                "reap_orphans(): site_timeouts[{site}] must be a positive number of seconds"
+                            )))
+                        }
+                    };
+                    site_timeouts.insert(site, seconds);
+                }
+            }
+            Some(v) => {
+                return Err(Error::wrong_type(format!(
+                    "reap_orphans(): option 'site_timeouts' must be an array of idsite => seconds, {} given",
+                    v.type_name()
+                )))
+            }
+        }
+        Ok(ReapOptions {
+            dry_run: o.bool("dry_run")?.unwrap_or(false),
+            timeout: Some(
+                o.int_in("timeout", 1, i64::from(u32::MAX))?
+                    .unwrap_or(DEFAULT_TIMEOUT),
+            ),
+            site_timeouts,
+            hosts: o.strings("hosts")?.unwrap_or_default(),
+            force: o.bool("force")?.unwrap_or(false),
+            idsites: o.ids("idsites")?,
+            lease_seconds: o
+                .int_in("lease", 1, 86400)?
+                .map(|s| s as f64)
+                .unwrap_or(default_lease),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Reset,
+    DeletedDuplicate,
+    Kept,
+    LostRace,
+    WouldReset,
+    WouldDelete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Reset => "reset",
+            Action::DeletedDuplicate => "deleted_duplicate",
+            Action::Kept => "kept",
+            Action::LostRace => "lost_race",
+            Action::WouldReset => "would_reset",
+            Action::WouldDelete => "would_delete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReapEntry {
+    pub row: InvalidationRow,
+    pub decision: Decision,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReapReport {
+    pub dry_run: bool,
+    pub entries: Vec<ReapEntry>,
+}
+
+impl ReapReport {
+    pub fn count(&self, action: Action) -> usize {
+        self.entries.iter().filter(|e| e.action == action).count()
+    }
+
+    pub fn released(&self) -> usize {
+        self.count(Action::Reset) + self.count(Action::DeletedDuplicate)
+    }
+}
+
+/// What the deciding process knows about itself and the database clock, measured now.
+pub struct Observer {
+    pub context: Context,
+    pub registrations: Registrations,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Measures the clock offset to the database and reads the registry.
+pub fn observe(
+    conn: &mut Conn,
+    config: &DbConfig,
+    me: &Identity,
+    options: &ReapOptions,
+) -> SqlResult<Observer> {
+    let before = now();
+    let db_now: Option<f64> = conn.query_first("SELECT UNIX_TIMESTAMP(NOW(6)) + 0.0")?;
+    let after = now();
+    let registrations = registry::all(conn, config)?;
+    Ok(Observer {
+        context: Context {
+            host: me.host.clone(),
+            boot_id: me.boot_id.clone(),
+            pid_namespace: me.pid_namespace,
+            clock_offset: db_now.unwrap_or(after) - (before + after) / 2.0,
+            clock_uncertainty: (after - before) / 2.0,
+            lease_seconds: options.lease_seconds,
+            timeout_seconds: options.timeout,
+            site_timeouts: options.site_timeouts.clone(),
+            hosts_declared_dead: options.hosts.clone(),
+        },
+        registrations,
+    })
+}
+
+/// What this machine's /proc says about a pid.
+pub fn local_process(pid: u32) -> LocalProcess {
+    let key = pid.to_string();
+    match identity::process_start_time(&key) {
+        Some(started_at) => LocalProcess::Running { started_at },
+        None if identity::pid_exists(pid) => LocalProcess::Unreadable,
+        None => LocalProcess::Gone,
+    }
+}
+
+fn facts(row: &InvalidationRow) -> ClaimFacts {
+    ClaimFacts {
+        idsite: row.idsite,
+        host: row.processing_host.clone(),
+        process_id: row.process_id.clone(),
+        claimed_at: row.claimed_at,
+        age_seconds: row.age_seconds,
+    }
+}
+
+fn registrations_of<'a>(
+    observer: &'a Observer,
+    row: &InvalidationRow,
+) -> &'a [liveness::Registration] {
+    let pid = row.process_id.as_deref().and_then(liveness::plausible_pid);
+    pid.and_then(|pid| {
+        observer
+            .registrations
+            .get(&(row.processing_host.clone(), pid))
+    })
+    .map(Vec::as_slice)
+    .unwrap_or(&[])
+}
+
+/// The liveness verdict of each row (what `in_progress()` shows).
+pub fn assess(observer: &Observer, rows: &[InvalidationRow]) -> Vec<Decision> {
+    rows.iter()
+        .map(|row| {
+            liveness::liveness(
+                &facts(row),
+                registrations_of(observer, row),
+                local_process,
+                &observer.context,
+            )
+        })
+        .collect()
+}
+
+/// Hosts an operator declared dead that still heartbeat: refused unless forced.
+fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()> {
+    if options.force {
+        return Ok(());
+    }
+    for host in &options.hosts {
+        let freshest = observer
+            .registrations
+            .iter()
+            .filter(|((h, _), _)| h.as_deref() == Some(host.as_str()))
+            .flat_map(|(_, regs)| regs.iter().map(|r| r.heartbeat_age))
+            .fold(f64::INFINITY, f64::min);
+        if freshest < options.lease_seconds {
+            return Err(Error::invalid(format!(
+                "reap_orphans(): host '{host}' is alive: a process there heartbeat {freshest:.1} s ago \
+                 (lease {} s). Nothing was released. Pass 'force' => true to release its rows anyway.",
+                options.lease_seconds
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Finds and releases orphans. `Err(Error::InvalidArgument)` when a declared host is alive.
+pub fn reap(
+    conn: &mut Conn,
+    config: &DbConfig,
+    me: &Identity,
+    options: &ReapOptions,
+) -> std::result::Result<ReapReport, ReapError> {
+    let observer = observe(conn, config, me, options)?;
+    check_declared_hosts(&observer, options).map_err(ReapError::Refused)?;
+    let filter = RowFilter {
+        idsites: options.idsites.clone(),
+        include_never_started: true,
+        ..RowFilter::default()
+    };
+    let mut rows = invalidations::in_progress(conn, config, &filter)?;
+    // Matomo releases row by row in id order; duplicates are judged against what came before.
+    rows.sort_by_key(|r| r.idinvalidation);
+
+    let mut report = ReapReport {
+        dry_run: options.dry_run,
+        entries: Vec::with_capacity(rows.len()),
+    };
+    for row in rows {
+        let decision = liveness::decide(
+            &facts(&row),
+            registrations_of(&observer, &row),
+            local_process,
+            &observer.context,
+        );
+        let action = if decision.verdict != Verdict::Dead {
+            Action::Kept
+        } else if options.dry_run {
+            if invalidations::has_duplicate(conn, config, row.idinvalidation)? {
+                Action::WouldDelete
+            } else {
+                Action::WouldReset
+            }
+        } else {
+            match invalidations::release_one(conn, config, row.idinvalidation, &row.fence())? {
+                ReleaseOutcome::Reset => Action::Reset,
+                ReleaseOutcome::DeletedDuplicate => Action::DeletedDuplicate,
+                ReleaseOutcome::LostRace => Action::LostRace,
+            }
+        };
+        report.entries.push(ReapEntry {
+            row,
+            decision,
+            action,
+        });
+    }
+    Ok(report)
+}
+
+/// A reap either fails in SQL (retried by the connection layer) or is refused by policy.
+#[derive(Debug)]
+pub enum ReapError {
+    Sql(mysql::Error),
+    Refused(Error),
+}
+
+impl From<mysql::Error> for ReapError {
+    fn from(e: mysql::Error) -> Self {
+        ReapError::Sql(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(k: &str, v: Value) -> (Key, Value) {
+        (Key::Str(k.into()), v)
+    }
+
+    #[test]
+    fn options_default_to_matomos_timeout_and_the_ini_lease() {
+        let o = ReapOptions::parse(&[], 60.0).expect("valid");
+        assert_eq!(o.timeout, Some(86400));
+        assert_eq!(o.lease_seconds, 60.0);
+        assert!(!o.dry_run && !o.force);
+    }
+
+    #[test]
+    fn options_parse_every_key() {
+        let o = ReapOptions::parse(
+            &[
+                s("dry_run", Value::Bool(true)),
+                s("timeout", Value::Int(3600)),
+                s(
+                    "site_timeouts",
+                    Value::Array(vec![(Key::Int(7), Value::Str("600".into()))]),
+                ),
+                s(
+                    "hosts",
+                    Value::Array(vec![(Key::Int(0), Value::Str("server2".into()))]),
+                ),
+                s("force", Value::Bool(true)),
+                s("idsites", Value::Array(vec![(Key::Int(0), Value::Int(7))])),
+                s("lease", Value::Int(30)),
+            ],
+            60.0,
+        )
+        .expect("valid");
+        assert!(o.dry_run && o.force);
+        assert_eq!(o.timeout, Some(3600));
+        assert_eq!(o.site_timeouts.get(&7), Some(&600));
+        assert_eq!(o.hosts, vec!["server2".to_string()]);
+        assert_eq!(o.idsites, Some(vec![7]));
+        assert_eq!(o.lease_seconds, 30.0);
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        for bad in [
+            vec![s("dryrun", Value::Bool(true))],
+            vec![s("timeout", Value::Int(0))],
+            vec![s("site_timeouts", Value::Int(5))],
+            vec![s(
+                "site_timeouts",
+                Value::Array(vec![(Key::Str("x".into()), Value::Int(5))]),
+            )],
+            vec![s(
+                "site_timeouts",
+                Value::Array(vec![(Key::Int(1), Value::Int(-5))]),
+            )],
+            vec![s("hosts", Value::Str("server2".into()))],
+            vec![s("lease", Value::Int(0))],
+        ] {
+            assert!(ReapOptions::parse(&bad, 60.0).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn this_process_is_running_and_a_missing_pid_is_gone() {
+        assert!(matches!(
+            local_process(std::process::id()),
+            LocalProcess::Running { .. }
+        ));
+        assert_eq!(local_process(u32::MAX - 7), LocalProcess::Gone);
+    }
+}

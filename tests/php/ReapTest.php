@@ -1,0 +1,249 @@
+<?php
+declare(strict_types=1);
+
+namespace Matomo\ArchiveClaim\Tests;
+
+use function Matomo\ArchiveClaim\claim_invalidation;
+use function Matomo\ArchiveClaim\reap_orphans;
+
+/**
+ * reap_orphans() on one host: this PHPUnit process is the reaper, processes started through a
+ * server agent (same host, same pids) are the owners that live or die.
+ */
+final class ReapTest extends ExtensionTestCase
+{
+    private ?SimulatedServer $server = null;
+
+    protected function tearDown(): void
+    {
+        $this->server?->stop();
+        parent::tearDown();
+    }
+
+    private function sameHost(array $ini = []): SimulatedServer
+    {
+        return $this->server = SimulatedServer::start('same-host', $this->config, $ini, false);
+    }
+
+    public function testAProcessKilledWithSigkillIsReapedAtOnceOnItsHost(): void
+    {
+        $ids = $this->queue([['idsite' => 1], ['idsite' => 2], ['idsite' => 3]]);
+        $server = $this->sameHost();
+        $claimer = $server->send(['cmd' => 'spawn', 'ids' => $ids]);
+        $this->assertSame($ids, $claimer['won']);
+
+        $alive = self::byId(reap_orphans());
+        foreach ($ids as $id) {
+            $this->assertSame(['alive', 'heartbeat_fresh', 'kept'],
+                [$alive[$id]['verdict'], $alive[$id]['reason'], $alive[$id]['action']]);
+        }
+
+        $server->send(['cmd' => 'kill', 'pid' => $claimer['pid']]);
+        $report = reap_orphans();
+        $this->assertSame(3, $report['released']);
+        foreach (self::byId($report) as $id => $entry) {
+            $this->assertSame(['dead', 'pid_gone', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+            $this->assertSame((string) $claimer['pid'], $entry['process_id']);
+            $row = $this->row($id);
+            $this->assertSame(0, (int) $row['status']);
+            $this->assertNull($row['processing_host']);
+        }
+    }
+
+    public function testAStockMatomoClaimerIsKeptWhileItRunsAndReapedWhenItDies(): void
+    {
+        $ids = $this->queue([['idsite' => 1], ['idsite' => 2]]);
+        $server = $this->sameHost();
+        $stock = $server->send(['cmd' => 'spawn', 'ids' => $ids, 'extension' => false]);
+        $this->assertSame($ids, $stock['won']);
+
+        foreach (self::byId(reap_orphans()) as $entry) {
+            $this->assertSame(['alive', 'pid_alive', 'kept'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+        }
+        $server->send(['cmd' => 'kill', 'pid' => $stock['pid']]);
+        $report = reap_orphans();
+        $this->assertSame(2, $report['reset']);
+        $this->assertSame(['pid_gone', 'pid_gone'], array_column($report['rows'], 'reason'));
+    }
+
+    public function testAnUnregisteredClaimOnAnotherHostWaitsForTheTimeout(): void
+    {
+        [$a, $b] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
+        $this->claimAs($a, 'server-elsewhere', '4242', 'NOW() - INTERVAL 2 HOUR');
+        $this->claimAs($b, 'server-elsewhere', '4243', 'NOW() - INTERVAL 2 HOUR');
+
+        $kept = self::byId(reap_orphans());
+        $this->assertSame(['unknown', 'remote_unregistered', 'kept'], [$kept[$a]['verdict'], $kept[$a]['reason'], $kept[$a]['action']]);
+        $this->assertEqualsWithDelta(7200, $kept[$a]['age_seconds'], 2);
+
+        // Matomo's backstop with a per-site override: site 2 waits 3 hours, the rest 1 hour.
+        $report = self::byId(reap_orphans(['timeout' => 3600, 'site_timeouts' => [2 => 10800]]));
+        $this->assertSame(['dead', 'timeout', 'reset'], [$report[$a]['verdict'], $report[$a]['reason'], $report[$a]['action']]);
+        $this->assertSame('kept', $report[$b]['action']);
+        $this->assertSame(0, (int) $this->row($a)['status']);
+        $this->assertSame(1, (int) $this->row($b)['status']);
+    }
+
+    public function testRowsNeverStartedAreLeftAloneAsMatomoDoes(): void
+    {
+        [$id] = $this->queue([[]]);
+        $this->pdo->exec("UPDATE {$this->table()} SET status = 1, processing_host = 'x', process_id = '1' WHERE idinvalidation = $id");
+        $entry = self::byId(reap_orphans(['timeout' => 1, 'hosts' => ['x']]))[$id];
+        $this->assertSame(['never_started', 'kept'], [$entry['reason'], $entry['action']]);
+        $this->assertSame(1, (int) $this->row($id)['status']);
+    }
+
+    public function testADeadOwnersRowWithAQueuedTwinIsDeletedAsMatomoDoes(): void
+    {
+        [$orphan, $twin, $single] = $this->queue([['idsite' => 5], ['idsite' => 5], ['idsite' => 6]]);
+        $gone = (string) $this->goneLocalPid();
+        $this->claimAs($orphan, gethostname(), $gone);
+        $this->claimAs($single, gethostname(), $gone);
+
+        $report = self::byId(reap_orphans());
+        $this->assertSame('deleted_duplicate', $report[$orphan]['action']);
+        $this->assertSame('reset', $report[$single]['action']);
+        $this->assertNull($this->row($orphan));
+        $this->assertSame(0, (int) $this->row($twin)['status']);
+    }
+
+    public function testADryRunDecidesReportsAndChangesNothing(): void
+    {
+        [$orphan, , $single] = $this->queue([['idsite' => 5], ['idsite' => 5], ['idsite' => 6]]);
+        $gone = (string) $this->goneLocalPid();
+        $this->claimAs($orphan, gethostname(), $gone);
+        $this->claimAs($single, gethostname(), $gone);
+        $checksum = $this->tableChecksum();
+
+        $report = reap_orphans(['dry_run' => true]);
+        $this->assertTrue($report['dry_run']);
+        $this->assertSame(0, $report['released']);
+        $this->assertSame([1, 1], [$report['would_delete'], $report['would_reset']]);
+        $this->assertSame($checksum, $this->tableChecksum());
+    }
+
+    public function testADeclaredDeadHostThatStillHeartbeatsIsRefusedUnlessForced(): void
+    {
+        [$id] = $this->queue([[]]);
+        $server = $this->sameHost();
+        $this->assertSame([$id], $server->send(['cmd' => 'claim', 'ids' => [$id]])['won']);
+        $checksum = $this->tableChecksum();
+        try {
+            reap_orphans(['hosts' => [gethostname()]]);
+            $this->fail('released the rows of a live host');
+        } catch (\ValueError $e) {
+            $this->assertStringContainsString('is alive', $e->getMessage());
+            $this->assertStringContainsString('force', $e->getMessage());
+        }
+        $this->assertSame($checksum, $this->tableChecksum());
+
+        $entry = self::byId(reap_orphans(['hosts' => [gethostname()], 'force' => true]))[$id];
+        $this->assertSame(['dead', 'host_declared_dead', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+    }
+
+    public function testAStaleOwnerCannotUndoTheClaimThatFollowedTheReap(): void
+    {
+        [$id] = $this->queue([[]]);
+        $server = $this->sameHost();
+        $server->send(['cmd' => 'claim', 'ids' => [$id]]);
+        reap_orphans(['hosts' => [gethostname()], 'force' => true]);
+        $this->assertTrue(claim_invalidation($id), 'the reaped row is claimable again');
+        $ours = $this->row($id);
+
+        $this->assertSame(0, $server->send(['cmd' => 'complete', 'ids' => [$id]])['changed']);
+        $this->assertSame(0, $server->send(['cmd' => 'release', 'ids' => [$id]])['changed']);
+        $this->assertSame($ours, $this->row($id));
+    }
+
+    public function testTheReportDescribesEveryRowLookedAt(): void
+    {
+        [$id] = $this->queue([['idsite' => 4, 'report' => 'Goals']]);
+        $this->claimAs($id, 'elsewhere', '12');
+        $report = reap_orphans(['idsites' => [4]]);
+        $this->assertSame(['dry_run', 'examined', 'released', 'reset', 'deleted_duplicate', 'kept', 'lost_race',
+            'would_reset', 'would_delete', 'rows'], array_keys($report));
+        $this->assertSame(1, $report['examined']);
+        $entry = $report['rows'][0];
+        foreach (['idinvalidation', 'idsite', 'period', 'date1', 'date2', 'name', 'report', 'ts_invalidated',
+                  'ts_started', 'processing_host', 'process_id', 'age_seconds', 'verdict', 'reason', 'action'] as $key) {
+            $this->assertArrayHasKey($key, $entry);
+        }
+        $this->assertSame(0, reap_orphans(['idsites' => [5]])['examined']);
+    }
+
+    public function testBadOptionsAreRefusedAndChangeNothing(): void
+    {
+        [$id] = $this->queue([[]]);
+        $this->claimAs($id, gethostname(), (string) $this->goneLocalPid());
+        $checksum = $this->tableChecksum();
+        $cases = [
+            [['dryrun' => true], \ValueError::class],
+            [['timeout' => 0], \ValueError::class],
+            [['timeout' => 'soon'], \ValueError::class],
+            [['site_timeouts' => 5], \TypeError::class],
+            [['site_timeouts' => ['x' => 5]], \ValueError::class],
+            [['hosts' => 'server2'], \TypeError::class],
+            [['idsites' => [-1]], \ValueError::class],
+            [['dry_run' => 'yes'], \TypeError::class],
+            [['lease' => 0], \ValueError::class],
+        ];
+        foreach ($cases as [$options, $class]) {
+            try {
+                reap_orphans($options);
+                $this->fail('accepted ' . json_encode($options));
+            } catch (\Throwable $e) {
+                $this->assertInstanceOf($class, $e, json_encode($options) . ': ' . $e->getMessage());
+            }
+        }
+        $this->assertSame($checksum, $this->tableChecksum());
+    }
+
+    public function testAutomaticReapingReleasesProvenDeathsOnlyWithoutAnyoneAsking(): void
+    {
+        [$held, $orphanA, $orphanB, $remote] = $this->queue([['idsite' => 1], ['idsite' => 2], ['idsite' => 3], ['idsite' => 4]]);
+        $this->claimAs($remote, 'server-elsewhere', '4242', 'NOW() - INTERVAL 3 DAY');
+        $server = $this->sameHost(['auto_reap' => 1, 'heartbeat_interval' => 1, 'lease' => 3]);
+        $server->send(['cmd' => 'claim', 'ids' => [$held]]); // registers: its heartbeat thread reaps
+        $victim = $server->send(['cmd' => 'spawn', 'ids' => [$orphanA, $orphanB]]);
+        $server->send(['cmd' => 'kill', 'pid' => $victim['pid']]);
+
+        $deadline = microtime(true) + 10;
+        while ((int) $this->row($orphanA)['status'] === 1 && microtime(true) < $deadline) {
+            usleep(100000);
+        }
+        $this->assertSame(0, (int) $this->row($orphanA)['status'], 're-queued by the heartbeat thread');
+        $this->assertSame(0, (int) $this->row($orphanB)['status']);
+        $this->assertSame(1, (int) $this->row($held)['status'], 'a live claim is never released');
+        $this->assertSame(1, (int) $this->row($remote)['status'], 'automatic reaping never applies the timeout');
+    }
+
+    public function testARegistrationHeartbeatsAndACleanExitRemovesIt(): void
+    {
+        [$id] = $this->queue([[]]);
+        $server = $this->sameHost();
+        $server->send(['cmd' => 'claim', 'ids' => [$id]]);
+        $pid = (int) $this->row($id)['process_id'];
+        $registry = fn () => $this->pdo->query("SELECT pid, host, boot_id, heartbeat_at FROM `matomo_archive_claim_process` WHERE pid = $pid")->fetchAll(\PDO::FETCH_ASSOC);
+
+        $first = $registry();
+        $this->assertCount(1, $first);
+        $this->assertSame(gethostname(), $first[0]['host']);
+        usleep(1600000);
+        $this->assertGreaterThan($first[0]['heartbeat_at'], $registry()[0]['heartbeat_at'], 'the heartbeat moved on');
+
+        $server->stop();
+        $this->assertSame([], $registry(), 'a clean exit unregisters');
+        $this->server = null;
+    }
+
+    public function testSigkillLeavesTheRegistrationToGoStale(): void
+    {
+        [$id] = $this->queue([[]]);
+        $server = $this->sameHost();
+        $server->send(['cmd' => 'claim', 'ids' => [$id]]);
+        $server->killWhole();
+        $this->server = null;
+        $count = $this->pdo->query('SELECT COUNT(*) FROM `matomo_archive_claim_process`')->fetchColumn();
+        $this->assertSame(1, (int) $count);
+    }
+}

@@ -1,0 +1,104 @@
+<?php
+/**
+ * A simulated archiving server's main process. Started (usually inside its own host and pid
+ * namespace) with the extension loaded; reads one JSON command per line on stdin and answers
+ * one JSON line on stdout. It claims through the extension like a Matomo archiver, and can
+ * start more processes on its "server": extension claimers, and stock-Matomo claimers that
+ * issue Matomo's own statement through PDO without the extension.
+ *
+ * Usage: php -d extension=... server-agent.php CONFIG_JSON
+ */
+
+declare(strict_types=1);
+
+use Matomo\ArchiveClaim as AC;
+
+$config = json_decode($argv[1], true);
+AC\configure($config);
+$children = [];
+
+/** A PHP process on this server that claims $ids and then holds them until killed. */
+function spawn_claimer(array $config, array $ids, bool $withExtension): array
+{
+    $code = $withExtension
+        ? 'Matomo\ArchiveClaim\configure(' . var_export($config, true) . ');
+           $won = array_values(array_filter(' . var_export($ids, true) . ', fn ($id) => Matomo\ArchiveClaim\claim_invalidation($id)));'
+        : '$c = ' . var_export($config, true) . ';
+           $pdo = new PDO("mysql:host={$c["host"]};port={$c["port"]};dbname={$c["dbname"]}", $c["username"], $c["password"],
+               [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_EMULATE_PREPARES => true]);
+           $pdo->exec("SET sql_mode = \'NO_AUTO_VALUE_ON_ZERO\'");
+           $st = $pdo->prepare("UPDATE `{$c["tables_prefix"]}archive_invalidations` SET status = ?, processing_host = ?,
+               process_id = ?, ts_started = NOW() WHERE idinvalidation = ? AND status = ?");
+           $won = [];
+           foreach (' . var_export($ids, true) . ' as $id) {
+               $st->execute([1, gethostname() ?: null, (string) getmypid(), $id, 0]);
+               if ($st->rowCount() > 0) { $won[] = $id; }
+           }';
+    $code .= ' echo json_encode(["pid" => getmypid(), "won" => $won]), "\n"; fgets(STDIN);';
+    $cmd = $withExtension ? array_merge([PHP_BINARY], inherited_ini(), ['-r', $code]) : [PHP_BINARY, '-r', $code];
+    $proc = proc_open($cmd, [0 => ['pipe', 'r'], 1 => ['pipe', 'w']], $pipes);
+    $answer = json_decode((string) fgets($pipes[1]), true);
+    return [$proc, $pipes, $answer];
+}
+
+/** The -d settings this process runs with, so its children load the same extension the same way. */
+function inherited_ini(): array
+{
+    $args = ['-d', 'extension=' . getenv('MATOMO_ARCHIVE_CLAIM_EXT')];
+    foreach (['heartbeat_interval', 'lease', 'auto_reap'] as $key) {
+        $args[] = '-d';
+        $args[] = "matomo_archive_claim.$key=" . ini_get("matomo_archive_claim.$key");
+    }
+    return $args;
+}
+
+function answer(array $data): void
+{
+    echo json_encode($data), "\n";
+}
+
+while (($line = fgets(STDIN)) !== false) {
+    $msg = json_decode($line, true);
+    try {
+        switch ($msg['cmd']) {
+            case 'identity':
+                answer(AC\identity());
+                break;
+            case 'claim':
+                answer(['won' => array_values(array_filter($msg['ids'], fn ($id) => AC\claim_invalidation($id)))]);
+                break;
+            case 'complete':
+                answer(['changed' => AC\complete_invalidations($msg['ids'])]);
+                break;
+            case 'release':
+                answer(['changed' => AC\release_invalidations($msg['ids'])]);
+                break;
+            case 'reap':
+                answer(AC\reap_orphans($msg['options'] ?? []));
+                break;
+            case 'in_progress':
+                answer(['rows' => AC\in_progress($msg['filters'] ?? [])]);
+                break;
+            case 'spawn':
+                [$proc, $pipes, $result] = spawn_claimer($config, $msg['ids'], $msg['extension'] ?? true);
+                $children[$result['pid']] = [$proc, $pipes];
+                answer($result);
+                break;
+            case 'kill':
+                posix_kill((int) $msg['pid'], SIGKILL);
+                if (isset($children[$msg['pid']])) {
+                    proc_close($children[$msg['pid']][0]);
+                    unset($children[$msg['pid']]);
+                }
+                answer(['killed' => $msg['pid']]);
+                break;
+            case 'exit':
+                answer(['bye' => true]);
+                exit(0);
+            default:
+                answer(['error' => 'unknown command ' . $msg['cmd']]);
+        }
+    } catch (\Throwable $e) {
+        answer(['error' => get_class($e) . ': ' . $e->getMessage()]);
+    }
+}
