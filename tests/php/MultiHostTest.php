@@ -1,0 +1,162 @@
+<?php
+declare(strict_types=1);
+
+namespace Matomo\ArchiveClaim\Tests;
+
+/**
+ * Several archiving servers on one machine, each in its own host and pid namespace
+ * (`unshare --uts --pid --fork --mount-proc`): real distinct host names, pid spaces where one
+ * server cannot see another's processes, and a power loss that kills a whole server at once.
+ */
+final class MultiHostTest extends ExtensionTestCase
+{
+    /** @var SimulatedServer[] */
+    private array $servers = [];
+
+    protected function setUp(): void
+    {
+        if (!SimulatedServer::canIsolate()) {
+            $this->markTestSkipped('needs root for unshare --uts --pid (separate host names and pid spaces)');
+        }
+        parent::setUp();
+    }
+
+    protected function tearDown(): void
+    {
+        foreach ($this->servers as $s) {
+            $s->stop();
+        }
+        parent::tearDown();
+    }
+
+    private function server(string $name, array $ini = []): SimulatedServer
+    {
+        return $this->servers[$name] = SimulatedServer::start($name, $this->config, $ini);
+    }
+
+    /** Reaps from $server until $id is released or $seconds pass; returns that reap's entry. */
+    private function reapUntilReleased(SimulatedServer $server, int $id, float $seconds): array
+    {
+        $deadline = microtime(true) + $seconds;
+        do {
+            $entry = self::byId($server->send(['cmd' => 'reap']))[$id] ?? null;
+            if ($entry === null || $entry['action'] !== 'kept') {
+                return $entry ?? [];
+            }
+            usleep(200000);
+        } while (microtime(true) < $deadline);
+        $this->fail("row $id was not released within $seconds s: " . json_encode($entry));
+    }
+
+    public function testServer2LosesPowerAndOnlyItsRowsAreReleasedOnceItsHeartbeatsAreStale(): void
+    {
+        $ids = $this->queue(array_map(fn ($i) => ['idsite' => $i], range(1, 9)));
+        $rows = ['server1' => array_slice($ids, 0, 3), 'server2' => array_slice($ids, 3, 3), 'server3' => array_slice($ids, 6, 3)];
+        foreach ($rows as $name => $mine) {
+            $server = $this->server($name);
+            $this->assertSame($name, $server->send(['cmd' => 'identity'])['host']);
+            $this->assertSame(1, $server->send(['cmd' => 'identity'])['pid'], 'the agent is pid 1 of its server');
+            $this->assertSame($mine, $server->send(['cmd' => 'claim', 'ids' => $mine])['won']);
+        }
+
+        $this->servers['server2']->killWhole();
+        $killedAt = microtime(true);
+        unset($this->servers['server2']);
+
+        // At once: server2's heartbeats are still fresh, and nothing proves its death yet.
+        $early = self::byId($this->servers['server1']->send(['cmd' => 'reap']));
+        foreach ($rows['server2'] as $id) {
+            $this->assertSame(['alive', 'heartbeat_fresh', 'kept'], [$early[$id]['verdict'], $early[$id]['reason'], $early[$id]['action']]);
+        }
+
+        // Within the lease (3 s here) plus a beat, server1 proves it and releases exactly its rows.
+        $entry = $this->reapUntilReleased($this->servers['server1'], $rows['server2'][0], 10);
+        $recovery = microtime(true) - $killedAt;
+        $this->assertSame(['dead', 'heartbeat_stale', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+        $this->assertLessThan(10, $recovery);
+        foreach ($rows['server2'] as $id) {
+            $this->assertSame(0, (int) $this->row($id)['status'], "server2's row $id is back in the queue");
+        }
+        foreach (['server1', 'server3'] as $name) {
+            foreach ($rows[$name] as $id) {
+                $row = $this->row($id);
+                $this->assertSame(1, (int) $row['status'], "$name keeps row $id");
+                $this->assertSame($name, $row['processing_host']);
+                $this->assertSame('1', $row['process_id']);
+            }
+        }
+    }
+
+    public function testAProcessKilledInsideAServerIsReapedAtOnceByThatServer(): void
+    {
+        [$id] = $this->queue([[]]);
+        $server = $this->server('server1');
+        $server->send(['cmd' => 'identity']);
+        $victim = $server->send(['cmd' => 'spawn', 'ids' => [$id]]);
+        $this->assertLessThan(100, $victim['pid'], 'a pid of the server namespace');
+        $server->send(['cmd' => 'kill', 'pid' => $victim['pid']]);
+
+        $entry = self::byId($server->send(['cmd' => 'reap']))[$id];
+        $this->assertSame(['dead', 'pid_gone', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+    }
+
+    public function testAPidReusedInANewPidNamespaceIsProofOfDeath(): void
+    {
+        // A stock Matomo archiver on "reuse-host" claimed as pid 1 an hour ago and died; the
+        // server rebooted its namespace and pid 1 is now a process that started minutes later.
+        [$id] = $this->queue([[]]);
+        $this->claimAs($id, 'reuse-host', '1', 'NOW() - INTERVAL 1 HOUR');
+        $server = $this->server('reuse-host');
+        $this->assertSame(1, $server->send(['cmd' => 'identity'])['pid']);
+
+        $entry = self::byId($server->send(['cmd' => 'reap']))[$id];
+        $this->assertSame(['dead', 'pid_reused', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+    }
+
+    public function testAStockMatomoClaimerIsJudgedOnlyOnItsOwnHost(): void
+    {
+        [$id] = $this->queue([[]]);
+        $server1 = $this->server('server1');
+        $server2 = $this->server('server2');
+        $stock = $server2->send(['cmd' => 'spawn', 'ids' => [$id], 'extension' => false]);
+        $this->assertSame('server2', $this->row($id)['processing_host']);
+
+        $alive = self::byId($server2->send(['cmd' => 'reap']))[$id];
+        $this->assertSame(['alive', 'pid_alive', 'kept'], [$alive['verdict'], $alive['reason'], $alive['action']]);
+        $server2->send(['cmd' => 'kill', 'pid' => $stock['pid']]);
+
+        $remote = self::byId($server1->send(['cmd' => 'reap']))[$id];
+        $this->assertSame(['unknown', 'remote_unregistered', 'kept'], [$remote['verdict'], $remote['reason'], $remote['action']],
+            'server1 cannot see server2\'s processes');
+        $local = self::byId($server2->send(['cmd' => 'reap']))[$id];
+        $this->assertSame(['dead', 'pid_gone', 'reset'], [$local['verdict'], $local['reason'], $local['action']]);
+    }
+
+    public function testAStockMatomoClaimOnADeadServerIsReleasedByTheTimeoutFromElsewhere(): void
+    {
+        [$id] = $this->queue([[]]);
+        $this->claimAs($id, 'server2', '345', 'NOW() - INTERVAL 25 HOUR');
+        $entry = self::byId($this->server('server1')->send(['cmd' => 'reap']))[$id];
+        $this->assertSame(['dead', 'timeout', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+    }
+
+    public function testAnOperatorCanDeclareADeadServerBeforeItsLeaseRunsOut(): void
+    {
+        [$id] = $this->queue([[]]);
+        $server2 = $this->server('server2', ['lease' => 600]);
+        $server2->send(['cmd' => 'claim', 'ids' => [$id]]);
+        $server2->killWhole();
+        unset($this->servers['server2']);
+
+        // Its heartbeat is still fresh for ten minutes: without force the declaration is refused.
+        $server1 = $this->server('server1', ['lease' => 600]);
+        try {
+            $server1->send(['cmd' => 'reap', 'options' => ['hosts' => ['server2']]]);
+            $this->fail('a host with a fresh heartbeat was declared dead without force');
+        } catch (\RuntimeException $e) {
+            $this->assertStringContainsString('ValueError', $e->getMessage());
+        }
+        $entry = self::byId($server1->send(['cmd' => 'reap', 'options' => ['hosts' => ['server2'], 'force' => true]]))[$id];
+        $this->assertSame(['dead', 'host_declared_dead', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+    }
+}
