@@ -84,6 +84,14 @@ while (($line = fgets(STDIN)) !== false) {
                 $children[$result['pid']] = [$proc, $pipes];
                 answer($result);
                 break;
+            case 'run':
+                // Another process of this server running a PHP script with the extension.
+                $cmd = array_merge([PHP_BINARY], inherited_ini(), [$msg['script']], $msg['args'] ?? []);
+                $proc = proc_open($cmd, [0 => ['file', '/dev/null', 'r'], 1 => ['file', '/dev/null', 'a'], 2 => ['file', $msg['stderr'] ?? '/dev/null', 'a']], $pipes);
+                $pid = proc_get_status($proc)['pid'];
+                $children[$pid] = [$proc, []];
+                answer(['pid' => $pid]);
+                break;
             case 'kill':
                 posix_kill((int) $msg['pid'], SIGKILL);
                 if (isset($children[$msg['pid']])) {
