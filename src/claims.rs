@@ -173,7 +173,7 @@ pub fn parse_schema_options(entries: &[(Key, Value)]) -> Result<SchemaOptions> {
 }
 
 /// 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD' on the database clock, as Matomo writes ts_started.
-fn datetime(o: &Options, key: &str) -> Result<Option<String>> {
+pub fn datetime(o: &Options, key: &str) -> Result<Option<String>> {
     let Some(s) = o.string(key)? else {
         return Ok(None);
     };

@@ -67,10 +67,34 @@ fn parse_namespace_link(link: &str) -> Option<u64> {
 /// When a local process started, in Unix seconds; None if there is no such process (in this
 /// pid namespace) or /proc cannot tell.
 pub fn process_start_time(pid: &str) -> Option<f64> {
+    process_status(pid).map(|(_, started_at)| started_at)
+}
+
+/// A local process's state letter (R, S, D, Z, ...) and start time.
+pub fn process_status(pid: &str) -> Option<(char, f64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = state_from_stat(&stat)?;
     let ticks = start_ticks_from_stat(&stat)?;
     let boot_time = boot_time_from_proc_stat(&fs::read_to_string("/proc/stat").ok()?)?;
-    Some(boot_time as f64 + ticks as f64 / clock_ticks_per_second())
+    Some((
+        state,
+        boot_time as f64 + ticks as f64 / clock_ticks_per_second(),
+    ))
+}
+
+/// Whether a state letter means the process has ended: a zombie (Z) has died and only waits
+/// for its parent to collect it; X is dead.
+pub fn is_dead_state(state: char) -> bool {
+    matches!(state, 'Z' | 'X' | 'x')
+}
+
+/// Field 3 of /proc/<pid>/stat, right after the command.
+fn state_from_stat(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// Whether a pid exists in the caller's pid namespace.
@@ -114,6 +138,15 @@ mod tests {
         let stat = "4242 ((a) b)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10 18446744073709551615";
         assert_eq!(start_ticks_from_stat(stat), Some(123456));
         assert_eq!(start_ticks_from_stat("garbage"), None);
+    }
+
+    #[test]
+    fn reads_the_state_letter() {
+        let stat =
+            "4242 ((a) b)) Z 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000";
+        assert_eq!(state_from_stat(stat), Some('Z'));
+        assert!(is_dead_state('Z') && is_dead_state('X'));
+        assert!(!is_dead_state('S') && !is_dead_state('R') && !is_dead_state('D'));
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub struct ReapOptions {
     pub hosts: Vec<String>,
     pub force: bool,
     pub idsites: Option<Vec<i64>>,
+    /// Only rows of these hosts, claimed in this window: the filters of Matomo's
+    /// `core:reset-invalidations` (the rows outside are not even looked at).
+    pub only_hosts: Option<Vec<String>>,
+    pub started_after: Option<String>,
+    pub started_before: Option<String>,
     pub lease_seconds: f64,
 }
 
@@ -40,6 +45,9 @@ pub const OPTION_KEYS: &[&str] = &[
     "hosts",
     "force",
     "idsites",
+    "only_hosts",
+    "started_after",
+    "started_before",
     "lease",
 ];
 
@@ -53,6 +61,9 @@ impl ReapOptions {
             hosts: Vec::new(),
             force: false,
             idsites: None,
+            only_hosts: None,
+            started_after: None,
+            started_before: None,
             lease_seconds,
         }
     }
@@ -105,6 +116,9 @@ impl ReapOptions {
             hosts: o.strings("hosts")?.unwrap_or_default(),
             force: o.bool("force")?.unwrap_or(false),
             idsites: o.ids("idsites")?,
+            only_hosts: o.strings("only_hosts")?,
+            started_after: crate::claims::datetime(&o, "started_after")?,
+            started_before: crate::claims::datetime(&o, "started_before")?,
             lease_seconds: o
                 .int_in("lease", 1, 86400)?
                 .map(|s| s as f64)
@@ -199,11 +213,12 @@ pub fn observe(
     })
 }
 
-/// What this machine's /proc says about a pid.
+/// What this machine's /proc says about a pid. A zombie counts as gone: it has died and only
+/// waits for its parent to collect it (a killed archiver whose parent has not yet done so).
 pub fn local_process(pid: u32) -> LocalProcess {
-    let key = pid.to_string();
-    match identity::process_start_time(&key) {
-        Some(started_at) => LocalProcess::Running { started_at },
+    match identity::process_status(&pid.to_string()) {
+        Some((state, _)) if identity::is_dead_state(state) => LocalProcess::Gone,
+        Some((_, started_at)) => LocalProcess::Running { started_at },
         None if identity::pid_exists(pid) => LocalProcess::Unreadable,
         None => LocalProcess::Gone,
     }
@@ -281,8 +296,10 @@ pub fn reap(
     check_declared_hosts(&observer, options).map_err(ReapError::Refused)?;
     let filter = RowFilter {
         idsites: options.idsites.clone(),
-        include_never_started: true,
-        ..RowFilter::default()
+        hosts: options.only_hosts.clone(),
+        started_after: options.started_after.clone(),
+        started_before: options.started_before.clone(),
+        include_never_started: options.started_after.is_none() && options.started_before.is_none(),
     };
     let mut rows = invalidations::in_progress(conn, config, &filter)?;
     // Matomo releases row by row in id order; duplicates are judged against what came before.
@@ -368,6 +385,11 @@ mod tests {
                 ),
                 s("force", Value::Bool(true)),
                 s("idsites", Value::Array(vec![(Key::Int(0), Value::Int(7))])),
+                s(
+                    "only_hosts",
+                    Value::Array(vec![(Key::Int(0), Value::Str("server2".into()))]),
+                ),
+                s("started_before", Value::Str("2026-11-29 03:00:00".into())),
                 s("lease", Value::Int(30)),
             ],
             60.0,
@@ -379,6 +401,8 @@ mod tests {
         assert_eq!(o.hosts, vec!["server2".to_string()]);
         assert_eq!(o.idsites, Some(vec![7]));
         assert_eq!(o.lease_seconds, 30.0);
+        assert_eq!(o.only_hosts, Some(vec!["server2".to_string()]));
+        assert_eq!(o.started_before.as_deref(), Some("2026-11-29 03:00:00"));
     }
 
     #[test]
@@ -397,6 +421,7 @@ mod tests {
             )],
             vec![s("hosts", Value::Str("server2".into()))],
             vec![s("lease", Value::Int(0))],
+            vec![s("started_after", Value::Str("1 hour ago".into()))],
         ] {
             assert!(ReapOptions::parse(&bad, 60.0).is_err(), "{bad:?}");
         }

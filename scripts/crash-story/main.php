@@ -13,9 +13,11 @@ namespace Matomo\ArchiveClaim\Demo;
 
 use Matomo\ArchiveClaim\Tests\SimulatedServer;
 use Matomo\ArchiveClaim\Tests\TestDatabase;
+use Matomo\ArchiveClaim\Tests\WorkLog;
 
 require __DIR__ . '/../../tests/support/TestDatabase.php';
 require __DIR__ . '/../../tests/support/SimulatedServer.php';
+require __DIR__ . '/../../tests/support/WorkLog.php';
 
 const INVALIDATIONS = 300;
 const ARCHIVERS_PER_SERVER = 2;
@@ -52,40 +54,6 @@ function show_in_progress(array $rows): void
     }
 }
 
-/** @return array{0: bool, 1: int} no overlap of live work on one id; number of ids finished */
-function check_log(string $log, float $killedAt, string $killedHost): array
-{
-    $open = [];
-    $intervals = [];
-    foreach (file($log, FILE_IGNORE_NEW_LINES) as $line) {
-        [$t, $what, $id, $host, $pid] = explode(' ', $line);
-        $key = "$host/$pid/$id";
-        if ($what === 'start') {
-            $open[$key] = (float) $t;
-        } else {
-            $intervals[(int) $id][] = [$open[$key], (float) $t];
-            unset($open[$key]);
-        }
-    }
-    // Work that never finished was cut short by the power loss: it ended when server2 died.
-    foreach ($open as $key => $start) {
-        [$host, , $id] = explode('/', $key);
-        if ($host !== $killedHost) {
-            return [false, 0];
-        }
-        $intervals[(int) $id][] = [$start, $killedAt];
-    }
-    foreach ($intervals as $spans) {
-        usort($spans, fn ($a, $b) => $a[0] <=> $b[0]);
-        for ($i = 1; $i < count($spans); $i++) {
-            if ($spans[$i][0] < $spans[$i - 1][1]) {
-                return [false, 0];
-            }
-        }
-    }
-    return [true, count(array_filter($intervals, fn ($spans) => count($spans) >= 1))];
-}
-
 $isolated = SimulatedServer::canIsolate();
 $config = TestDatabase::create('matomo_');
 $pdo = TestDatabase::matomoPdo($config);
@@ -108,7 +76,7 @@ try {
     foreach (['server1', 'server2', 'server3'] as $name) {
         $servers[$name] = SimulatedServer::start($name, $config, $ini, $isolated);
         for ($i = 0; $i < ARCHIVERS_PER_SERVER; $i++) {
-            $servers[$name]->send(['cmd' => 'run', 'script' => __DIR__ . '/archiver.php',
+            $servers[$name]->send(['cmd' => 'run', 'script' => __DIR__ . '/../../tests/support/archiver.php',
                 'args' => [json_encode($config), $log, (string) WORK_MS]]);
         }
     }
@@ -146,14 +114,16 @@ try {
         usleep(100000);
     }
     $left = (int) $pdo->query('SELECT COUNT(*) FROM matomo_archive_invalidations')->fetchColumn();
-    [$noOverlap, $finished] = check_log($log, $killedAt, $killedHost);
+    $work = WorkLog::analyse($log, [$killedHost => $killedAt]);
+    $finished = count($work['done']);
+    $noOverlap = $work['overlaps'] === [] && $work['unfinished'] === [];
 
     say();
     say(sprintf('t=%.1fs  the survivors finished the queue.', microtime(true) - $started));
     say();
     say('Summary');
     say(sprintf('  invalidations done:                 %d of %d%s', $finished, INVALIDATIONS, $left ? " ($left left!)" : ''));
-    say('  worked on by two live processes:    ' . ($noOverlap ? 'none' : 'YES - see ' . $log));
+    say('  worked on by two live processes:    ' . ($noOverlap ? 'none' : implode('; ', array_merge($work['overlaps'], $work['unfinished']))));
     say(sprintf('  recovery after the power loss:      %.1f s (Matomo alone: up to 86,400 s, its archive_failure_recovery_timeout)', $recovery));
     $ok = $left === 0 && $finished === INVALIDATIONS && $noOverlap && $orphans() === 0;
     say($ok ? 'OK' : 'FAILED');

@@ -1,0 +1,35 @@
+<?php
+declare(strict_types=1);
+
+namespace Matomo\ArchiveClaim\Tests;
+
+/** install-schema needs a table from before Matomo 5.3. */
+final class CliInstallSchemaTest extends ExtensionTestCase
+{
+    protected function createPre53Table(): bool
+    {
+        return true;
+    }
+
+    public function testInstallSchemaSaysWhatItChangedOnce(): void
+    {
+        $c = $this->config;
+        $args = ['--host=' . $c['host'], '--port=' . $c['port'], '--user=' . $c['username'], '--password=' . $c['password'],
+            '--dbname=' . $c['dbname'], '--prefix=' . $c['tables_prefix']];
+        $run = function (array $extra) use ($args): array {
+            $proc = proc_open(TestDatabase::php(array_merge([__DIR__ . '/../../php/bin/archive-claim', 'install-schema'], $args, $extra)),
+                [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
+            $out = stream_get_contents($pipes[1]);
+            return [proc_close($proc), $out];
+        };
+        [$code, $out] = $run(['--dry-run']);
+        $this->assertSame(0, $code);
+        $this->assertStringContainsString('Would change matomo_archive_invalidations', $out);
+        [$code, $out] = $run(['--index']);
+        $this->assertSame(0, $code);
+        $this->assertStringContainsString('added column processing_host VARCHAR(100) NULL DEFAULT NULL', $out);
+        $this->assertStringContainsString('added index index_archive_claim_status_host', $out);
+        [, $out] = $run(['--index']);
+        $this->assertStringContainsString('already has everything; nothing changed', $out);
+    }
+}

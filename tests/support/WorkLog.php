@@ -1,0 +1,84 @@
+<?php
+/**
+ * A log of who worked on which invalidation when, written by many processes at once (one short
+ * line per write with O_APPEND, so lines never interleave), and the check that matters: no
+ * invalidation was worked on by two live processes at the same time.
+ */
+
+declare(strict_types=1);
+
+namespace Matomo\ArchiveClaim\Tests;
+
+final class WorkLog
+{
+    private string $who;
+
+    public function __construct(private string $file)
+    {
+        $host = gethostname() ?: '-';
+        $this->who = $host . ' ' . getmypid();
+    }
+
+    public function start(int $id): void
+    {
+        $this->write('start', $id);
+    }
+
+    /** $how: done (completed) or released (given back). */
+    public function end(int $id, string $how): void
+    {
+        $this->write($how, $id);
+    }
+
+    private function write(string $what, int $id): void
+    {
+        file_put_contents($this->file, sprintf("%.6f %s %d %s\n", microtime(true), $what, $id, $this->who), FILE_APPEND);
+    }
+
+    /**
+     * @param array<string, float> $deaths "host pid" or "host" => when it was killed; work it
+     *   never finished ended then
+     * @return array{done: int[], overlaps: string[], unfinished: string[]}
+     */
+    public static function analyse(string $file, array $deaths = []): array
+    {
+        $open = [];
+        $spans = [];
+        $done = [];
+        foreach (file($file, FILE_IGNORE_NEW_LINES) ?: [] as $line) {
+            [$t, $what, $id, $host, $pid] = explode(' ', $line);
+            $key = "$host $pid $id";
+            if ($what === 'start') {
+                $open[$key] = (float) $t;
+                continue;
+            }
+            $spans[(int) $id][] = [$open[$key] ?? 0.0, (float) $t, "$host $pid"];
+            unset($open[$key]);
+            if ($what === 'done') {
+                $done[(int) $id] = true;
+            }
+        }
+        $unfinished = [];
+        foreach ($open as $key => $start) {
+            [$host, $pid, $id] = explode(' ', $key);
+            $diedAt = $deaths["$host $pid"] ?? $deaths[$host] ?? null;
+            if ($diedAt === null) {
+                $unfinished[] = $key;
+                continue;
+            }
+            $spans[(int) $id][] = [$start, $diedAt, "$host $pid"];
+        }
+        $overlaps = [];
+        foreach ($spans as $id => $list) {
+            usort($list, fn ($a, $b) => $a[0] <=> $b[0]);
+            for ($i = 1; $i < count($list); $i++) {
+                if ($list[$i][0] < $list[$i - 1][1]) {
+                    $overlaps[] = "#$id: {$list[$i - 1][2]} and {$list[$i][2]}";
+                }
+            }
+        }
+        $done = array_keys($done);
+        sort($done);
+        return ['done' => $done, 'overlaps' => $overlaps, 'unfinished' => $unfinished];
+    }
+}
