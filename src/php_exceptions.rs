@@ -100,6 +100,7 @@ impl From<Error> for PhpException {
             Error::Query { .. } => load(&QUERY).unwrap_or_else(base),
             Error::Schema(_) => load(&SCHEMA).unwrap_or_else(base),
         };
-        PhpException::new(e.to_string(), e.code(), class)
+        // Messages echo what the caller passed; PHP refuses to throw a message with a NUL byte.
+        PhpException::new(e.to_string().replace('\0', "\\0"), e.code(), class)
     }
 }
