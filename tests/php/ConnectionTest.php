@@ -71,6 +71,22 @@ final class ConnectionTest extends ExtensionTestCase
         $this->assertSame((string) getmypid(), $this->row($b)['process_id']);
     }
 
+    public function testTheNextCallWorksAfterTheServerRestarts(): void
+    {
+        $restart = getenv('MATOMO_ARCHIVE_CLAIM_TEST_DB_RESTART');
+        if (!$restart) {
+            $this->markTestSkipped('the test server was not started by tests/support/with-mariadb.sh, so it cannot be restarted');
+        }
+        [$a, $b] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
+        $this->assertTrue(claim_invalidation($a));
+        exec(escapeshellarg($restart) . ' 2>&1', $out, $code);
+        $this->assertSame(0, $code, implode("\n", $out));
+
+        $this->assertTrue(claim_invalidation($b), 'reconnected by itself');
+        $this->pdo = TestDatabase::matomoPdo($this->config);
+        $this->assertSame((string) getmypid(), $this->row($b)['process_id']);
+    }
+
     public function testAnUnreachableServerIsAConnectionException(): void
     {
         $closed = stream_socket_server('tcp://127.0.0.1:0');

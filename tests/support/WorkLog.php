@@ -24,7 +24,7 @@ final class WorkLog
         $this->write('start', $id);
     }
 
-    /** $how: done (completed) or released (given back). */
+    /** $how: done (completed), released (given back), or lost (the row was no longer ours). */
     public function end(int $id, string $how): void
     {
         $this->write($how, $id);
@@ -38,16 +38,23 @@ final class WorkLog
     /**
      * @param array<string, float> $deaths "host pid" or "host" => when it was killed; work it
      *   never finished ended then
-     * @return array{done: int[], overlaps: string[], unfinished: string[]}
+     * @return array{done: int[], overlaps: string[], unfinished: string[], lost: int[], seen: int[]}
      */
     public static function analyse(string $file, array $deaths = []): array
     {
         $open = [];
         $spans = [];
         $done = [];
+        $lost = [];
+        $seen = [];
         foreach (file($file, FILE_IGNORE_NEW_LINES) ?: [] as $line) {
             [$t, $what, $id, $host, $pid] = explode(' ', $line);
             $key = "$host $pid $id";
+            $seen[(int) $id] = true;
+            if ($what === 'lost') {
+                $lost[] = (int) $id;
+                continue;
+            }
             if ($what === 'start') {
                 $open[$key] = (float) $t;
                 continue;
@@ -79,6 +86,8 @@ final class WorkLog
         }
         $done = array_keys($done);
         sort($done);
-        return ['done' => $done, 'overlaps' => $overlaps, 'unfinished' => $unfinished];
+        $seen = array_keys($seen);
+        sort($seen);
+        return ['done' => $done, 'overlaps' => $overlaps, 'unfinished' => $unfinished, 'lost' => $lost, 'seen' => $seen];
     }
 }

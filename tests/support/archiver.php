@@ -7,7 +7,12 @@
  * PDO as a server without the extension would (mode "pdo"). Every start and end goes to a
  * shared log (WorkLog) so overlaps can be checked afterwards.
  *
- * Usage: php [-d extension=...] archiver.php CONFIG_JSON LOG_FILE WORK_MS [ext|pdo] [RELEASE_EVERY]
+ * It rides out database restarts: a failed statement is retried on a new connection, and a
+ * claim whose outcome is unknown is given back (a fenced release changes nothing if the claim
+ * never happened). A completion that finds the row no longer ours is logged as "lost": a live
+ * claim was taken away, which must never happen.
+ *
+ * Usage: php [-d extension=...] archiver.php CONFIG_JSON LOG_FILE WORK_MS [ext|pdo] [RELEASE_EVERY] [MAX_WORK_MS]
  */
 
 declare(strict_types=1);
@@ -22,23 +27,48 @@ require __DIR__ . '/../../php/ArchiveClaim/Lib/InvalidationClaimer.php';
 [, $configJson, $logFile, $workMs] = $argv;
 $mode = $argv[4] ?? 'ext';
 $releaseEvery = (int) ($argv[5] ?? 0);
+$maxWorkMs = (int) ($argv[6] ?? $workMs);
 $c = json_decode($configJson, true);
-$pdo = new PDO("mysql:host={$c['host']};port={$c['port']};dbname={$c['dbname']}", $c['username'], $c['password'],
-    [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_EMULATE_PREPARES => true]);
-$pdo->exec("SET sql_mode = 'NO_AUTO_VALUE_ON_ZERO'");
 if ($mode === 'ext') {
     Matomo\ArchiveClaim\configure($c);
 }
-$claimer = InvalidationClaimer::forPdo($pdo, $c['tables_prefix'], $mode === 'ext');
 $log = new WorkLog($logFile);
 $table = "`{$c['tables_prefix']}archive_invalidations`";
+
+function connect(array $c): PDO
+{
+    $pdo = new PDO("mysql:host={$c['host']};port={$c['port']};dbname={$c['dbname']}", $c['username'], $c['password'],
+        [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_EMULATE_PREPARES => true, PDO::ATTR_TIMEOUT => 5]);
+    $pdo->exec("SET sql_mode = 'NO_AUTO_VALUE_ON_ZERO'");
+    return $pdo;
+}
+
+/** Runs $step until it gets through (the database may be restarting). */
+function persist(callable $step, ?PDO &$pdo, array $c)
+{
+    for ($attempt = 0; ; $attempt++) {
+        try {
+            $pdo ??= connect($c);
+            return $step($pdo);
+        } catch (\PDOException | \Matomo\ArchiveClaim\Exception $e) {
+            if ($attempt > 600) {
+                throw $e;
+            }
+            $pdo = null;
+            usleep(100000);
+        }
+    }
+}
+
+$pdo = null;
 $handled = 0;
+$claimer = fn (PDO $pdo) => InvalidationClaimer::forPdo($pdo, $c['tables_prefix'], $mode === 'ext');
 
 while (true) {
-    $queued = $pdo->query("SELECT idinvalidation, idsite FROM $table WHERE status = 0 ORDER BY period, date1, idinvalidation LIMIT 20")
-        ->fetchAll(PDO::FETCH_ASSOC);
+    $queued = persist(fn ($pdo) => $pdo->query("SELECT idinvalidation, idsite FROM $table WHERE status = 0
+        ORDER BY period, date1, idinvalidation LIMIT 20")->fetchAll(PDO::FETCH_ASSOC), $pdo, $c);
     if (!$queued) {
-        if ((int) $pdo->query("SELECT COUNT(*) FROM $table")->fetchColumn() === 0) {
+        if ((int) persist(fn ($pdo) => $pdo->query("SELECT COUNT(*) FROM $table")->fetchColumn(), $pdo, $c) === 0) {
             break; // all done
         }
         usleep(100000); // the rest is in progress somewhere, or waiting to be reaped
@@ -46,18 +76,34 @@ while (true) {
     }
     shuffle($queued);
     foreach ($queued as $invalidation) {
-        if ($claimer->claim($invalidation)) {
-            $id = (int) $invalidation['idinvalidation'];
-            $log->start($id);
-            usleep((int) $workMs * 1000);
-            if ($releaseEvery > 0 && ++$handled % $releaseEvery === 0) {
-                $log->end($id, 'released');
-                $claimer->release([$id]);
-            } else {
-                $log->end($id, 'done');
-                $claimer->complete([$id]);
+        $id = (int) $invalidation['idinvalidation'];
+        try {
+            $pdo ??= connect($c);
+            $claimed = $claimer($pdo)->claim($invalidation);
+        } catch (\PDOException | \Matomo\ArchiveClaim\Exception $e) {
+            if ($mode !== 'ext') {
+                throw $e; // stock Matomo's release is not fenced: it would crash here too
             }
-            break;
+            // Did it commit before the connection died? Unknown: give it back, fenced.
+            $pdo = null;
+            persist(fn ($pdo) => $claimer($pdo)->release([$id]), $pdo, $c);
+            continue;
         }
+        if (!$claimed) {
+            continue;
+        }
+        $log->start($id);
+        usleep(random_int((int) $workMs, max((int) $workMs, $maxWorkMs)) * 1000);
+        if ($releaseEvery > 0 && ++$handled % $releaseEvery === 0) {
+            $log->end($id, 'released');
+            persist(fn ($pdo) => $claimer($pdo)->release([$id]), $pdo, $c);
+        } else {
+            $log->end($id, 'done');
+            $deleted = persist(fn ($pdo) => $claimer($pdo)->complete([$id]), $pdo, $c);
+            if ($deleted === 0 && $mode === 'ext') {
+                $log->end($id, 'lost');
+            }
+        }
+        break;
     }
 }

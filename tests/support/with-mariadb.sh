@@ -5,8 +5,9 @@
 #   tests/support/with-mariadb.sh COMMAND [ARGS...]
 #
 # The command finds the server in MATOMO_ARCHIVE_CLAIM_TEST_DSN, a mysql:// URL of a user that
-# may create databases and users. If that variable is already set, no server is started and the
-# command runs against the one it names.
+# may create databases and users, and can restart it (same port, same data) by running
+# $MATOMO_ARCHIVE_CLAIM_TEST_DB_RESTART. If MATOMO_ARCHIVE_CLAIM_TEST_DSN is already set, no
+# server is started and the command runs against the one it names (and cannot restart it).
 set -euo pipefail
 
 if [[ -n "${MATOMO_ARCHIVE_CLAIM_TEST_DSN:-}" ]]; then
@@ -18,9 +19,9 @@ for tool in mariadb-install-db mariadbd mariadb-admin php; do
 done
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/matomo-archive-claim-db.XXXXXX")
-pid=
 cleanup() {
-  local status=$?
+  local status=$? pid
+  pid=$(cat "$dir/mysqld.pid" 2>/dev/null || true)
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
@@ -34,25 +35,41 @@ trap 'exit 130' INT TERM
 
 # A port nobody listens on right now (the kernel picks it).
 port=$(php -r '$s = stream_socket_server("tcp://127.0.0.1:0"); echo explode(":", stream_socket_get_name($s, false))[1];')
-user_flag=()
-[[ $(id -u) -eq 0 ]] && user_flag=(--user=root)
+user_flag=
+[[ $(id -u) -eq 0 ]] && user_flag=--user=root
 
-mariadb-install-db --no-defaults --datadir="$dir/data" "${user_flag[@]}" \
+mariadb-install-db --no-defaults --datadir="$dir/data" $user_flag \
   --auth-root-authentication-method=normal --skip-test-db --skip-name-resolve >"$dir/install.log" 2>&1 \
   || { cat "$dir/install.log" >&2; exit 2; }
 
-mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mysqld.sock" --port="$port" \
-  --bind-address=127.0.0.1 "${user_flag[@]}" --skip-name-resolve --pid-file="$dir/mysqld.pid" \
-  --log-error="$dir/error.log" --max-connections=400 --innodb-buffer-pool-size=256M \
-  --innodb-log-file-size=64M --innodb-flush-log-at-trx-commit="${MATOMO_ARCHIVE_CLAIM_TEST_FLUSH:-2}" \
-  --skip-log-bin >>"$dir/error.log" 2>&1 &
-pid=$!
-
-for _ in $(seq 1 200); do
-  mariadb-admin --no-defaults --socket="$dir/mysqld.sock" -uroot ping >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { cat "$dir/error.log" >&2; exit 2; }
+# start: runs the server in the background and waits until it answers; restart: stops it
+# cleanly, then starts it again on the same port with the same data.
+cat >"$dir/start" <<START
+#!/usr/bin/env bash
+set -e
+mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mysqld.sock" --port="$port" \\
+  --bind-address=127.0.0.1 $user_flag --skip-name-resolve --pid-file="$dir/mysqld.pid" \\
+  --log-error="$dir/error.log" --max-connections=400 --innodb-buffer-pool-size=256M \\
+  --innodb-log-file-size=64M --innodb-flush-log-at-trx-commit="${MATOMO_ARCHIVE_CLAIM_TEST_FLUSH:-2}" \\
+  --skip-log-bin >>"$dir/error.log" 2>&1 </dev/null &
+for _ in \$(seq 1 200); do
+  mariadb-admin --no-defaults --socket="$dir/mysqld.sock" -uroot ping >/dev/null 2>&1 && exit 0
   sleep 0.05
 done
+echo "MariaDB did not start; see $dir/error.log" >&2
+tail -5 "$dir/error.log" >&2
+exit 2
+START
+cat >"$dir/restart" <<RESTART
+#!/usr/bin/env bash
+set -e
+pid=\$(cat "$dir/mysqld.pid")
+kill "\$pid"
+while kill -0 "\$pid" 2>/dev/null; do sleep 0.02; done
+exec "$dir/start"
+RESTART
+chmod +x "$dir/start" "$dir/restart"
+"$dir/start"
 
 password="test-$RANDOM$RANDOM"
 mariadb --no-defaults --socket="$dir/mysqld.sock" -uroot -e "
@@ -61,6 +78,5 @@ mariadb --no-defaults --socket="$dir/mysqld.sock" -uroot -e "
 
 export MATOMO_ARCHIVE_CLAIM_TEST_DSN="mysql://admin:$password@127.0.0.1:$port/"
 export MATOMO_ARCHIVE_CLAIM_TEST_SOCKET="$dir/mysqld.sock"
-export MATOMO_ARCHIVE_CLAIM_TEST_DB_PID="$pid"
-export MATOMO_ARCHIVE_CLAIM_TEST_DB_DIR="$dir"
+export MATOMO_ARCHIVE_CLAIM_TEST_DB_RESTART="$dir/restart"
 "$@"

@@ -1,0 +1,156 @@
+<?php
+declare(strict_types=1);
+
+namespace Matomo\ArchiveClaim\Tests;
+
+use function Matomo\ArchiveClaim\reap_orphans;
+
+/**
+ * Chaos: simulated servers (own host and pid namespaces as root) with several archivers each
+ * drain a queue while archivers are killed with SIGKILL, whole servers lose power and are
+ * replaced, the database restarts, and reapers run concurrently (every server's heartbeat
+ * threads, plus this process). Invariants, checked at the end from the archivers' log and the
+ * table: every invalidation was completed, no row was lost or invented, none was worked on by
+ * two live processes at once, no live claim was taken away, and nothing is left in progress.
+ *
+ * Short by default (CI); MATOMO_ARCHIVE_CLAIM_CHAOS_SECONDS=300 (scripts/chaos --long) runs
+ * longer with a bigger queue.
+ */
+final class ChaosTest extends ExtensionTestCase
+{
+    /** @var array<string, SimulatedServer> */
+    private array $servers = [];
+    private int $serverCount = 0;
+
+    protected function tearDown(): void
+    {
+        foreach ($this->servers as $s) {
+            $s->killWhole();
+        }
+        parent::tearDown();
+    }
+
+    private function startServer(string $log, int $archivers): void
+    {
+        $name = 's' . (++$this->serverCount);
+        $server = SimulatedServer::start($name, $this->config, ['heartbeat_interval' => 1, 'lease' => 5, 'auto_reap' => 1]);
+        $this->servers[$name] = $server;
+        for ($i = 0; $i < $archivers; $i++) {
+            $server->send(['cmd' => 'run', 'script' => __DIR__ . '/../support/archiver.php',
+                'args' => [json_encode($this->config), $log, '40', 'ext', '11', '120']]);
+        }
+    }
+
+    private function remaining(): int
+    {
+        return (int) $this->pdo->query("SELECT COUNT(*) FROM {$this->table()}")->fetchColumn();
+    }
+
+    public function testNothingIsLostOrDoneTwiceThroughKillsPowerLossesAndADatabaseRestart(): void
+    {
+        $seconds = (int) (getenv('MATOMO_ARCHIVE_CLAIM_CHAOS_SECONDS') ?: 0);
+        $long = $seconds > 0;
+        $rows = $long ? $seconds * 80 : 1200;
+        $restart = getenv('MATOMO_ARCHIVE_CLAIM_TEST_DB_RESTART') ?: null;
+        $ids = TestDatabase::queueMany($this->pdo, self::PREFIX, $rows);
+        $log = tempnam(sys_get_temp_dir(), 'chaos');
+        $rand = new \Random\Randomizer(new \Random\Engine\Mt19937((int) (getenv('MATOMO_ARCHIVE_CLAIM_CHAOS_SEED') ?: random_int(1, PHP_INT_MAX))));
+
+        for ($i = 0; $i < 3; $i++) {
+            $this->startServer($log, 3);
+        }
+        $deaths = [];
+        $story = ['archivers killed' => 0, 'servers powered off' => 0, 'database restarts' => 0, 'released by this reaper' => 0];
+        $started = microtime(true);
+        $deadline = $started + ($long ? $seconds : 90);
+        $nextRestart = $started + ($long ? 10 : 3);
+
+        while ($this->remainingSafely() > 0 && microtime(true) < $deadline) {
+            usleep($rand->getInt(300000, 800000));
+            $roll = $rand->getInt(1, 100);
+            $names = array_keys($this->servers);
+            if ($restart && microtime(true) >= $nextRestart && $story['database restarts'] < ($long ? 1000 : 1)) {
+                exec(escapeshellarg($restart) . ' 2>&1', $out, $code);
+                $this->assertSame(0, $code, implode("\n", $out));
+                $story['database restarts']++;
+                $nextRestart = microtime(true) + 15;
+            } elseif ($roll <= 45 && $names) {
+                $server = $this->servers[$names[$rand->getInt(0, count($names) - 1)]];
+                $victim = $this->pickArchiver($server);
+                if ($victim !== null) {
+                    $server->send(['cmd' => 'kill', 'pid' => $victim]);
+                    $deaths[$server->host() . " $victim"] = microtime(true);
+                    $story['archivers killed']++;
+                }
+            } elseif ($roll <= 65 && $names) {
+                $name = $names[$rand->getInt(0, count($names) - 1)];
+                $host = $this->servers[$name]->host();
+                $this->servers[$name]->killWhole();
+                $deaths[$host] = microtime(true);
+                unset($this->servers[$name]);
+                $story['servers powered off']++;
+                $this->startServer($log, 3); // a replacement comes up
+            }
+            try {
+                $story['released by this reaper'] += reap_orphans()['released'];
+            } catch (\Matomo\ArchiveClaim\ConnectionException) {
+                // the database is restarting
+            }
+        }
+        // Final reaps until nothing is left (the last orphans wait for their lease).
+        while ($this->remainingSafely() > 0 && microtime(true) < $deadline + 30) {
+            try {
+                $story['released by this reaper'] += reap_orphans()['released'];
+            } catch (\Matomo\ArchiveClaim\ConnectionException) {
+            }
+            usleep(200000);
+        }
+        $elapsed = microtime(true) - $started;
+
+        $work = WorkLog::analyse($log, $deaths);
+        unlink($log);
+        fwrite(STDERR, sprintf("\nchaos (%s, %s): %d invalidations in %.1f s; %s\n",
+            $long ? 'long' : 'short', SimulatedServer::canIsolate() ? 'servers in namespaces' : 'servers as process groups on one host',
+            $rows, $elapsed, implode(', ', array_map(fn ($k, $v) => "$k: $v", array_keys($story), $story))));
+
+        $this->assertSame(0, $this->remaining(), 'nothing left queued or in progress');
+        $this->assertSame([], $work['lost'], 'no live claim was taken away');
+        $this->assertSame([], $work['overlaps'], 'no invalidation was worked on by two live processes at once');
+        $this->assertSame([], $work['unfinished'], 'only killed processes left work unfinished');
+        $this->assertSame($ids, $work['done'], 'every invalidation was completed');
+        $this->assertSame($ids, $work['seen'], 'no invalidation was invented');
+        $this->assertGreaterThan(0, $story['archivers killed'] + $story['servers powered off'], 'chaos happened');
+        if ($restart) {
+            $this->assertSame(true, $story['database restarts'] > 0, 'the database restarted during the run');
+        }
+    }
+
+    /** A pid (in its server) of one of its live archivers: children of the agent, pid 1's children. */
+    private function pickArchiver(SimulatedServer $server): ?int
+    {
+        $outer = $server->outerPid;
+        $children = array_filter(explode(' ', trim((string) @file_get_contents("/proc/$outer/task/$outer/children"))));
+        if (!$children) {
+            return null;
+        }
+        $child = (int) $children[array_rand($children)];
+        // Its pid as the server sees it: the last field of NSpid.
+        foreach (file("/proc/$child/status") ?: [] as $line) {
+            if (str_starts_with($line, 'NSpid:')) {
+                $pids = preg_split('/\s+/', trim(substr($line, 6)));
+                return (int) end($pids);
+            }
+        }
+        return null;
+    }
+
+    private function remainingSafely(): int
+    {
+        try {
+            return $this->remaining();
+        } catch (\PDOException) {
+            $this->pdo = TestDatabase::matomoPdo($this->config);
+            return 1;
+        }
+    }
+}
