@@ -1,11 +1,13 @@
-//! `install_schema()`: brings a Matomo database up to what claims need, idempotently, and says
-//! what it changed. Only additive changes: nothing is dropped or rewritten.
+//! `install_schema()`: brings a Matomo database up to what claims need (Matomo 5.3's owner
+//! columns, the process registry, optionally an index), idempotently, and says what it changed.
+//! Only additive changes: nothing is dropped or rewritten.
 
 use mysql::prelude::Queryable;
 use mysql::Conn;
 
 use crate::config::DbConfig;
 use crate::invalidations::TABLE;
+use crate::registry;
 
 type SqlResult<T> = std::result::Result<T, mysql::Error>;
 
@@ -101,9 +103,19 @@ pub fn install(
             clauses.join(", ")
         ))?;
     }
+    let mut changes: Vec<String> = plan.into_iter().map(|(_, what)| what).collect();
+    let registry_name = config.table_name(registry::TABLE);
+    if table_shape(conn, &registry_name)?.is_none() {
+        if !options.dry_run {
+            conn.query_drop(registry::create_table_sql(config))?;
+        }
+        changes.push(format!(
+            "created table {registry_name} (the process registry)"
+        ));
+    }
     Ok(Some(SchemaReport {
         table: table_name,
-        changes: plan.into_iter().map(|(_, what)| what).collect(),
+        changes,
     }))
 }
 
