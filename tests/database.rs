@@ -5,6 +5,7 @@
 use matomo_archive_claim::config::DbConfig;
 use matomo_archive_claim::connection::{self, Attempt};
 use matomo_archive_claim::invalidations::{self, Owner, RowFilter};
+use matomo_archive_claim::registry;
 use mysql::prelude::Queryable;
 use mysql::Conn;
 
@@ -143,4 +144,47 @@ fn rows_of_an_install_upgraded_from_matomo_4_are_read() {
     assert_eq!(rows[0].idsite, 3);
     assert_eq!(rows[0].process_id.as_deref(), Some("4242"));
     assert!(rows[0].ts_invalidated.is_some());
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn stale_registrations_are_pruned_only_when_no_row_names_them() {
+    let mut db = TestDb::new(MATOMO_5_3);
+    let mut conn = connection::connect(&db.config).expect("connect");
+    let me = matomo_archive_claim::identity::Identity::current();
+    let fresh = registry::register(&mut conn, &db.config, &me).expect("register");
+    let stale_idle = registry::register(&mut conn, &db.config, &me).expect("register");
+    let stale_with_row = registry::register(&mut conn, &db.config, &me).expect("register");
+    let t = db.config.table(registry::TABLE);
+    db.admin
+        .query_drop(format!(
+            "UPDATE {t} SET pid = 999001, heartbeat_at = NOW(6) - INTERVAL 2 HOUR WHERE idprocess = {stale_idle}"
+        ))
+        .expect("age");
+    db.admin
+        .query_drop(format!(
+            "UPDATE {t} SET pid = 999002, heartbeat_at = NOW(6) - INTERVAL 2 HOUR WHERE idprocess = {stale_with_row}"
+        ))
+        .expect("age");
+    let id = insert_queued(&mut db, 1);
+    db.admin
+        .exec_drop(
+            "UPDATE matomo_archive_invalidations SET status = 1, processing_host = ?, process_id = '999002', ts_started = NOW() WHERE idinvalidation = ?",
+            (&me.host, id),
+        )
+        .expect("claim as the stale one");
+
+    assert_eq!(
+        registry::prune(&mut conn, &db.config, 3600).expect("prune"),
+        1
+    );
+    let left: Vec<u64> = db
+        .admin
+        .query(format!("SELECT idprocess FROM {t} ORDER BY idprocess"))
+        .expect("left");
+    assert_eq!(
+        left,
+        vec![fresh, stale_with_row],
+        "the evidence of a dead owner stays"
+    );
 }

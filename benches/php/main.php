@@ -213,10 +213,11 @@ foreach ($quick ? [100000] : [100000, 1000000] as $size) {
     // 50 hosts, 4 archivers each; hosts 40..49 stopped heartbeating ten minutes ago, and their
     // rows are two days old, so Matomo's one-day timeout releases the same 2,000 rows.
     $inProgress = "idinvalidation % $every = 0";
-    $setup = function () use ($pdo, $inProgress) {
+    // The k-th row in progress belongs to archiver k % 200 (pid 1000 + k % 200) on host k % 50.
+    $setup = function () use ($pdo, $inProgress, $every) {
         $pdo->exec("UPDATE matomo_archive_invalidations SET status = 1,
-            processing_host = CONCAT('bench-host', (idinvalidation DIV 7) % 50), process_id = 1000 + (idinvalidation DIV 7) % 200,
-            ts_started = IF((idinvalidation DIV 7) % 50 >= 40, NOW() - INTERVAL 2 DAY, NOW() - INTERVAL 1 HOUR)
+            processing_host = CONCAT('bench-host', (idinvalidation DIV $every) % 50), process_id = 1000 + (idinvalidation DIV $every) % 200,
+            ts_started = IF((idinvalidation DIV $every) % 50 >= 40, NOW() - INTERVAL 2 DAY, NOW() - INTERVAL 1 HOUR)
             WHERE $inProgress");
     };
     $setup();

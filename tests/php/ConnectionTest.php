@@ -71,6 +71,24 @@ final class ConnectionTest extends ExtensionTestCase
         $this->assertSame((string) getmypid(), $this->row($b)['process_id']);
     }
 
+    public function testTheNextCallWorksAfterWaitTimeoutClosedAnIdleConnection(): void
+    {
+        $admin = TestDatabase::admin();
+        $old = (int) $admin->query('SELECT @@GLOBAL.wait_timeout')->fetchColumn();
+        [$a, $b] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
+        $admin->exec('SET GLOBAL wait_timeout = 1');
+        try {
+            configure($this->config); // a new session, which takes the 1 s wait_timeout
+            $this->assertTrue(claim_invalidation($a));
+            $session = $this->extensionSessions();
+            usleep(2500000); // the server closes the idle session
+            $this->assertNotSame($session, $this->extensionSessions());
+            $this->assertTrue(claim_invalidation($b), 'reconnected by itself');
+        } finally {
+            $admin->exec("SET GLOBAL wait_timeout = $old");
+        }
+    }
+
     public function testTheNextCallWorksAfterTheServerRestarts(): void
     {
         $restart = getenv('MATOMO_ARCHIVE_CLAIM_TEST_DB_RESTART');
