@@ -57,10 +57,14 @@ thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
 }
 
-/// Replaces the settings; the next call connects with them.
+/// Replaces the settings; the next call connects with them. The same settings again (a Matomo
+/// request that configures on every run) keep the open connection.
 pub fn configure(config: DbConfig) {
     let _ = STATE.try_with(|s| {
         let mut s = s.borrow_mut();
+        if s.config.as_deref() == Some(&config) {
+            return;
+        }
         s.conn = None;
         s.config = Some(Rc::new(config));
     });

@@ -26,6 +26,10 @@ final class ConnectionTest extends ExtensionTestCase
         $this->assertCount(1, $this->extensionSessions());
         in_progress();
         $this->assertCount(1, $this->extensionSessions(), 'the connection is reused');
+        $before = $this->extensionSessions();
+        configure($this->config);
+        in_progress();
+        $this->assertSame($before, $this->extensionSessions(), 'configuring the same settings again keeps it');
     }
 
     public function testAForkedChildUsesItsOwnConnectionAndLeavesTheParentsAlone(): void
@@ -78,7 +82,7 @@ final class ConnectionTest extends ExtensionTestCase
         [$a, $b] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
         $admin->exec('SET GLOBAL wait_timeout = 1');
         try {
-            configure($this->config); // a new session, which takes the 1 s wait_timeout
+            configure(['read_timeout' => 59] + $this->config); // new settings: a new session, with the 1 s wait_timeout
             $this->assertTrue(claim_invalidation($a));
             $session = $this->extensionSessions();
             usleep(2500000); // the server closes the idle session
