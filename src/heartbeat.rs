@@ -195,7 +195,17 @@ fn beat_once(
         *reaper = registry::try_reaper_lock(conn, config, registered.identity.host.as_deref())?;
     }
     if *reaper {
-        let options = ReapOptions::proof_only(settings.lease.as_secs_f64());
+        // Deaths provable from here are on this host (pid checks) or on hosts whose heartbeats
+        // went stale: look at those rows only, which the optional index serves on big tables.
+        let lease = settings.lease.as_secs_f64();
+        let mut hosts = registry::hosts_with_stale_heartbeats(conn, config, lease)?;
+        hosts.extend(registered.identity.host.clone());
+        hosts.sort();
+        hosts.dedup();
+        let options = ReapOptions {
+            only_hosts: Some(hosts),
+            ..ReapOptions::proof_only(lease)
+        };
         match reap::reap(conn, config, &registered.identity, &options) {
             Ok(_) | Err(reap::ReapError::Refused(_)) => {}
             Err(reap::ReapError::Sql(e)) => return Err(e),

@@ -121,6 +121,26 @@ pub fn all(conn: &mut Conn, config: &DbConfig) -> SqlResult<Registrations> {
     Ok(map)
 }
 
+/// Hosts with a registration whose heartbeat is older than the lease: the only hosts besides
+/// its own where an automatic reaper can prove a death.
+pub fn hosts_with_stale_heartbeats(
+    conn: &mut Conn,
+    config: &DbConfig,
+    lease_seconds: f64,
+) -> SqlResult<Vec<String>> {
+    let hosts: SqlResult<Vec<Option<String>>> = conn.exec(
+        format!(
+            "SELECT DISTINCT host FROM {} WHERE heartbeat_at < NOW(6) - INTERVAL ? MICROSECOND",
+            config.table(TABLE)
+        ),
+        ((lease_seconds * 1e6) as u64,),
+    );
+    match hosts {
+        Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => Ok(Vec::new()),
+        other => Ok(other?.into_iter().flatten().collect()),
+    }
+}
+
 /// Deletes registrations stale for longer than `older_than_seconds` that no in-progress row
 /// names any more (while a row names one, it is the evidence that its owner died).
 pub fn prune(conn: &mut Conn, config: &DbConfig, older_than_seconds: u64) -> SqlResult<u64> {

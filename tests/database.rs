@@ -174,6 +174,15 @@ fn stale_registrations_are_pruned_only_when_no_row_names_them() {
         )
         .expect("claim as the stale one");
 
+    let stale_hosts = |conn: &mut mysql::Conn, lease| {
+        registry::hosts_with_stale_heartbeats(conn, &db.config, lease).expect("stale hosts")
+    };
+    assert_eq!(
+        stale_hosts(&mut conn, 60.0),
+        me.host.clone().into_iter().collect::<Vec<_>>()
+    );
+    assert!(stale_hosts(&mut conn, 3.0 * 3600.0).is_empty());
+
     assert_eq!(
         registry::prune(&mut conn, &db.config, 3600).expect("prune"),
         1
