@@ -15,7 +15,6 @@ use std::cell::RefCell;
 use std::mem::ManuallyDrop;
 use std::rc::Rc;
 
-use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder};
 
 use crate::config::DbConfig;
@@ -50,7 +49,6 @@ impl Drop for ProcessConn {
 struct State {
     config: Option<Rc<DbConfig>>,
     conn: Option<ProcessConn>,
-    connects: u64,
 }
 
 thread_local! {
@@ -73,25 +71,6 @@ pub fn configure(config: DbConfig) {
 /// The active settings, if any (without consulting php.ini).
 pub fn configured() -> Option<Rc<DbConfig>> {
     STATE.try_with(|s| s.borrow().config.clone()).ok().flatten()
-}
-
-/// How many times this process has connected (phpinfo, tests of reconnect).
-pub fn connect_count() -> u64 {
-    STATE.try_with(|s| s.borrow().connects).unwrap_or(0)
-}
-
-/// The server's id for our session, if a connection is open in this process.
-pub fn connection_id() -> Option<u32> {
-    STATE
-        .try_with(|s| {
-            s.borrow()
-                .conn
-                .as_ref()
-                .filter(|c| c.opened_by == std::process::id())
-                .map(|c| c.conn.connection_id())
-        })
-        .ok()
-        .flatten()
 }
 
 /// Closes this process's connection (module shutdown); a forked child's inherited one is only
@@ -135,7 +114,6 @@ pub fn run<T>(
         loop {
             if state.conn.is_none() {
                 let conn = connect(&config)?;
-                state.connects += 1;
                 state.conn = Some(ProcessConn {
                     opened_by: std::process::id(),
                     conn: ManuallyDrop::new(conn),
@@ -243,10 +221,4 @@ pub fn classify(during: &'static str, config: &DbConfig, e: mysql::Error) -> Err
             message: other.to_string(),
         },
     }
-}
-
-/// Reads one value from the server clock (used by tests and clock-offset measurement).
-pub fn server_unix_time(conn: &mut Conn) -> std::result::Result<f64, mysql::Error> {
-    let t: Option<f64> = conn.query_first("SELECT UNIX_TIMESTAMP(NOW(6)) + 0.0")?;
-    Ok(t.unwrap_or(0.0))
 }

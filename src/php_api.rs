@@ -10,6 +10,7 @@ use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::invalidations::InvalidationRow;
+use crate::liveness::Decision;
 use crate::options::{id_list, Key, Value};
 use crate::reap::Action;
 
@@ -135,9 +136,7 @@ pub fn in_progress(filters: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashTa
     let rows = claims::in_progress(&filter)?;
     ht_result(|list| {
         for (row, decision) in rows {
-            let mut ht = row_array(row)?;
-            ht.insert("verdict", decision.verdict.as_str())?;
-            ht.insert("reason", decision.reason.as_str())?;
+            let ht = row_array(row, &decision)?;
             list.push(ht)?;
         }
         Ok(())
@@ -168,9 +167,7 @@ pub fn reap_orphans(options: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashT
         }
         let mut rows = ZendHashTable::new();
         for entry in report.entries {
-            let mut r = row_array(entry.row)?;
-            r.insert("verdict", entry.decision.verdict.as_str())?;
-            r.insert("reason", entry.decision.reason.as_str())?;
+            let mut r = row_array(entry.row, &entry.decision)?;
             r.insert("action", entry.action.as_str())?;
             rows.push(r)?;
         }
@@ -205,7 +202,11 @@ pub fn unregister_process() -> bool {
     claims::unregister()
 }
 
-fn row_array(row: InvalidationRow) -> ext_php_rs::error::Result<ZBox<ZendHashTable>> {
+/// A row with Matomo's column names, its age and its owner's liveness verdict.
+fn row_array(
+    row: InvalidationRow,
+    decision: &Decision,
+) -> ext_php_rs::error::Result<ZBox<ZendHashTable>> {
     let mut ht = ZendHashTable::new();
     ht.insert("idinvalidation", row.idinvalidation as i64)?;
     ht.insert("idarchive", row.idarchive)?;
@@ -221,6 +222,8 @@ fn row_array(row: InvalidationRow) -> ext_php_rs::error::Result<ZBox<ZendHashTab
     ht.insert("processing_host", row.processing_host)?;
     ht.insert("process_id", row.process_id)?;
     ht.insert("age_seconds", row.age_seconds)?;
+    ht.insert("verdict", decision.verdict.as_str())?;
+    ht.insert("reason", decision.reason.as_str())?;
     Ok(ht)
 }
 
