@@ -20,8 +20,9 @@ const USED_KEYS: &[&str] = &[
     "enable_ssl",
 ];
 
-/// Keys Matomo has in `[database]` that do not concern a claim: accepted so the section can be
-/// passed as it is, and ignored.
+/// Keys Matomo has in `[database]` that do not concern a claim. `configure()` ignores every key
+/// it does not read (each Matomo release may add more); the php.ini URL, which is ours, accepts
+/// only these besides the ones we read.
 const IGNORED_MATOMO_KEYS: &[&str] = &[
     "adapter",
     "type",
@@ -80,8 +81,20 @@ impl DbConfig {
             .collect()
     }
 
-    /// From the `[database]` array Matomo keeps in its config (values are often strings).
+    /// From the `[database]` array Matomo keeps in its config (values are often strings), as it
+    /// is: string keys we do not read are ignored, the ones we read are checked.
     pub fn from_matomo(entries: &[(Key, Value)]) -> Result<Self> {
+        let known = Self::all_known_keys();
+        let ours: Vec<(Key, Value)> = entries
+            .iter()
+            .filter(|(k, _)| !matches!(k, Key::Str(name) if !known.contains(&name.as_str())))
+            .cloned()
+            .collect();
+        Self::from_entries(&ours)
+    }
+
+    /// The keys we know, strictly: an unknown one is refused by name.
+    fn from_entries(entries: &[(Key, Value)]) -> Result<Self> {
         let known = Self::all_known_keys();
         let o = Options::new("configure", entries, &known)?;
 
@@ -187,7 +200,7 @@ impl DbConfig {
             let v = percent_decode(v).ok_or_else(|| bad("bad %-escape in a query value"))?;
             entries.push(entry(k, v));
         }
-        Self::from_matomo(&entries).map_err(|e| match e {
+        Self::from_entries(&entries).map_err(|e| match e {
             Error::InvalidArgument(m) | Error::WrongType(m) | Error::Configuration(m) => {
                 Error::Configuration(m.replacen("configure()", "matomo_archive_claim.database", 1))
             }
@@ -347,10 +360,25 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_named() {
+    fn keys_matomo_adds_are_ignored_but_the_ones_we_read_are_checked() {
         let mut e = matomo_defaults();
-        e.push(entry("tables_prefx", "x".into()));
-        let msg = DbConfig::from_matomo(&e)
+        e.push(entry("enable_segment_first_table_join_prefix", "1".into()));
+        e.push(entry("enable_first_table_join_prefix", "0".into()));
+        e.push(entry("a_key_of_matomo_6", "anything".into()));
+        let c = DbConfig::from_matomo(&e).expect("Matomo's whole section is accepted");
+        assert_eq!(c.tables_prefix, "matomo_");
+        e.push(entry("port", "not a port".into()));
+        e.retain(|(k, v)| !(*k == Key::Str("port".into()) && *v == Value::Str("3306".into())));
+        assert!(DbConfig::from_matomo(&e).is_err());
+        // An integer key is no [database] key at all.
+        let mut i = matomo_defaults();
+        i.push((Key::Int(0), Value::Str("x".into())));
+        assert!(DbConfig::from_matomo(&i).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_in_our_own_url_are_named() {
+        let msg = DbConfig::from_url("mysql://u:p@h/db?tables_prefx=x")
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();

@@ -28,12 +28,13 @@ class SchemaException extends Exception {}
  * Sets the connection for this process from the [database] section of Matomo's config.ini.php.
  *
  * Keys: host, port, unix_socket, username, password, dbname, tables_prefix, charset, and the
- * extension's own connect_timeout, read_timeout, write_timeout (seconds). Matomo's other
- * [database] keys (adapter, type, schema, collation, ssl_*) are accepted and ignored.
+ * extension's own connect_timeout, read_timeout, write_timeout (seconds). Pass the section as it
+ * is: keys the extension does not read (adapter, schema, ssl_*, and whatever a Matomo release
+ * adds) are ignored; the ones it reads are checked.
  * Nothing connects until the first call that needs the database.
  *
- * @param array<string, string|int|bool|null> $database
- * @throws \ValueError for an unknown key, an unsafe tables_prefix or charset, a missing host/dbname
+ * @param array<string, mixed> $database
+ * @throws \ValueError for an integer key, an unsafe tables_prefix or charset, a missing host/dbname
  * @throws \TypeError for a value of the wrong type
  * @throws ConfigurationException when enable_ssl is on (this build cannot speak TLS)
  */

@@ -17,16 +17,27 @@ final class ConfigurationTest extends ExtensionTestCase
             rawurlencode($c['password']), $c['host'], $c['port'], $c['dbname'], $c['tables_prefix']);
     }
 
-    public function testMatomoKeysThatDoNotConcernUsAreAcceptedAndUnknownOnesNamed(): void
+    public function testMatomosWholeDatabaseSectionIsAcceptedAndKeysWeReadAreStillChecked(): void
     {
+        // As Matomo 5.2's global.ini.php + config.ini.php give it, with keys newer releases add.
         configure($this->config + ['type' => 'InnoDB', 'schema' => 'Mysql', 'collation' => '',
-            'enable_ssl' => '0', 'ssl_ca' => '', 'ssl_no_verify' => '1', 'read_timeout' => 10]);
+            'enable_ssl' => '0', 'ssl_ca' => '', 'ssl_no_verify' => '1', 'read_timeout' => 10,
+            'enable_segment_first_table_join_prefix' => '0', 'enable_first_table_join_prefix' => '0',
+            'a_key_matomo_adds_later' => ['nested' => 'value']]);
+        $this->assertSame([], \Matomo\ArchiveClaim\in_progress(['idsites' => [424242]]));
         try {
-            configure($this->config + ['tables_prefx' => 'matomo_']);
-            $this->fail('a typo passed');
+            configure(['port' => 'three'] + $this->config + ['enable_segment_first_table_join_prefix' => '0']);
+            $this->fail('a bad port passed');
         } catch (\ValueError $e) {
-            $this->assertStringContainsString("'tables_prefx'", $e->getMessage());
+            $this->assertStringContainsString('port', $e->getMessage());
         }
+    }
+
+    public function testOurOwnUrlSettingStillNamesUnknownKeys(): void
+    {
+        [, $out] = $this->runPhp('try { Matomo\ArchiveClaim\in_progress(); } catch (Throwable $e) { echo get_class($e), ": ", $e->getMessage(); }',
+            ['matomo_archive_claim.database' => $this->url() . '&tables_prefx=x']);
+        $this->assertStringContainsString("'tables_prefx'", $out);
     }
 
     /** @return array<string, array{0: string}> */
