@@ -5,6 +5,7 @@
 //!   raw heartbeats URL PREFIX PROCESSES SECONDS   heartbeat UPDATEs/s the server sustains
 //!   raw pidcheck COUNT                      cost of one local pid check (/proc)
 
+use matomo_archive_claim::liveness::LocalView;
 use std::time::{Duration, Instant};
 
 use matomo_archive_claim::config::DbConfig;
@@ -31,7 +32,7 @@ fn heartbeats(args: &[String]) {
     let mut conn = connection::connect(&cfg).expect("connect");
     let me = Identity::current();
     let ids: Vec<u64> = (0..processes)
-        .map(|_| registry::register(&mut conn, &cfg, &me).expect("register"))
+        .map(|_| registry::register(&mut conn, &cfg, &me, false).expect("register"))
         .collect();
     // As many connections as the machine has cores, each beating its share as fast as it can.
     let workers = 4;
@@ -69,12 +70,13 @@ fn heartbeats(args: &[String]) {
 fn pidcheck(args: &[String]) {
     let count: usize = args[0].parse().expect("count");
     let me = std::process::id();
+    let procs = matomo_archive_claim::reap::ProcFs::default();
     let mut samples = Vec::with_capacity(count);
     for i in 0..count {
         // Alternate between a live pid and one that does not exist.
         let pid = if i % 2 == 0 { me } else { u32::MAX - 3 };
         let t = Instant::now();
-        std::hint::black_box(matomo_archive_claim::reap::local_process(pid));
+        std::hint::black_box(procs.process(pid));
         samples.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let (m, p90) = median_and_p90(samples);

@@ -2,10 +2,11 @@
 //! Nothing here knows about PHP.
 
 use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use crate::connection;
 use crate::error::{Error, Result};
-use crate::heartbeat::{self, Registered};
+use crate::heartbeat::{self, RegisterError, Registered};
 use crate::identity::Identity;
 use crate::invalidations::{self, InvalidationRow, Owner, ReleaseOutcome, RowFilter};
 use crate::liveness::Decision;
@@ -14,10 +15,39 @@ use crate::reap::{self, ReapError, ReapOptions, ReapReport};
 use crate::schema::{self, SchemaOptions, SchemaReport};
 use crate::settings::HeartbeatSettings;
 
+/// After a failed registration, claims go on unregistered (judged as a stock claimer's) and try
+/// to register again after this long.
+const REGISTRATION_RETRY_AFTER: Duration = Duration::from_secs(30);
+
 thread_local! {
-    /// The pid whose implicit registration failed (for example: no CREATE privilege), so claims
-    /// do not retry it each time. Claims then work as stock Matomo's do.
-    static REGISTRATION_FAILED_IN: Cell<u32> = const { Cell::new(0) };
+    /// (pid, when) of the last failed implicit registration: claims do not retry it each time.
+    static REGISTRATION_FAILED: Cell<Option<(u32, Instant)>> = const { Cell::new(None) };
+}
+
+/// Registers before a claim unless a recent attempt failed. Only a lost connection is an error
+/// (the claim is retried on a new one); any other failure leaves the process unregistered.
+fn register_before_claim(
+    conn: &mut mysql::Conn,
+    config: &crate::config::DbConfig,
+) -> std::result::Result<(), mysql::Error> {
+    let pid = std::process::id();
+    let backing_off = REGISTRATION_FAILED
+        .get()
+        .is_some_and(|(p, at)| p == pid && at.elapsed() < REGISTRATION_RETRY_AFTER);
+    if backing_off {
+        return Ok(());
+    }
+    match heartbeat::ensure_registered(conn, config) {
+        Ok(_) => {
+            REGISTRATION_FAILED.set(None);
+            Ok(())
+        }
+        Err(RegisterError::Sql(e)) if connection::is_connection_lost(&e) => Err(e),
+        Err(_) => {
+            REGISTRATION_FAILED.set(Some((pid, Instant::now())));
+            Ok(())
+        }
+    }
 }
 
 /// New connection settings. A registration made in another database is withdrawn first: the
@@ -48,15 +78,12 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
     }
     let owner = current_owner();
     connection::run("claim_invalidation", |conn, config, attempt| {
-        let pid = std::process::id();
-        if REGISTRATION_FAILED_IN.get() != pid {
-            // Registered before the claim, so a registration is never younger than its claims.
-            match heartbeat::ensure_registered(conn, config) {
-                Ok(_) => {}
-                Err(e) if connection::is_connection_lost(&e) => return Err(e),
-                Err(_) => REGISTRATION_FAILED_IN.set(pid),
-            }
-        }
+        // Registered before the claim, so a registration is never younger than its claims.
+        register_before_claim(conn, config)?;
+        // A registered process claims only while its lease is fresh (beating here if its
+        // heartbeat thread cannot): a reaper elsewhere must never see a claim of ours made
+        // after our heartbeat went stale.
+        heartbeat::fence_claim(conn, config)?;
         invalidations::claim(conn, config, idinvalidation, &owner, attempt)
     })
 }
@@ -65,7 +92,30 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
 /// want to be visible before their first claim).
 pub fn register() -> Result<Registered> {
     connection::run("register_process", |conn, config, _| {
-        heartbeat::ensure_registered(conn, config)
+        Ok(heartbeat::ensure_registered(conn, config))
+    })?
+    .map_err(|e| match e {
+        RegisterError::HeartbeatCannotConnect(Error::Connection {
+            target,
+            detail,
+            code,
+        }) => Error::Connection {
+            target,
+            detail: format!(
+                "the heartbeat's own connection failed ({detail}); this process stays unregistered \
+                 and its claims are judged as a stock Matomo claimer's"
+            ),
+            code,
+        },
+        RegisterError::HeartbeatCannotConnect(other) => other,
+        RegisterError::Sql(e) => Error::Query {
+            during: "register_process",
+            code: match &e {
+                mysql::Error::MySqlError(m) => m.code,
+                _ => 0,
+            },
+            message: e.to_string(),
+        },
     })
 }
 
@@ -87,7 +137,11 @@ pub fn reap_orphans(options: &ReapOptions) -> Result<ReapReport> {
 }
 
 pub fn parse_reap_options(entries: &[(Key, Value)]) -> Result<ReapOptions> {
-    ReapOptions::parse(entries, HeartbeatSettings::from_ini().lease.as_secs_f64())
+    let settings = HeartbeatSettings::from_ini();
+    Ok(ReapOptions {
+        host_name_shared: settings.host_name_shared,
+        ..ReapOptions::parse(entries, settings.lease.as_secs_f64())?
+    })
 }
 
 /// Gives this process's claims among `ids` back; returns how many rows changed (re-queued or
@@ -129,7 +183,11 @@ pub fn complete(ids: &[i64]) -> Result<u64> {
 /// In-progress rows, each with its liveness verdict (nothing is released).
 pub fn in_progress(filter: &RowFilter) -> Result<Vec<(InvalidationRow, Decision)>> {
     let me = Identity::current();
-    let options = ReapOptions::proof_only(HeartbeatSettings::from_ini().lease.as_secs_f64());
+    let settings = HeartbeatSettings::from_ini();
+    let options = ReapOptions {
+        host_name_shared: settings.host_name_shared,
+        ..ReapOptions::proof_only(settings.lease.as_secs_f64())
+    };
     connection::run("in_progress", |conn, config, _| {
         let observer = reap::observe(conn, config, &me, &options)?;
         let rows = invalidations::in_progress(conn, config, filter)?;

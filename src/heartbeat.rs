@@ -1,23 +1,33 @@
 //! The registration of this process and its heartbeat thread.
 //!
 //! A process registers at its first claim (or `register_process()`), before the claim's UPDATE,
-//! so its registration is never younger than its claims. A Rust thread with its own connection
-//! (no Zend calls, ever) then refreshes the heartbeat every interval and, if it holds this
-//! host's reaper lock, releases proven orphans. Nothing starts at module startup (php-fpm forks
-//! its workers after it), and a forked child starts its own registration and thread: threads
-//! are not inherited, and the parent's are left alone.
+//! so its registration is never younger than its claims. The heartbeat's own connection is
+//! opened first: a process that cannot heartbeat does not register (its claims are then judged
+//! as a stock claimer's, never by a lease it cannot keep). A Rust thread (no Zend calls, ever)
+//! then refreshes the heartbeat every interval and, if it holds this host's reaper lock,
+//! releases proven orphans. Nothing starts at module startup (php-fpm forks its workers after
+//! it), and a forked child starts its own registration and thread: threads are not inherited,
+//! and the parent's are left alone.
+//!
+//! The lease is shared with the PHP thread: a claim is made only while the last beat the
+//! database acknowledged is recent, so no claim of this process can be younger than a lease
+//! after its last heartbeat (what lets a reaper elsewhere tell its rows from a later process's).
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mysql::Conn;
+use once_cell::sync::Lazy;
 
 use crate::config::DbConfig;
 use crate::connection;
+use crate::error::Error;
 use crate::identity::Identity;
-use crate::reap::{self, ReapOptions};
+use crate::reap::{self, Action, ReapEntry, ReapOptions};
 use crate::registry;
 use crate::settings::HeartbeatSettings;
 
@@ -25,7 +35,11 @@ use crate::settings::HeartbeatSettings;
 const STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// Stale registrations that no row names any more are pruned after this many leases.
-const PRUNE_AFTER_LEASES: u64 = 60;
+const PRUNE_AFTER_LEASES: u32 = 60;
+
+/// Releases the background thread made that PHP has not collected yet, at most this many (the
+/// oldest go first when nobody collects).
+const RELEASES_KEPT: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registered {
@@ -34,8 +48,65 @@ pub struct Registered {
     pub settings: HeartbeatSettings,
 }
 
+/// What the PHP thread and the heartbeat thread share about this registration.
+pub struct Lease {
+    /// The registration's row id (it changes if the row was pruned and registered again).
+    idprocess: AtomicU64,
+    /// When the database last acknowledged a beat, in ms on a monotonic clock.
+    acknowledged_ms: AtomicU64,
+    /// Whether the heartbeat thread holds this host's reaper lock.
+    reaping: AtomicBool,
+    /// The last error the thread met (for phpinfo), and counters.
+    last_error: Mutex<Option<String>>,
+    beats: AtomicU64,
+    released: AtomicU64,
+}
+
+impl Lease {
+    fn new(idprocess: u64) -> Lease {
+        let lease = Lease {
+            idprocess: AtomicU64::new(idprocess),
+            acknowledged_ms: AtomicU64::new(0),
+            reaping: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            beats: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+        };
+        lease.acknowledged();
+        lease
+    }
+
+    fn acknowledged(&self) {
+        self.acknowledged_ms
+            .store(monotonic_ms(), Ordering::Release);
+        self.beats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn age(&self) -> Duration {
+        Duration::from_millis(
+            monotonic_ms().saturating_sub(self.acknowledged_ms.load(Ordering::Acquire)),
+        )
+    }
+
+    fn idprocess(&self) -> u64 {
+        self.idprocess.load(Ordering::Acquire)
+    }
+
+    fn note_error(&self, e: Option<String>) {
+        if let Ok(mut last) = self.last_error.try_lock() {
+            *last = e;
+        }
+    }
+}
+
+fn monotonic_ms() -> u64 {
+    static BASE: Lazy<Instant> = Lazy::new(Instant::now);
+    BASE.elapsed().as_millis() as u64
+}
+
 struct Beat {
     registered: Registered,
+    lease: Arc<Lease>,
     stop: Sender<()>,
     stopped: Receiver<()>,
     handle: Option<JoinHandle<()>>,
@@ -45,41 +116,96 @@ thread_local! {
     static BEAT: RefCell<Option<Beat>> = const { RefCell::new(None) };
 }
 
+/// Rows the heartbeat thread released, with the pid of the process whose thread did it (a
+/// forked child must not report its parent's).
+static RELEASED: Lazy<Mutex<(u32, Vec<ReapEntry>)>> = Lazy::new(|| Mutex::new((0, Vec::new())));
+
 /// This process's registration, if it has one (a forked child has none until it registers).
 pub fn current() -> Option<Registered> {
+    with_beat(|beat| {
+        let mut r = beat.registered.clone();
+        r.idprocess = beat.lease.idprocess();
+        r
+    })
+}
+
+fn with_beat<T>(f: impl FnOnce(&Beat) -> T) -> Option<T> {
     BEAT.try_with(|b| {
         b.borrow()
             .as_ref()
             .filter(|beat| beat.registered.identity.pid == std::process::id())
-            .map(|beat| beat.registered.clone())
+            .map(f)
     })
     .ok()
     .flatten()
 }
 
+/// What phpinfo() and register_process() tell about the thread.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub beats: u64,
+    pub released: u64,
+    pub reaping: bool,
+    pub last_beat_age: f64,
+    pub last_error: Option<String>,
+}
+
+pub fn status() -> Option<Status> {
+    with_beat(|beat| Status {
+        beats: beat.lease.beats.load(Ordering::Relaxed),
+        released: beat.lease.released.load(Ordering::Relaxed),
+        reaping: beat.lease.reaping.load(Ordering::Relaxed),
+        last_beat_age: beat.lease.age().as_secs_f64(),
+        last_error: beat
+            .lease
+            .last_error
+            .try_lock()
+            .ok()
+            .and_then(|e| e.clone()),
+    })
+}
+
 /// Registers this process (once) and starts its heartbeat; called on the PHP thread with the
 /// process's own connection, before a claim.
-pub fn ensure_registered(conn: &mut Conn, config: &DbConfig) -> Result<Registered, mysql::Error> {
+pub fn ensure_registered(
+    conn: &mut Conn,
+    config: &DbConfig,
+) -> std::result::Result<Registered, RegisterError> {
     if let Some(r) = current() {
         return Ok(r);
     }
     forget_inherited();
     let identity = Identity::current();
     let settings = HeartbeatSettings::from_ini();
-    let idprocess = registry::register(conn, config, &identity)?;
+    let beat_config = heartbeat_config(config, &settings);
+    // The heartbeat's connection first: without it the registration would read as death a
+    // lease from now while this process lives and claims.
+    let beat_conn =
+        connection::connect(&beat_config).map_err(RegisterError::HeartbeatCannotConnect)?;
+    let idprocess =
+        registry::register(conn, config, &identity, false).map_err(RegisterError::Sql)?;
     let registered = Registered {
         idprocess,
         identity,
         settings,
     };
+    let lease = Arc::new(Lease::new(idprocess));
     let (stop, stop_rx) = mpsc::channel();
     let (stopped_tx, stopped) = mpsc::channel();
     let thread_registered = registered.clone();
-    let thread_config = config.clone();
+    let thread_lease = lease.clone();
     let spawned = std::thread::Builder::new()
         .name("archive-claim-heartbeat".into())
         .spawn(move || {
-            run(thread_config, thread_registered, stop_rx);
+            Heartbeat {
+                config: beat_config,
+                registered: thread_registered,
+                lease: thread_lease,
+                conn: Some(beat_conn),
+                reaper: false,
+                last_prune: Instant::now(),
+            }
+            .run(stop_rx);
             let _ = stopped_tx.send(());
         });
     let handle = match spawned {
@@ -87,19 +213,51 @@ pub fn ensure_registered(conn: &mut Conn, config: &DbConfig) -> Result<Registere
         Err(e) => {
             // Without a heartbeat the registration would soon read as death: take it back.
             let _ = registry::unregister(conn, config, idprocess);
-            return Err(mysql::Error::IoError(e));
+            return Err(RegisterError::Sql(mysql::Error::IoError(e)));
         }
     };
     pin_library();
     let _ = BEAT.try_with(|b| {
         *b.borrow_mut() = Some(Beat {
             registered: registered.clone(),
+            lease,
             stop,
             stopped,
             handle: Some(handle),
         })
     });
     Ok(registered)
+}
+
+/// Why a registration did not happen.
+#[derive(Debug)]
+pub enum RegisterError {
+    /// The heartbeat's own connection could not be opened (for example a connection limit).
+    HeartbeatCannotConnect(Error),
+    Sql(mysql::Error),
+}
+
+/// Self-fencing before a claim: if the database has not acknowledged a beat for half a lease
+/// (the heartbeat thread cannot reach it), beat now on the claiming connection. Returns false
+/// when this process is not registered.
+pub fn fence_claim(conn: &mut Conn, config: &DbConfig) -> std::result::Result<bool, mysql::Error> {
+    let Some((lease, half)) = with_beat(|b| (b.lease.clone(), b.registered.settings.lease / 2))
+    else {
+        return Ok(false);
+    };
+    if lease.age() < half {
+        return Ok(true);
+    }
+    if registry::heartbeat(conn, config, lease.idprocess())? {
+        lease.acknowledged();
+        return Ok(true);
+    }
+    // Our row was pruned while we could not beat: register again before claiming.
+    let me = with_beat(|b| b.registered.identity.clone()).unwrap_or_else(Identity::current);
+    let idprocess = registry::register(conn, config, &me, false)?;
+    lease.idprocess.store(idprocess, Ordering::Release);
+    lease.acknowledged();
+    Ok(true)
 }
 
 /// Stops the heartbeat and deletes the registration (clean shutdown, `unregister_process()`).
@@ -119,6 +277,31 @@ pub fn stop() -> bool {
     true
 }
 
+/// The rows this process's heartbeat thread released since the last call (oldest first).
+pub fn take_releases() -> Vec<ReapEntry> {
+    let Ok(mut released) = RELEASED.try_lock() else {
+        return Vec::new();
+    };
+    if released.0 != std::process::id() {
+        // Inherited through fork: the parent's to report.
+        *released = (std::process::id(), Vec::new());
+        return Vec::new();
+    }
+    std::mem::take(&mut released.1)
+}
+
+fn record_releases(entries: Vec<ReapEntry>) {
+    let pid = std::process::id();
+    if let Ok(mut released) = RELEASED.lock() {
+        if released.0 != pid {
+            *released = (pid, Vec::new());
+        }
+        released.1.extend(entries);
+        let excess = released.1.len().saturating_sub(RELEASES_KEPT);
+        released.1.drain(..excess);
+    }
+}
+
 /// In a forked child, the parent's thread does not exist: drop our record of it without
 /// touching anything the parent owns.
 fn forget_inherited() {
@@ -134,88 +317,127 @@ fn forget_inherited() {
     });
 }
 
-/// The heartbeat thread. Errors are never fatal: the connection is dropped and the next beat
-/// tries again; only a stop request ends the loop.
-fn run(mut config: DbConfig, registered: Registered, stop: Receiver<()>) {
-    let settings = registered.settings;
-    // A hung statement must not hold beats back for longer than a fraction of the lease.
+/// A hung statement must not hold beats back for longer than a fraction of the lease.
+fn heartbeat_config(config: &DbConfig, settings: &HeartbeatSettings) -> DbConfig {
     let bound = (settings.lease / 3).max(Duration::from_secs(2));
-    config.read_timeout = config.read_timeout.min(bound);
-    config.write_timeout = config.write_timeout.min(bound);
-    config.connect_timeout = config.connect_timeout.min(bound);
-
-    let mut idprocess = registered.idprocess;
-    let mut conn: Option<Conn> = None;
-    let mut reaper = false;
-    let mut last_prune = Instant::now();
-    // Anything but a timeout (a stop request, or the PHP side gone) ends the loop.
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(settings.interval) {
-        if conn.is_none() {
-            conn = connection::connect(&config).ok();
-            reaper = false;
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        let beat = beat_once(
-            c,
-            &config,
-            &registered,
-            &mut idprocess,
-            &mut reaper,
-            &mut last_prune,
-        );
-        if beat.is_err() {
-            conn = None;
-        }
-    }
-    if let Some(c) = conn.as_mut() {
-        let _ = registry::unregister(c, &config, idprocess);
-    } else if let Ok(mut c) = connection::connect(&config) {
-        let _ = registry::unregister(&mut c, &config, idprocess);
-    }
+    let mut c = config.clone();
+    c.read_timeout = c.read_timeout.min(bound);
+    c.write_timeout = c.write_timeout.min(bound);
+    c.connect_timeout = c.connect_timeout.min(bound);
+    c
 }
 
-fn beat_once(
-    conn: &mut Conn,
-    config: &DbConfig,
-    registered: &Registered,
-    idprocess: &mut u64,
-    reaper: &mut bool,
-    last_prune: &mut Instant,
-) -> Result<(), mysql::Error> {
-    if !registry::heartbeat(conn, config, *idprocess)? {
-        // Pruned while we were frozen: register again (the rows we hold may have been reaped
-        // meanwhile; our fenced complete/release will then simply change nothing).
-        *idprocess = registry::register(conn, config, &registered.identity)?;
+/// The heartbeat thread's state. Errors are never fatal: the connection is dropped and the
+/// next tick tries again; only a stop request ends the loop.
+struct Heartbeat {
+    config: DbConfig,
+    registered: Registered,
+    lease: Arc<Lease>,
+    conn: Option<Conn>,
+    reaper: bool,
+    last_prune: Instant,
+}
+
+impl Heartbeat {
+    fn run(mut self, stop: Receiver<()>) {
+        let interval = self.registered.settings.interval;
+        // Anything but a timeout (a stop request, or the PHP side gone) ends the loop.
+        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+            let outcome = self.tick();
+            self.lease.note_error(outcome.err().map(|e| e.to_string()));
+        }
+        let idprocess = self.lease.idprocess();
+        if let Some(c) = self.conn.as_mut() {
+            let _ = registry::unregister(c, &self.config, idprocess);
+        } else if let Ok(mut c) = connection::connect(&self.config) {
+            let _ = registry::unregister(&mut c, &self.config, idprocess);
+        }
     }
-    let settings = registered.settings;
-    if !settings.auto_reap {
-        return Ok(());
+
+    fn tick(&mut self) -> std::result::Result<(), String> {
+        if self.conn.is_none() {
+            self.reaper = false;
+            self.lease.reaping.store(false, Ordering::Relaxed);
+            self.conn = Some(connection::connect(&self.config).map_err(|e| e.to_string())?);
+        }
+        let result = self.duties();
+        if let Err(e) = &result {
+            if connection::is_connection_lost(e) {
+                self.conn = None;
+            }
+        }
+        result.map_err(|e| e.to_string())
     }
-    if !*reaper {
-        *reaper = registry::try_reaper_lock(conn, config, registered.identity.host.as_deref())?;
-    }
-    if *reaper {
+
+    fn duties(&mut self) -> std::result::Result<(), mysql::Error> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let config = &self.config;
+        let idprocess = self.lease.idprocess();
+        if registry::heartbeat(conn, config, idprocess)? {
+            self.lease.acknowledged();
+        } else {
+            // Pruned while we were frozen: register again (the rows we hold may have been
+            // reaped meanwhile; our fenced complete/release will then simply change nothing).
+            let id = registry::register(conn, config, &self.registered.identity, self.reaper)?;
+            self.lease.idprocess.store(id, Ordering::Release);
+            self.lease.acknowledged();
+        }
+        let settings = self.registered.settings;
+        if !settings.auto_reap {
+            return Ok(());
+        }
+        if !self.reaper {
+            self.reaper =
+                registry::try_reaper_lock(conn, config, self.registered.identity.host.as_deref())?;
+            if self.reaper {
+                registry::set_reaps(conn, config, self.lease.idprocess(), true)?;
+                self.lease.reaping.store(true, Ordering::Relaxed);
+            }
+        }
+        if !self.reaper {
+            return Ok(());
+        }
         // Deaths provable from here are on this host (pid checks) or on hosts whose heartbeats
         // went stale: look at those rows only, which the optional index serves on big tables.
         let lease = settings.lease.as_secs_f64();
         let mut hosts = registry::hosts_with_stale_heartbeats(conn, config, lease)?;
-        hosts.extend(registered.identity.host.clone());
+        hosts.extend(self.registered.identity.host.clone());
         hosts.sort();
         hosts.dedup();
         let options = ReapOptions {
             only_hosts: Some(hosts),
+            host_name_shared: settings.host_name_shared,
             ..ReapOptions::proof_only(lease)
         };
-        match reap::reap(conn, config, &registered.identity, &options) {
-            Ok(_) | Err(reap::ReapError::Refused(_)) => {}
+        match reap::reap(conn, config, &self.registered.identity, &options) {
+            Ok(report) => {
+                let released: Vec<ReapEntry> = report
+                    .entries
+                    .into_iter()
+                    .filter(|e| matches!(e.action, Action::Reset | Action::DeletedDuplicate))
+                    .collect();
+                if !released.is_empty() {
+                    self.lease
+                        .released
+                        .fetch_add(released.len() as u64, Ordering::Relaxed);
+                    record_releases(released);
+                }
+            }
+            Err(reap::ReapError::Refused(_)) => {}
             Err(reap::ReapError::Sql(e)) => return Err(e),
         }
-        if last_prune.elapsed() > settings.lease * PRUNE_AFTER_LEASES as u32 {
-            registry::prune(conn, config, settings.lease.as_secs() * PRUNE_AFTER_LEASES)?;
-            *last_prune = Instant::now();
+        if self.last_prune.elapsed() > settings.lease * PRUNE_AFTER_LEASES {
+            registry::prune(
+                conn,
+                config,
+                settings.lease.as_secs() * u64::from(PRUNE_AFTER_LEASES),
+            )?;
+            self.last_prune = Instant::now();
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Keeps this shared library mapped until the process ends: PHP unloads extensions after
@@ -237,4 +459,17 @@ fn pin_library() {
             }
         }
     });
+}
+
+impl std::fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegisterError::HeartbeatCannotConnect(e) => write!(
+                f,
+                "the heartbeat cannot connect ({e}); this process claims unregistered, judged as \
+                 a stock Matomo claimer"
+            ),
+            RegisterError::Sql(e) => write!(f, "{e}"),
+        }
+    }
 }

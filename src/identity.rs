@@ -1,6 +1,8 @@
-//! Who is calling: host name, pid, and what makes this process start unique (its start time,
-//! the boot it runs in, its pid namespace). Also the same facts about any other local pid, which
-//! is how a reaper proves that an owner is gone or that its pid now belongs to someone else.
+//! Who is calling: host name, pid, and what makes this process start unique in the kernel's own
+//! frame (its start in clock ticks since boot, the boot it runs in, its pid namespace), and whom
+//! it works for when it is one of Matomo's archiving children. Also the same facts about any
+//! other local pid, which is how a reaper proves that an owner is gone or that its pid now
+//! belongs to someone else.
 
 use std::fs;
 
@@ -13,23 +15,35 @@ pub struct Identity {
     /// What PHP's gethostname() returns; None where that fails (Matomo then stores NULL).
     pub host: Option<String>,
     pub pid: u32,
-    /// Wall-clock start of this process, Unix seconds (10 ms resolution, from /proc).
+    /// Wall-clock start of this process, Unix seconds (10 ms resolution, from /proc). For people
+    /// only: a clock step moves it, so no decision compares it with a registered value.
     pub started_at: Option<f64>,
+    /// Start of this process in clock ticks after boot (/proc/self/stat field 22): with the boot
+    /// id, pid namespace and pid it names one process start, and no clock can move it.
+    pub start_ticks: Option<u64>,
     pub boot_id: Option<String>,
     /// Inode of /proc/self/ns/pid: processes in different pid namespaces may share a pid.
     pub pid_namespace: Option<u64>,
+    /// For a Matomo archiving child (`climulti:request ... runid=<pid>`), the pid of the
+    /// `core:archive` process whose claim it works on.
+    pub works_for: Option<u32>,
 }
 
 impl Identity {
     /// The facts about the calling process, read fresh (a forked child has a new pid).
     pub fn current() -> Identity {
         let pid = std::process::id();
+        let status = process_status("self");
         Identity {
             host: host_name(),
             pid,
-            started_at: process_start_time("self"),
+            started_at: status.map(|s| s.started_at),
+            start_ticks: status.map(|s| s.start_ticks),
             boot_id: boot_id(),
             pid_namespace: pid_namespace("self"),
+            works_for: fs::read("/proc/self/cmdline")
+                .ok()
+                .and_then(|c| archiving_child_of(&c)),
         }
     }
 
@@ -67,19 +81,62 @@ fn parse_namespace_link(link: &str) -> Option<u64> {
 /// When a local process started, in Unix seconds; None if there is no such process (in this
 /// pid namespace) or /proc cannot tell.
 pub fn process_start_time(pid: &str) -> Option<f64> {
-    process_status(pid).map(|(_, started_at)| started_at)
+    process_status(pid).map(|s| s.started_at)
 }
 
-/// A local process's state letter (R, S, D, Z, ...) and start time.
-pub fn process_status(pid: &str) -> Option<(char, f64)> {
+/// What /proc says about one local process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessStatus {
+    /// The state letter (R, S, D, Z, ...).
+    pub state: char,
+    /// Start in clock ticks after boot: exact, and immune to clock steps.
+    pub start_ticks: u64,
+    /// The same start as Unix seconds on this machine's clock as it reads now (boot time from
+    /// /proc/stat moves with every clock step, so this is in the current clock's frame).
+    pub started_at: f64,
+}
+
+pub fn process_status(pid: &str) -> Option<ProcessStatus> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let state = state_from_stat(&stat)?;
-    let ticks = start_ticks_from_stat(&stat)?;
+    let start_ticks = start_ticks_from_stat(&stat)?;
     let boot_time = boot_time_from_proc_stat(&fs::read_to_string("/proc/stat").ok()?)?;
-    Some((
+    Some(ProcessStatus {
         state,
-        boot_time as f64 + ticks as f64 / clock_ticks_per_second(),
-    ))
+        start_ticks,
+        started_at: boot_time as f64 + start_ticks as f64 / clock_ticks_per_second(),
+    })
+}
+
+/// The `core:archive` pid a Matomo archiving child works for, from its command line (NUL
+/// separated): `php console climulti:request ... 'module=API&...&pid=..&runid=<pid>'`.
+pub fn archiving_child_of(cmdline: &[u8]) -> Option<u32> {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if !args.iter().any(|a| *a == b"climulti:request") {
+        return None;
+    }
+    args.iter().find_map(|arg| {
+        let text = std::str::from_utf8(arg).ok()?;
+        text.split(['&', '?', ' ', '\'', '"'])
+            .find_map(|part| part.strip_prefix("runid="))
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| *n > 0)
+    })
+}
+
+/// Live local Matomo archiving children, as (child pid, the pid their `runid` names): while
+/// one lives, the claims of that pid are being worked on, whatever became of it.
+pub fn archiving_children() -> Vec<(u32, u32)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let owner = archiving_child_of(&fs::read(format!("/proc/{pid}/cmdline")).ok()?)?;
+            let status = process_status(&pid.to_string())?;
+            (!is_dead_state(status.state)).then_some((pid, owner))
+        })
+        .collect()
 }
 
 /// Whether a state letter means the process has ended: a zombie (Z) has died and only waits
@@ -150,6 +207,28 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_parent_of_a_matomo_archiving_child_on_its_command_line() {
+        let child = b"/usr/bin/php\0/var/www/matomo/console\0climulti:request\0-q\0--matomo-domain=\0--superuser\0module=API&method=CoreAdminHome.archiveReports&idSite=1&period=day&date=2024-01-15&format=json&trigger=archivephp&pid=4242&runid=4100\0";
+        assert_eq!(archiving_child_of(child), Some(4100));
+        let quoted = b"php\0console\0climulti:request\0'module=API&runid=77'\0";
+        assert_eq!(archiving_child_of(quoted), Some(77));
+        // Not a climulti:request child, or no runid: works for nobody.
+        assert_eq!(
+            archiving_child_of(b"php\0console\0core:archive\0runid=5\0"),
+            None
+        );
+        assert_eq!(
+            archiving_child_of(b"php\0console\0climulti:request\0module=API\0"),
+            None
+        );
+        assert_eq!(
+            archiving_child_of(b"php\0console\0climulti:request\0runid=0\0"),
+            None
+        );
+        assert_eq!(archiving_child_of(b""), None);
+    }
+
+    #[test]
     fn reads_boot_time() {
         let s = "cpu  1 2 3\nintr 5\nbtime 1764379200\nprocesses 9\n";
         assert_eq!(boot_time_from_proc_stat(s), Some(1764379200));
@@ -172,6 +251,8 @@ mod tests {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         let started = me.started_at.expect("linux has /proc");
+        assert!(me.start_ticks.is_some());
+        assert_eq!(me.works_for, None);
         // This test process started before now, and not days ago.
         assert!(
             started <= now + 1.0 && started > now - 86400.0,

@@ -62,8 +62,10 @@ pub struct InvalidationRow {
     pub process_id: Option<String>,
     /// Seconds since ts_started on the database clock.
     pub age_seconds: Option<i64>,
-    /// ts_started as Unix seconds on the database clock.
+    /// ts_started as Unix seconds, read in this session's time zone.
     pub claimed_at: Option<f64>,
+    /// ts_started lies in a DST fold of this session's time zone: it names two instants.
+    pub in_dst_fold: bool,
 }
 
 impl InvalidationRow {
@@ -254,6 +256,14 @@ pub fn complete(conn: &mut Conn, config: &DbConfig, ids: &[i64], owner: &Owner) 
     Ok(deleted)
 }
 
+/// Whether ts_started names two instants in this session's time zone: an hour later or earlier
+/// in UTC reads back as the same local time (the hour a DST change repeats).
+const IN_DST_FOLD: &str =
+    "(CONVERT_TZ(CONVERT_TZ(ts_started, @@session.time_zone, '+00:00') + INTERVAL 1 HOUR, \
+     '+00:00', @@session.time_zone) <=> ts_started \
+  OR CONVERT_TZ(CONVERT_TZ(ts_started, @@session.time_zone, '+00:00') - INTERVAL 1 HOUR, \
+     '+00:00', @@session.time_zone) <=> ts_started)";
+
 /// What Matomo's `getInvalidationsInProgress()` returns (in progress, ts_started set), oldest
 /// claim first, with the age on the database clock.
 pub fn in_progress(
@@ -266,7 +276,7 @@ pub fn in_progress(
         "SELECT idinvalidation, idarchive, name, idsite, CAST(date1 AS CHAR), CAST(date2 AS CHAR), \
                 period, CAST(ts_invalidated AS CHAR), CAST(ts_started AS CHAR), status, report, \
                 processing_host, process_id, TIMESTAMPDIFF(SECOND, ts_started, NOW()), \
-                UNIX_TIMESTAMP(ts_started) + 0.0 \
+                UNIX_TIMESTAMP(ts_started) + 0.0, {IN_DST_FOLD} \
            FROM {t} WHERE status = ?"
     );
     if !filter.include_never_started {
@@ -317,6 +327,7 @@ fn row_from_sql(mut row: Row) -> SqlResult<InvalidationRow> {
         process_id: col(&mut row, 12)?,
         age_seconds: col(&mut row, 13)?,
         claimed_at: col(&mut row, 14)?,
+        in_dst_fold: col::<Option<i64>>(&mut row, 15)?.unwrap_or(0) != 0,
     })
 }
 

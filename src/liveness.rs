@@ -1,23 +1,41 @@
 //! Is the owner of an in-progress row alive? The decision as a pure function of facts.
 //!
-//! The rule: release only on **proof of death**, never on doubt.
-//! 1. A registered owner (it registered in `archive_claim_process` and heartbeats):
-//!    - some heartbeat fresh, owner on this very machine (host, boot, pid namespace): look at the
-//!      process: gone, or its pid now belongs to a process that started later -> dead;
-//!    - some heartbeat fresh, owner elsewhere -> alive;
-//!    - every heartbeat older than the lease -> dead (unless we can see its process running on
-//!      this very machine: then only its heartbeat failed).
-//! 2. An unregistered owner (stock Matomo, or claimed before the extension was loaded):
-//!    - on this host: no such pid -> dead; a process with that pid that started after the claim
-//!      -> the pid was reused -> dead; otherwise alive;
+//! The rule: release only on **proof of death**, never on doubt. A live claim is never released:
+//! not when a clock steps or a time zone changes, a pid is reused, containers share a host name,
+//! a heartbeat cannot connect, or the work runs in a child process.
+//!
+//! 0. **Work in a child.** Matomo's claims belong to the `core:archive` parent while detached
+//!    `climulti:request` children do the archiving: while a child working for the owner lives
+//!    (seen in /proc on this host, or a fresh registration of a child elsewhere), the claim is
+//!    alive, whatever became of the parent.
+//! 1. **Registered owner** (it registered in `archive_claim_process` and heartbeats):
+//!    - on this very machine (host, boot, pid namespace) its process is looked at in the
+//!      kernel's own frame: the pid with the registered start ticks runs -> alive; the pid is gone,
+//!      or now names a later process -> that registration is dead;
+//!    - elsewhere: a heartbeat fresher than the lease -> alive; every one older -> dead, but only
+//!      where the owner's host has gone silent: a host that still runs a reaper judges its own
+//!      processes, which it can see (a stale heartbeat there may be a heartbeat that failed).
+//!    - a dead registration speaks only for rows claimed during its life: a registered process
+//!      claims only while its lease is fresh, so no claim of its comes later than one lease
+//!      after its last heartbeat. Later rows are judged as unregistered.
+//! 2. **Unregistered owner** (stock Matomo, or a row no registration speaks for):
+//!    - on this host: no such pid -> dead; the pid now names a process that started after the
+//!      claim by more than any clock or time zone can explain -> reused -> dead; otherwise alive.
+//!      Where the host name is shared by several pid namespaces (containers), a pid proves
+//!      nothing: unknown.
 //!    - on another host -> unknown.
 //! 3. Timeout backstop (as Matomo): claimed longer ago than the recovery timeout -> released
 //!    whatever the above said. Rows never started (ts_started NULL) are left alone.
 //! 4. Hosts an operator declares dead are released (the caller refuses a host that still
 //!    heartbeats unless forced).
 //!
-//! Why a later start time proves reuse: the owner held pid p when it claimed, so any other
-//! process holding p must have started after the owner died, which is after the claim.
+//! Time: heartbeats and registrations are Unix seconds on the database clock, in UTC, so no
+//! time zone enters them. `ts_started` is a DATETIME in the claimer's session time zone; read in
+//! the reaper's, it is exact only when both zones agree and the time is not in a DST fold, so
+//! every comparison with it carries an uncertainty that says so.
+//!
+//! Why a later start proves reuse: the owner held pid p when it claimed, so any other process
+//! holding p must have started after the owner died, which is after the claim.
 
 use std::collections::HashMap;
 
@@ -25,13 +43,15 @@ use std::collections::HashMap;
 /// getmypid() is disabled, which is not a pid we can reason about.
 pub const PID_MAX: u64 = 4_194_304;
 
-/// How much later than the claim a process must have started to prove pid reuse: ts_started
-/// is truncated to the second, and /proc's boot time is whole seconds too.
+/// ts_started is truncated to the second, and /proc's boot time is whole seconds too.
 pub const REUSE_MARGIN_SECONDS: f64 = 2.0;
 
-/// Two start times of one process, read from /proc at different moments, differ by the
-/// rounding of the boot time at most.
-pub const SAME_START_TOLERANCE_SECONDS: f64 = 1.0;
+/// How far a DATETIME written in one session's time zone may be off when read in another's:
+/// zones run from UTC-12 to UTC+14. A claim of an unknown writer is compared with this margin.
+pub const TIME_ZONE_SPREAD_SECONDS: f64 = 26.0 * 3600.0;
+
+/// A DATETIME inside a DST fold (the hour that happens twice) names two instants an hour apart.
+pub const DST_FOLD_SECONDS: f64 = 3600.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -56,7 +76,8 @@ pub enum Reason {
     PidGone,
     /// The pid belongs to a process that started after the claim.
     PidReused,
-    /// Every registration of the owner stopped heartbeating longer than the lease ago.
+    /// Every registration of the owner stopped heartbeating longer than the lease ago, and its
+    /// host has gone silent.
     HeartbeatStale,
     /// Older than the recovery timeout (Matomo's backstop).
     Timeout,
@@ -64,10 +85,19 @@ pub enum Reason {
     HostDeclaredDead,
     /// A registration of the owner heartbeats (and, if local, its process runs).
     HeartbeatFresh,
-    /// Unregistered owner on this host, and its process runs.
+    /// The owner's process runs (unregistered, or registered with a heartbeat that failed).
     PidAlive,
+    /// A Matomo archiving child of the owner still runs.
+    ChildWorking,
+    /// The owner's heartbeat is stale but its host still runs a reaper: that host, which can
+    /// see its processes, decides.
+    OwnerHostAlive,
     /// Unregistered owner on another host: nothing can be proven from here.
     RemoteUnregistered,
+    /// Several pid namespaces use this host name: a pid alone names no process.
+    HostNameShared,
+    /// /proc could not tell whether the owner runs (for example hidepid).
+    ProcUnreadable,
     /// process_id is not a pid (or host is unknown).
     ImplausiblePid,
     /// ts_started is NULL: Matomo never reaps those, nor do we.
@@ -84,7 +114,11 @@ impl Reason {
             Reason::HostDeclaredDead => "host_declared_dead",
             Reason::HeartbeatFresh => "heartbeat_fresh",
             Reason::PidAlive => "pid_alive",
+            Reason::ChildWorking => "child_working",
+            Reason::OwnerHostAlive => "owner_host_alive",
             Reason::RemoteUnregistered => "remote_unregistered",
+            Reason::HostNameShared => "host_name_shared",
+            Reason::ProcUnreadable => "proc_unreadable",
             Reason::ImplausiblePid => "implausible_pid",
             Reason::NeverStarted => "never_started",
         }
@@ -114,34 +148,79 @@ pub struct ClaimFacts {
     pub idsite: i64,
     pub host: Option<String>,
     pub process_id: Option<String>,
-    /// ts_started as Unix seconds on the database clock (whole seconds).
+    /// ts_started as Unix seconds, read in the reaper's session time zone.
     pub claimed_at: Option<f64>,
+    /// ts_started lies in a DST fold of the reaper's time zone (it names two instants).
+    pub in_dst_fold: bool,
     /// Seconds since ts_started on the database clock.
     pub age_seconds: Option<i64>,
 }
 
-/// One registered process start with that host and pid.
+/// One registered process start, as the registry has it. Times are Unix seconds on the
+/// database clock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registration {
+    pub idprocess: u64,
+    pub host: Option<String>,
+    pub pid: u32,
     pub boot_id: Option<String>,
     pub pid_namespace: Option<u64>,
-    /// The process's start, Unix seconds, on its own machine's clock.
-    pub started_at: Option<f64>,
-    /// When it registered, Unix seconds on the database clock.
+    pub start_ticks: Option<u64>,
+    /// The session time zone its claims' ts_started were written in.
+    pub time_zone: Option<String>,
+    /// The pid (same host) of the process whose claims it works on, if it is a child.
+    pub works_for: Option<u32>,
+    /// Whether its heartbeat thread reaps for its host.
+    pub reaps: bool,
     pub registered_at: f64,
-    /// Seconds since its last heartbeat, on the database clock.
-    pub heartbeat_age: f64,
+    pub last_heartbeat: f64,
+}
+
+impl Registration {
+    fn heartbeat_age(&self, ctx: &Context) -> f64 {
+        ctx.now - self.last_heartbeat
+    }
+
+    fn is_fresh(&self, ctx: &Context) -> bool {
+        self.heartbeat_age(ctx) < ctx.lease_seconds
+    }
+}
+
+/// Where a registered process runs: host name, boot and pid namespace (its pids are unique there).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Machine {
+    pub host: Option<String>,
+    pub boot_id: Option<String>,
+    pub pid_namespace: Option<u64>,
+}
+
+impl Machine {
+    pub fn of(r: &Registration) -> Machine {
+        Machine {
+            host: r.host.clone(),
+            boot_id: r.boot_id.clone(),
+            pid_namespace: r.pid_namespace,
+        }
+    }
 }
 
 /// What this machine's process table says about a pid.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LocalProcess {
-    /// No process with that pid in our pid namespace.
+    /// No process with that pid in our pid namespace (or only a zombie).
     Gone,
-    /// A process with that pid, started at this Unix time (our clock).
-    Running { started_at: f64 },
+    /// A process with that pid: its start in ticks after boot, and as Unix seconds on our
+    /// clock as it reads now.
+    Running { start_ticks: u64, started_at: f64 },
     /// /proc could not tell (for example hidepid): no proof either way.
     Unreadable,
+}
+
+/// Looks at this machine's processes.
+pub trait LocalView {
+    fn process(&self, pid: u32) -> LocalProcess;
+    /// Whether a Matomo archiving child (`climulti:request ... runid=<owner>`) of `owner` runs.
+    fn has_child_working_for(&self, owner: u32) -> bool;
 }
 
 /// Who is deciding, and with what policy.
@@ -150,12 +229,21 @@ pub struct Context {
     pub host: Option<String>,
     pub boot_id: Option<String>,
     pub pid_namespace: Option<u64>,
+    /// The database clock now, Unix seconds.
+    pub now: f64,
+    /// The time zone ts_started is read in (the deciding session's).
+    pub time_zone: Option<String>,
     /// Database clock minus our clock, seconds, measured in this call.
     pub clock_offset: f64,
     /// Uncertainty of that offset (half the round trip), seconds.
     pub clock_uncertainty: f64,
     /// A heartbeat older than this is stale.
     pub lease_seconds: f64,
+    /// Pids of this host name name no process of ours: another pid namespace uses the name
+    /// (seen in the registry, or declared by the operator).
+    pub host_name_shared: bool,
+    /// Machines where a process with a fresh heartbeat reaps for its host.
+    pub machines_with_live_reaper: Vec<Machine>,
     /// Recovery timeout (None: no backstop, as in automatic reaping).
     pub timeout_seconds: Option<i64>,
     pub site_timeouts: HashMap<i64, i64>,
@@ -174,12 +262,34 @@ impl Context {
         self.host.as_deref() == Some(host)
     }
 
-    fn is_this_machine(&self, host: &str, r: &Registration) -> bool {
-        self.is_this_host(host)
+    fn has_live_reaper(&self, r: &Registration) -> bool {
+        let machine = Machine::of(r);
+        self.machines_with_live_reaper.contains(&machine)
+    }
+
+    /// Same host name, same boot, same pid namespace: its pids are our pids.
+    pub fn is_this_machine(&self, r: &Registration) -> bool {
+        r.host.is_some()
+            && r.host == self.host
             && r.boot_id.is_some()
             && r.boot_id == self.boot_id
             && r.pid_namespace.is_some()
             && r.pid_namespace == self.pid_namespace
+    }
+
+    /// How far the row's claimed_at may be from the instant of the claim, had `writer_zone`
+    /// written it (None: an unknown writer).
+    fn claim_time_uncertainty(&self, row: &ClaimFacts, writer_zone: Option<&str>) -> f64 {
+        let zone = match writer_zone {
+            Some(z) if Some(z) == self.time_zone.as_deref() => 0.0,
+            _ => TIME_ZONE_SPREAD_SECONDS,
+        };
+        let fold = if row.in_dst_fold {
+            DST_FOLD_SECONDS
+        } else {
+            0.0
+        };
+        REUSE_MARGIN_SECONDS + self.clock_uncertainty + zone + fold
     }
 }
 
@@ -197,11 +307,48 @@ pub fn plausible_pid(process_id: &str) -> Option<u32> {
     (1..=PID_MAX).contains(&pid).then_some(pid as u32)
 }
 
+/// What became of one registration of the owner.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OwnerState {
+    /// Local, and its very process runs (whatever its heartbeat says).
+    RunningHere { heartbeat_fresh: bool },
+    /// Elsewhere, heartbeat fresh.
+    FreshElsewhere,
+    /// Local and its process is gone or its pid names a later process.
+    DeadHere(Reason),
+    /// Elsewhere, heartbeat stale.
+    StaleElsewhere,
+}
+
+fn owner_state(r: &Registration, pid: u32, local: &impl LocalView, ctx: &Context) -> OwnerState {
+    if !ctx.is_this_machine(r) {
+        return if r.is_fresh(ctx) {
+            OwnerState::FreshElsewhere
+        } else {
+            OwnerState::StaleElsewhere
+        };
+    }
+    match local.process(pid) {
+        LocalProcess::Running { start_ticks, .. } if Some(start_ticks) == r.start_ticks => {
+            OwnerState::RunningHere {
+                heartbeat_fresh: r.is_fresh(ctx),
+            }
+        }
+        LocalProcess::Running { .. } => OwnerState::DeadHere(Reason::PidReused),
+        LocalProcess::Gone => OwnerState::DeadHere(Reason::PidGone),
+        // Cannot look: fall back on the heartbeat, as for a process elsewhere.
+        LocalProcess::Unreadable if r.is_fresh(ctx) => OwnerState::FreshElsewhere,
+        LocalProcess::Unreadable => OwnerState::StaleElsewhere,
+    }
+}
+
 /// The liveness verdict alone (what `in_progress()` shows): no timeout, no declared hosts.
+/// `registrations` are those of the row's host (the caller narrows by host; this function
+/// picks the owner's and its children's).
 pub fn liveness(
     row: &ClaimFacts,
     registrations: &[Registration],
-    local: impl Fn(u32) -> LocalProcess,
+    local: &impl LocalView,
     ctx: &Context,
 ) -> Decision {
     use Reason::*;
@@ -216,65 +363,98 @@ pub fn liveness(
     ) else {
         return Decision::of(Unknown, ImplausiblePid);
     };
+    let of_host = |r: &&Registration| r.host.as_deref() == Some(host);
+    let this_host = ctx.is_this_host(host);
 
-    // A registration made after the claim cannot be the claimer: it is a later process that
-    // got the same pid (registration happens before a process's first claim).
-    let owners: Vec<&Registration> = registrations
+    // 0. A child working for the owner keeps the claim alive.
+    if this_host && local.has_child_working_for(pid) {
+        return Decision::of(Alive, ChildWorking);
+    }
+    let child_alive = registrations
         .iter()
-        .filter(|r| r.registered_at <= claimed_at + REUSE_MARGIN_SECONDS)
-        .collect();
-
-    if !owners.is_empty() {
-        let fresh: Vec<&&Registration> = owners
-            .iter()
-            .filter(|r| r.heartbeat_age < ctx.lease_seconds)
-            .collect();
-        if fresh.is_empty() {
-            // A stale heartbeat is proof only where we cannot look: a process we can see
-            // running on this machine, with the very start time it registered, is alive
-            // (its heartbeat thread or connection is what failed).
-            let still_running_here = owners.iter().any(|r| {
-                ctx.is_this_machine(host, r)
-                    && matches!((local(pid), r.started_at), (LocalProcess::Running { started_at }, Some(s))
-                        if (started_at - s).abs() <= SAME_START_TOLERANCE_SECONDS)
-            });
-            if still_running_here {
-                return Decision::of(Alive, PidAlive);
-            }
-            return Decision::of(Dead, HeartbeatStale);
-        }
-        let mut local_death = None;
-        for r in &fresh {
-            if !ctx.is_this_machine(host, r) {
-                return Decision::of(Alive, HeartbeatFresh);
-            }
-            match (local(pid), r.started_at) {
-                (LocalProcess::Gone, _) => local_death = Some(PidGone),
-                (LocalProcess::Running { started_at }, Some(registered_start))
-                    if (started_at - registered_start).abs() > SAME_START_TOLERANCE_SECONDS =>
-                {
-                    local_death = Some(PidReused)
-                }
-                _ => return Decision::of(Alive, HeartbeatFresh),
-            }
-        }
-        return Decision::of(Dead, local_death.unwrap_or(HeartbeatStale));
+        .filter(of_host)
+        .filter(|r| r.works_for == Some(pid))
+        .any(|r| match owner_state(r, r.pid, local, ctx) {
+            OwnerState::RunningHere { .. } | OwnerState::FreshElsewhere => true,
+            OwnerState::DeadHere(_) | OwnerState::StaleElsewhere => false,
+        });
+    if child_alive {
+        return Decision::of(Alive, ChildWorking);
     }
 
-    if !ctx.is_this_host(host) {
+    // 1. Registered owner.
+    let owners: Vec<(&Registration, OwnerState)> = registrations
+        .iter()
+        .filter(of_host)
+        .filter(|r| r.pid == pid)
+        .map(|r| (r, owner_state(r, pid, local, ctx)))
+        .collect();
+    for (_, state) in &owners {
+        match state {
+            OwnerState::RunningHere {
+                heartbeat_fresh: true,
+            }
+            | OwnerState::FreshElsewhere => return Decision::of(Alive, HeartbeatFresh),
+            // Its process runs: only its heartbeat failed.
+            OwnerState::RunningHere {
+                heartbeat_fresh: false,
+            } => return Decision::of(Alive, PidAlive),
+            OwnerState::DeadHere(_) | OwnerState::StaleElsewhere => {}
+        }
+    }
+    // Every registration is dead; those that speak for this row were alive when it was claimed.
+    let speaking: Vec<&(&Registration, OwnerState)> = owners
+        .iter()
+        .filter(|(r, _)| {
+            claimed_at + ctx.claim_time_uncertainty(row, r.time_zone.as_deref())
+                <= r.last_heartbeat + ctx.lease_seconds
+        })
+        .collect();
+    if let Some((r, _)) = speaking.first() {
+        let local_death = speaking.iter().find_map(|(_, s)| match s {
+            OwnerState::DeadHere(reason) => Some(*reason),
+            _ => None,
+        });
+        match local_death {
+            Some(PidGone) => return Decision::of(Dead, PidGone),
+            Some(_) => {
+                // The pid names a later process. Had that process claimed the row, the claim
+                // would be younger than its start: a claim older than the start was the owner's.
+                if let LocalProcess::Running { started_at, .. } = local.process(pid) {
+                    let uncertainty = ctx.claim_time_uncertainty(row, r.time_zone.as_deref());
+                    if started_at + ctx.clock_offset > claimed_at + uncertainty {
+                        return Decision::of(Dead, PidReused);
+                    }
+                }
+                // The later process may have claimed it: judge it as unregistered, below.
+            }
+            None => {
+                if speaking.iter().any(|(r, _)| ctx.has_live_reaper(r)) {
+                    return Decision::of(Unknown, OwnerHostAlive);
+                }
+                return Decision::of(Dead, HeartbeatStale);
+            }
+        }
+    }
+
+    // 2. Unregistered owner.
+    if !this_host {
         return Decision::of(Unknown, RemoteUnregistered);
     }
-    match local(pid) {
+    if ctx.host_name_shared {
+        return Decision::of(Unknown, HostNameShared);
+    }
+    match local.process(pid) {
         LocalProcess::Gone => Decision::of(Dead, PidGone),
-        LocalProcess::Running { started_at } => {
-            let started_on_db_clock = started_at + ctx.clock_offset;
-            if started_on_db_clock > claimed_at + REUSE_MARGIN_SECONDS + ctx.clock_uncertainty {
+        LocalProcess::Running { started_at, .. } => {
+            let uncertainty = ctx.claim_time_uncertainty(row, None);
+            if started_at + ctx.clock_offset > claimed_at + uncertainty {
                 Decision::of(Dead, PidReused)
             } else {
                 Decision::of(Alive, PidAlive)
             }
         }
-        LocalProcess::Unreadable => Decision::of(Unknown, PidAlive),
+        LocalProcess::Unreadable => Decision::of(Unknown, ProcUnreadable),
     }
 }
 
@@ -282,7 +462,7 @@ pub fn liveness(
 pub fn decide(
     row: &ClaimFacts,
     registrations: &[Registration],
-    local: impl Fn(u32) -> LocalProcess,
+    local: &impl LocalView,
     ctx: &Context,
 ) -> Decision {
     let verdict = liveness(row, registrations, local, ctx);
@@ -304,16 +484,22 @@ pub fn decide(
 mod tests {
     use super::*;
 
+    const NOW: f64 = 1_800_000_100.0;
     const CLAIMED: f64 = 1_800_000_000.0;
+    const TICKS: u64 = 5_000;
 
     fn ctx() -> Context {
         Context {
             host: Some("server1".into()),
             boot_id: Some("boot-a".into()),
             pid_namespace: Some(4026531836),
+            now: NOW,
+            time_zone: Some("SYSTEM".into()),
             clock_offset: 0.0,
             clock_uncertainty: 0.001,
             lease_seconds: 60.0,
+            host_name_shared: false,
+            machines_with_live_reaper: Vec::new(),
             timeout_seconds: Some(86400),
             site_timeouts: HashMap::new(),
             hosts_declared_dead: Vec::new(),
@@ -326,267 +512,506 @@ mod tests {
             host: Some(host.into()),
             process_id: Some(pid.into()),
             claimed_at: Some(CLAIMED),
-            age_seconds: Some(30),
+            in_dst_fold: false,
+            age_seconds: Some(100),
         }
     }
 
+    /// Process 100 on server1 (this machine), registered before the claim, last beat
+    /// `heartbeat_age` seconds ago.
     fn registration(heartbeat_age: f64) -> Registration {
         Registration {
+            idprocess: 1,
+            host: Some("server1".into()),
+            pid: 100,
             boot_id: Some("boot-a".into()),
             pid_namespace: Some(4026531836),
-            started_at: Some(CLAIMED - 100.0),
+            start_ticks: Some(TICKS),
+            time_zone: Some("SYSTEM".into()),
+            works_for: None,
+            reaps: true,
             registered_at: CLAIMED - 50.0,
-            heartbeat_age,
+            last_heartbeat: NOW - heartbeat_age,
         }
     }
 
-    fn elsewhere(mut r: Registration) -> Registration {
-        r.boot_id = Some("boot-b".into());
+    fn on(host: &str, mut r: Registration) -> Registration {
+        r.host = Some(host.into());
+        r.boot_id = Some(format!("boot-of-{host}"));
         r
     }
 
-    fn gone(_: u32) -> LocalProcess {
-        LocalProcess::Gone
+    /// A machine seen through fixed answers.
+    struct Procs {
+        processes: HashMap<u32, LocalProcess>,
+        children_of: Vec<u32>,
     }
 
-    fn running_since(started_at: f64) -> impl Fn(u32) -> LocalProcess {
-        move |_| LocalProcess::Running { started_at }
+    impl LocalView for Procs {
+        fn process(&self, pid: u32) -> LocalProcess {
+            self.processes
+                .get(&pid)
+                .copied()
+                .unwrap_or(LocalProcess::Gone)
+        }
+        fn has_child_working_for(&self, owner: u32) -> bool {
+            self.children_of.contains(&owner)
+        }
+    }
+
+    fn nothing_runs() -> Procs {
+        Procs {
+            processes: HashMap::new(),
+            children_of: Vec::new(),
+        }
+    }
+
+    /// Pid 100 runs, started at `started_at` (our clock) with `start_ticks`.
+    fn pid_100(start_ticks: u64, started_at: f64) -> Procs {
+        Procs {
+            processes: HashMap::from([(
+                100,
+                LocalProcess::Running {
+                    start_ticks,
+                    started_at,
+                },
+            )]),
+            children_of: Vec::new(),
+        }
+    }
+
+    /// The registered process 100 itself.
+    fn owner_runs() -> Procs {
+        pid_100(TICKS, CLAIMED - 100.0)
     }
 
     fn check(d: Decision, verdict: Verdict, reason: Reason) {
         assert_eq!((d.verdict, d.reason), (verdict, reason));
     }
 
-    // --- registered owners -------------------------------------------------------------
+    // --- registered owners on this machine: the kernel's frame ---------------------------
 
     #[test]
-    fn registered_local_owner_that_runs_is_alive() {
+    fn a_registered_local_owner_that_runs_is_alive() {
         let d = decide(
             &row("server1", "100"),
             &[registration(2.0)],
-            running_since(CLAIMED - 100.0),
+            &owner_runs(),
             &ctx(),
         );
         check(d, Verdict::Alive, Reason::HeartbeatFresh);
     }
 
     #[test]
-    fn registered_local_owner_whose_pid_is_gone_is_dead_despite_a_fresh_heartbeat() {
-        let d = decide(&row("server1", "100"), &[registration(2.0)], gone, &ctx());
+    fn a_registered_local_owner_whose_pid_is_gone_is_dead_despite_a_fresh_heartbeat() {
+        let d = decide(
+            &row("server1", "100"),
+            &[registration(2.0)],
+            &nothing_runs(),
+            &ctx(),
+        );
         check(d, Verdict::Dead, Reason::PidGone);
     }
 
     #[test]
-    fn registered_local_owner_whose_pid_now_belongs_to_a_younger_process_is_dead() {
-        let d = decide(
-            &row("server1", "100"),
-            &[registration(2.0)],
-            running_since(CLAIMED + 10.0),
-            &ctx(),
-        );
+    fn a_registered_local_owner_whose_pid_names_a_later_process_is_dead() {
+        let later = pid_100(TICKS + 20_000, CLAIMED + 50.0);
+        let d = decide(&row("server1", "100"), &[registration(2.0)], &later, &ctx());
         check(d, Verdict::Dead, Reason::PidReused);
     }
 
     #[test]
-    fn registered_remote_owner_with_a_fresh_heartbeat_is_alive() {
-        let d = decide(
-            &row("server2", "100"),
-            &[elsewhere(registration(59.0))],
-            gone,
-            &ctx(),
-        );
-        check(d, Verdict::Alive, Reason::HeartbeatFresh);
-    }
-
-    #[test]
-    fn the_same_host_name_in_another_boot_or_pid_namespace_is_not_local() {
-        let mut other_ns = registration(1.0);
-        other_ns.pid_namespace = Some(1);
-        let d = decide(&row("server1", "100"), &[other_ns], gone, &ctx());
-        check(d, Verdict::Alive, Reason::HeartbeatFresh);
+    fn a_clock_step_cannot_fake_a_reuse_of_a_registered_owner() {
+        // The wall clock jumped: /proc's boot time moved, so the owner's start reads days
+        // later than it was. Its start ticks did not change: it is the same process.
+        let stepped = pid_100(TICKS, CLAIMED + 5.0 * 86400.0);
         let d = decide(
             &row("server1", "100"),
-            &[elsewhere(registration(1.0))],
-            gone,
+            &[registration(2.0)],
+            &stepped,
             &ctx(),
         );
         check(d, Verdict::Alive, Reason::HeartbeatFresh);
-    }
-
-    #[test]
-    fn every_heartbeat_older_than_the_lease_is_death() {
-        let regs = [
-            elsewhere(registration(61.0)),
-            elsewhere(registration(600.0)),
-        ];
+        let mut c = ctx();
+        c.clock_offset = -86400.0;
         check(
-            decide(&row("server2", "100"), &regs, gone, &ctx()),
-            Verdict::Dead,
-            Reason::HeartbeatStale,
-        );
-        // Exactly at the lease is already stale; just under it is fresh.
-        check(
-            decide(
-                &row("server2", "100"),
-                &[elsewhere(registration(60.0))],
-                gone,
-                &ctx(),
-            ),
-            Verdict::Dead,
-            Reason::HeartbeatStale,
-        );
-        check(
-            decide(
-                &row("server2", "100"),
-                &[elsewhere(registration(59.9))],
-                gone,
-                &ctx(),
-            ),
+            decide(&row("server1", "100"), &[registration(2.0)], &stepped, &c),
             Verdict::Alive,
             Reason::HeartbeatFresh,
         );
     }
 
     #[test]
-    fn a_stale_local_owner_whose_process_still_runs_is_alive() {
+    fn a_local_owner_whose_heartbeat_failed_but_whose_process_runs_is_alive() {
         let d = decide(
             &row("server1", "100"),
             &[registration(600.0)],
-            running_since(CLAIMED - 100.0),
+            &owner_runs(),
             &ctx(),
         );
         check(d, Verdict::Alive, Reason::PidAlive);
+    }
+
+    #[test]
+    fn a_local_registered_owner_with_an_unreadable_proc_is_judged_by_its_heartbeat() {
+        let hidden = Procs {
+            processes: HashMap::from([(100, LocalProcess::Unreadable)]),
+            children_of: Vec::new(),
+        };
         let d = decide(
             &row("server1", "100"),
-            &[registration(600.0)],
-            running_since(CLAIMED + 50.0),
+            &[registration(1.0)],
+            &hidden,
+            &ctx(),
+        );
+        check(d, Verdict::Alive, Reason::HeartbeatFresh);
+        let d = decide(
+            &row("server1", "100"),
+            &[registration(100.0)],
+            &hidden,
             &ctx(),
         );
         check(d, Verdict::Dead, Reason::HeartbeatStale);
     }
 
+    // --- a stale registration and a later process with its pid (case: pid reuse) ----------
+
     #[test]
-    fn one_fresh_registration_among_stale_ones_keeps_the_row() {
-        let regs = [elsewhere(registration(500.0)), elsewhere(registration(3.0))];
+    fn a_dead_registration_does_not_speak_for_a_claim_made_after_its_life() {
+        // Process 100 registered and died an hour ago; a stock php-fpm worker got pid 100
+        // and claimed just now. That live claim is not the dead registration's.
+        let mut dead = registration(3600.0);
+        dead.registered_at = NOW - 7200.0;
+        let mut r = row("server1", "100");
+        r.claimed_at = Some(NOW - 5.0);
+        let stock = pid_100(TICKS + 300_000, NOW - 600.0);
         check(
-            decide(&row("server2", "100"), &regs, gone, &ctx()),
+            decide(&r, &[dead], &stock, &ctx()),
             Verdict::Alive,
-            Reason::HeartbeatFresh,
+            Reason::PidAlive,
         );
     }
 
     #[test]
-    fn a_registration_made_after_the_claim_is_a_later_process_not_the_owner() {
-        // The owner never registered (stock Matomo) and died; a new process with its pid
-        // registered later and heartbeats: that must not keep the orphan alive.
-        let mut later = elsewhere(registration(1.0));
-        later.registered_at = CLAIMED + 30.0;
+    fn a_later_process_that_may_have_claimed_keeps_the_row_even_within_the_lease() {
+        // Killed 10 s after its last beat; pid 100 went to a stock process that claimed at
+        // once: the row is within the dead registration's lease window, but the process now
+        // holding the pid started before the claim, so it may be the claimer.
+        let dead = registration(30.0);
+        let mut r = row("server1", "100");
+        r.claimed_at = Some(NOW - 15.0);
+        let stock = pid_100(TICKS + 1_000, NOW - 20.0);
         check(
-            decide(&row("server2", "100"), &[later.clone()], gone, &ctx()),
-            Verdict::Unknown,
-            Reason::RemoteUnregistered,
-        );
-        // Within the DATETIME second (and margin) it may be the owner.
-        later.registered_at = CLAIMED + 1.5;
-        check(
-            decide(&row("server2", "100"), &[later], gone, &ctx()),
+            decide(&r, std::slice::from_ref(&dead), &stock, &ctx()),
             Verdict::Alive,
-            Reason::HeartbeatFresh,
+            Reason::PidAlive,
+        );
+        // A process that started after the claim cannot have made it: the owner's row.
+        let later = pid_100(TICKS + 3_000, NOW - 5.0);
+        check(
+            decide(&r, &[dead], &later, &ctx()),
+            Verdict::Dead,
+            Reason::PidReused,
         );
     }
 
+    // --- registered owners elsewhere: heartbeats on the database clock --------------------
+
     #[test]
-    fn a_local_registered_owner_with_an_unreadable_proc_stays_alive() {
+    fn a_registered_remote_owner_with_a_fresh_heartbeat_is_alive() {
         let d = decide(
-            &row("server1", "100"),
-            &[registration(1.0)],
-            |_| LocalProcess::Unreadable,
+            &row("server2", "100"),
+            &[on("server2", registration(59.0))],
+            &nothing_runs(),
             &ctx(),
         );
         check(d, Verdict::Alive, Reason::HeartbeatFresh);
     }
 
-    // --- unregistered owners -----------------------------------------------------------
+    #[test]
+    fn every_heartbeat_older_than_the_lease_of_a_silent_host_is_death() {
+        let regs = [
+            on("server2", registration(61.0)),
+            on("server2", registration(600.0)),
+        ];
+        check(
+            decide(&row("server2", "100"), &regs, &nothing_runs(), &ctx()),
+            Verdict::Dead,
+            Reason::HeartbeatStale,
+        );
+        for (age, verdict) in [(60.0, Verdict::Dead), (59.9, Verdict::Alive)] {
+            let d = decide(
+                &row("server2", "100"),
+                &[on("server2", registration(age))],
+                &nothing_runs(),
+                &ctx(),
+            );
+            assert_eq!(d.verdict, verdict, "heartbeat {age} s old, lease 60 s");
+        }
+    }
 
     #[test]
-    fn unregistered_local_owner_whose_pid_is_gone_is_dead() {
+    fn a_stale_owner_on_a_host_that_still_reaps_is_left_to_that_host() {
+        let stale = on("server2", registration(120.0));
+        let mut c = ctx();
+        c.machines_with_live_reaper = vec![Machine::of(&stale)];
         check(
-            decide(&row("server1", "100"), &[], gone, &ctx()),
+            decide(&row("server2", "100"), &[stale], &nothing_runs(), &c),
+            Verdict::Unknown,
+            Reason::OwnerHostAlive,
+        );
+    }
+
+    #[test]
+    fn one_fresh_registration_among_stale_ones_keeps_the_row() {
+        let regs = [
+            on("server2", registration(500.0)),
+            on("server2", registration(3.0)),
+        ];
+        check(
+            decide(&row("server2", "100"), &regs, &nothing_runs(), &ctx()),
+            Verdict::Alive,
+            Reason::HeartbeatFresh,
+        );
+    }
+
+    #[test]
+    fn a_stale_registration_speaks_only_for_claims_within_a_lease_of_its_last_beat() {
+        let stale = on("server2", registration(600.0));
+        // Claimed 30 s after its last beat: a self-fencing process may have made that claim.
+        let mut r = row("server2", "100");
+        r.claimed_at = Some(stale.last_heartbeat + 30.0);
+        check(
+            decide(&r, std::slice::from_ref(&stale), &nothing_runs(), &ctx()),
+            Verdict::Dead,
+            Reason::HeartbeatStale,
+        );
+        // Claimed five minutes after it went silent: not its claim.
+        r.claimed_at = Some(stale.last_heartbeat + 300.0);
+        check(
+            decide(&r, &[stale], &nothing_runs(), &ctx()),
+            Verdict::Unknown,
+            Reason::RemoteUnregistered,
+        );
+    }
+
+    #[test]
+    fn a_claim_is_laid_to_a_dead_registration_only_when_no_time_zone_or_dst_fold_can_move_it() {
+        let stale = on("server2", registration(600.0));
+        let mut r = row("server2", "100");
+        r.claimed_at = Some(stale.last_heartbeat + 30.0);
+        // In a DST fold the claim may have been an hour later: perhaps after its life.
+        r.in_dst_fold = true;
+        check(
+            decide(&r, std::slice::from_ref(&stale), &nothing_runs(), &ctx()),
+            Verdict::Unknown,
+            Reason::RemoteUnregistered,
+        );
+        // Written in another zone than we read it in (SET GLOBAL time_zone since): the same.
+        r.in_dst_fold = false;
+        let mut other_zone = stale;
+        other_zone.time_zone = Some("+01:00".into());
+        check(
+            decide(&r, &[other_zone], &nothing_runs(), &ctx()),
+            Verdict::Unknown,
+            Reason::RemoteUnregistered,
+        );
+    }
+
+    #[test]
+    fn the_same_host_name_in_another_boot_or_pid_namespace_is_not_this_machine() {
+        let mut other_ns = registration(1.0);
+        other_ns.pid_namespace = Some(1);
+        check(
+            decide(&row("server1", "100"), &[other_ns], &nothing_runs(), &ctx()),
+            Verdict::Alive,
+            Reason::HeartbeatFresh,
+        );
+        let mut other_boot = registration(1.0);
+        other_boot.boot_id = Some("boot-b".into());
+        check(
+            decide(
+                &row("server1", "100"),
+                &[other_boot],
+                &nothing_runs(),
+                &ctx(),
+            ),
+            Verdict::Alive,
+            Reason::HeartbeatFresh,
+        );
+    }
+
+    // --- work in a child ---------------------------------------------------------------
+
+    #[test]
+    fn a_local_archiving_child_keeps_the_claim_of_a_dead_parent() {
+        let children = Procs {
+            processes: HashMap::new(),
+            children_of: vec![100],
+        };
+        for regs in [vec![], vec![registration(2.0)], vec![registration(600.0)]] {
+            check(
+                decide(&row("server1", "100"), &regs, &children, &ctx()),
+                Verdict::Alive,
+                Reason::ChildWorking,
+            );
+        }
+        // Children of another owner do not count.
+        let others = Procs {
+            processes: HashMap::new(),
+            children_of: vec![101],
+        };
+        check(
+            decide(&row("server1", "100"), &[], &others, &ctx()),
             Verdict::Dead,
             Reason::PidGone,
         );
     }
 
     #[test]
-    fn unregistered_local_owner_that_runs_since_before_the_claim_is_alive() {
+    fn a_registered_child_elsewhere_keeps_the_claim_while_it_heartbeats() {
+        // The parent claimed 100 s ago and went silent 90 s ago.
+        let parent = on("server2", registration(90.0));
+        let mut child = on("server2", registration(1.0));
+        child.pid = 200;
+        child.works_for = Some(100);
+        check(
+            decide(
+                &row("server2", "100"),
+                &[parent.clone(), child.clone()],
+                &nothing_runs(),
+                &ctx(),
+            ),
+            Verdict::Alive,
+            Reason::ChildWorking,
+        );
+        child.last_heartbeat = NOW - 600.0;
+        check(
+            decide(
+                &row("server2", "100"),
+                &[parent, child],
+                &nothing_runs(),
+                &ctx(),
+            ),
+            Verdict::Dead,
+            Reason::HeartbeatStale,
+        );
+    }
+
+    // --- unregistered owners --------------------------------------------------------------
+
+    #[test]
+    fn an_unregistered_local_owner_whose_pid_is_gone_is_dead() {
+        check(
+            decide(&row("server1", "100"), &[], &nothing_runs(), &ctx()),
+            Verdict::Dead,
+            Reason::PidGone,
+        );
+    }
+
+    #[test]
+    fn an_unregistered_local_owner_that_runs_since_before_the_claim_is_alive() {
         let d = decide(
             &row("server1", "100"),
             &[],
-            running_since(CLAIMED - 3600.0),
+            &pid_100(1, CLAIMED - 3600.0),
             &ctx(),
         );
         check(d, Verdict::Alive, Reason::PidAlive);
     }
 
     #[test]
-    fn a_pid_started_after_the_claim_was_reused() {
-        let d = decide(
-            &row("server1", "100"),
-            &[],
-            running_since(CLAIMED + 30.0),
-            &ctx(),
-        );
-        check(d, Verdict::Dead, Reason::PidReused);
-    }
-
-    #[test]
-    fn a_pid_started_within_the_datetime_second_of_the_claim_is_no_proof_of_reuse() {
-        for delta in [0.0, 0.5, 0.999, 1.9] {
+    fn an_unknown_writers_claim_proves_reuse_only_beyond_any_time_zone() {
+        // ts_started of a stock claimer may be off by a time-zone change (SET GLOBAL
+        // time_zone) between its session and ours: an hour later proves nothing.
+        for later in [3600.0, 5.0 * 3600.0, TIME_ZONE_SPREAD_SECONDS] {
             let d = decide(
                 &row("server1", "100"),
                 &[],
-                running_since(CLAIMED + delta),
+                &pid_100(1, CLAIMED + later),
                 &ctx(),
             );
             check(d, Verdict::Alive, Reason::PidAlive);
         }
-    }
-
-    #[test]
-    fn the_clock_offset_to_the_database_is_applied() {
-        // Our clock is 100 s behind the database: a process that started 50 s "after" the
-        // claim by our clock started 50 s before it on the database's.
-        let mut c = ctx();
-        c.clock_offset = 100.0;
         let d = decide(
             &row("server1", "100"),
             &[],
-            running_since(CLAIMED - 150.0),
-            &c,
-        );
-        check(d, Verdict::Alive, Reason::PidAlive);
-        let d = decide(
-            &row("server1", "100"),
-            &[],
-            running_since(CLAIMED - 50.0),
-            &c,
+            &pid_100(1, CLAIMED + TIME_ZONE_SPREAD_SECONDS + 10.0),
+            &ctx(),
         );
         check(d, Verdict::Dead, Reason::PidReused);
     }
 
     #[test]
-    fn unregistered_remote_owner_is_unknown_and_kept_until_the_timeout() {
+    fn the_clock_offset_to_the_database_is_applied() {
+        // Our clock is a day behind the database's: a process that started a day "before"
+        // the claim by our clock started with it on the database's.
+        let mut c = ctx();
+        c.clock_offset = 86400.0;
+        let d = decide(
+            &row("server1", "100"),
+            &[],
+            &pid_100(1, CLAIMED - 86400.0 + TIME_ZONE_SPREAD_SECONDS + 10.0),
+            &c,
+        );
+        check(d, Verdict::Dead, Reason::PidReused);
+        let d = decide(
+            &row("server1", "100"),
+            &[],
+            &pid_100(1, CLAIMED - 86400.0),
+            &c,
+        );
+        check(d, Verdict::Alive, Reason::PidAlive);
+    }
+
+    #[test]
+    fn pids_of_a_shared_host_name_prove_nothing() {
+        let mut c = ctx();
+        c.host_name_shared = true;
         check(
-            decide(&row("server2", "100"), &[], gone, &ctx()),
+            decide(&row("server1", "100"), &[], &nothing_runs(), &c),
+            Verdict::Unknown,
+            Reason::HostNameShared,
+        );
+        // A registration of this very machine still speaks in the kernel's frame.
+        check(
+            decide(
+                &row("server1", "100"),
+                &[registration(1.0)],
+                &nothing_runs(),
+                &c,
+            ),
+            Verdict::Dead,
+            Reason::PidGone,
+        );
+    }
+
+    #[test]
+    fn an_unregistered_remote_owner_is_unknown_and_kept_until_the_timeout() {
+        check(
+            decide(&row("server2", "100"), &[], &nothing_runs(), &ctx()),
             Verdict::Unknown,
             Reason::RemoteUnregistered,
         );
         let mut old = row("server2", "100");
         old.age_seconds = Some(86401);
         check(
-            decide(&old, &[], gone, &ctx()),
+            decide(&old, &[], &nothing_runs(), &ctx()),
             Verdict::Dead,
             Reason::Timeout,
+        );
+    }
+
+    #[test]
+    fn unreadable_proc_is_no_proof() {
+        let hidden = Procs {
+            processes: HashMap::from([(100, LocalProcess::Unreadable)]),
+            children_of: Vec::new(),
+        };
+        check(
+            decide(&row("server1", "100"), &[], &hidden, &ctx()),
+            Verdict::Unknown,
+            Reason::ProcUnreadable,
         );
     }
 
@@ -601,7 +1026,7 @@ mod tests {
             "0012",
             "4194305",
         ] {
-            let d = decide(&row("server1", pid), &[], gone, &ctx());
+            let d = decide(&row("server1", pid), &[], &nothing_runs(), &ctx());
             check(d, Verdict::Unknown, Reason::ImplausiblePid);
         }
         assert_eq!(plausible_pid("4194304"), Some(4194304));
@@ -613,7 +1038,7 @@ mod tests {
         let mut r = row("x", "100");
         r.host = None;
         check(
-            decide(&r, &[], gone, &ctx()),
+            decide(&r, &[], &nothing_runs(), &ctx()),
             Verdict::Unknown,
             Reason::ImplausiblePid,
         );
@@ -629,7 +1054,7 @@ mod tests {
         let mut c = ctx();
         c.hosts_declared_dead = vec!["server2".into()];
         check(
-            decide(&r, &[], gone, &c),
+            decide(&r, &[], &nothing_runs(), &c),
             Verdict::Unknown,
             Reason::NeverStarted,
         );
@@ -640,12 +1065,12 @@ mod tests {
         let mut c = ctx();
         c.hosts_declared_dead = vec!["server2".into()];
         check(
-            decide(&row("server2", "100"), &[], gone, &c),
+            decide(&row("server2", "100"), &[], &nothing_runs(), &c),
             Verdict::Dead,
             Reason::HostDeclaredDead,
         );
         check(
-            decide(&row("server3", "100"), &[], gone, &c),
+            decide(&row("server3", "100"), &[], &nothing_runs(), &c),
             Verdict::Unknown,
             Reason::RemoteUnregistered,
         );
@@ -655,16 +1080,16 @@ mod tests {
     fn the_timeout_backstop_overrides_alive_and_has_per_site_overrides() {
         let mut old = row("server1", "100");
         old.age_seconds = Some(90000);
+        let runs = pid_100(1, CLAIMED - 10.0);
         check(
-            decide(&old, &[], running_since(CLAIMED - 10.0), &ctx()),
+            decide(&old, &[], &runs, &ctx()),
             Verdict::Dead,
             Reason::Timeout,
         );
-
         let mut c = ctx();
         c.site_timeouts.insert(1, 100_000);
         check(
-            decide(&old, &[], running_since(CLAIMED - 10.0), &c),
+            decide(&old, &[], &runs, &c),
             Verdict::Alive,
             Reason::PidAlive,
         );
@@ -672,13 +1097,13 @@ mod tests {
         let mut young = row("server2", "100");
         young.age_seconds = Some(61);
         check(
-            decide(&young, &[], gone, &c),
+            decide(&young, &[], &nothing_runs(), &c),
             Verdict::Dead,
             Reason::Timeout,
         );
         young.age_seconds = Some(60);
         check(
-            decide(&young, &[], gone, &c),
+            decide(&young, &[], &nothing_runs(), &c),
             Verdict::Unknown,
             Reason::RemoteUnregistered,
         );
@@ -691,7 +1116,7 @@ mod tests {
         let mut old = row("server2", "100");
         old.age_seconds = Some(10_000_000);
         check(
-            decide(&old, &[], gone, &c),
+            decide(&old, &[], &nothing_runs(), &c),
             Verdict::Unknown,
             Reason::RemoteUnregistered,
         );
@@ -702,7 +1127,7 @@ mod tests {
         let mut old = row("server1", "100");
         old.age_seconds = Some(90000);
         check(
-            decide(&old, &[], gone, &ctx()),
+            decide(&old, &[], &nothing_runs(), &ctx()),
             Verdict::Dead,
             Reason::PidGone,
         );
@@ -715,7 +1140,7 @@ mod tests {
         let mut c = ctx();
         c.hosts_declared_dead = vec!["server2".into()];
         check(
-            liveness(&old, &[], gone, &c),
+            liveness(&old, &[], &nothing_runs(), &c),
             Verdict::Unknown,
             Reason::RemoteUnregistered,
         );

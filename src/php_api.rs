@@ -95,8 +95,10 @@ pub fn identity() -> PhpResult<ZBox<ZendHashTable>> {
         ht.insert("host", me.host)?;
         ht.insert("pid", i64::from(me.pid))?;
         ht.insert("started_at", me.started_at)?;
+        ht.insert("start_ticks", me.start_ticks.map(|n| n as i64))?;
         ht.insert("boot_id", me.boot_id)?;
         ht.insert("pid_namespace", me.pid_namespace.map(|n| n as i64))?;
+        ht.insert("works_for", me.works_for.map(i64::from))?;
         Ok(())
     })
 }
@@ -172,6 +174,26 @@ pub fn reap_orphans(options: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashT
             rows.push(r)?;
         }
         ht.insert("rows", rows)?;
+        ht.insert(
+            "forgotten_registrations",
+            report.forgotten_registrations as i64,
+        )?;
+        Ok(())
+    })
+}
+
+/// The rows this process's heartbeat thread released since the previous call, oldest first,
+/// each as a reap report row (with `action`), so the caller can log them.
+#[php_function]
+#[php(name = "Matomo\\ArchiveClaim\\background_releases")]
+pub fn background_releases() -> PhpResult<ZBox<ZendHashTable>> {
+    let entries = crate::heartbeat::take_releases();
+    ht_result(|list| {
+        for entry in entries {
+            let mut r = row_array(entry.row, &entry.decision)?;
+            r.insert("action", entry.action.as_str())?;
+            list.push(r)?;
+        }
         Ok(())
     })
 }
@@ -186,11 +208,18 @@ pub fn register_process() -> PhpResult<ZBox<ZendHashTable>> {
         ht.insert("host", r.identity.host)?;
         ht.insert("pid", i64::from(r.identity.pid))?;
         ht.insert("started_at", r.identity.started_at)?;
+        ht.insert("start_ticks", r.identity.start_ticks.map(|n| n as i64))?;
         ht.insert("boot_id", r.identity.boot_id)?;
         ht.insert("pid_namespace", r.identity.pid_namespace.map(|n| n as i64))?;
+        ht.insert("works_for", r.identity.works_for.map(i64::from))?;
         ht.insert("heartbeat_interval", r.settings.interval.as_secs() as i64)?;
         ht.insert("lease", r.settings.lease.as_secs() as i64)?;
         ht.insert("auto_reap", r.settings.auto_reap)?;
+        let status = crate::heartbeat::status().unwrap_or_default();
+        ht.insert("beats", status.beats as i64)?;
+        ht.insert("reaping", status.reaping)?;
+        ht.insert("released", status.released as i64)?;
+        ht.insert("last_error", status.last_error)?;
         Ok(())
     })
 }
@@ -255,4 +284,5 @@ pub fn register_functions(module: ModuleBuilder) -> ModuleBuilder {
         .function(wrap_function!(reap_orphans))
         .function(wrap_function!(register_process))
         .function(wrap_function!(unregister_process))
+        .function(wrap_function!(background_releases))
 }

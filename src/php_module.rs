@@ -13,7 +13,7 @@ use crate::php_exceptions;
 
 use crate::settings::{self, INI_DATABASE};
 
-static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
+static INI_ENTRIES: IniEntryDefs<6> = IniEntryDefs::new([
     IniEntryDef::new(
         c"matomo_archive_claim.database",
         c"",
@@ -32,6 +32,11 @@ static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
     IniEntryDef::new(
         c"matomo_archive_claim.auto_reap",
         c"1",
+        IniEntryPermission::All,
+    ),
+    IniEntryDef::new(
+        c"matomo_archive_claim.host_name_shared",
+        c"0",
         IniEntryPermission::All,
     ),
     IniEntryDef::end(),
@@ -91,5 +96,31 @@ pub extern "C" fn info(_module: *mut ModuleEntry) {
         None => "not registered (registers at its first claim)".to_owned(),
     };
     info_table_row!("this process", registration.as_str());
+    if let Some(s) = heartbeat::status() {
+        info_table_row!(
+            "heartbeat thread",
+            format!(
+                "{} beats, last acknowledged {:.1} s ago; {}; {} rows released; last error: {}",
+                s.beats,
+                s.last_beat_age,
+                if s.reaping {
+                    "reaps for this host"
+                } else {
+                    "not this host's reaper"
+                },
+                s.released,
+                s.last_error.as_deref().unwrap_or("none")
+            )
+            .as_str()
+        );
+    }
+    info_table_row!(
+        "host name shared by pid namespaces",
+        if beat.host_name_shared {
+            "yes (php.ini)"
+        } else {
+            "no (unless the registry shows it)"
+        }
+    );
     info_table_end!();
 }

@@ -12,9 +12,11 @@ use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
 use crate::invalidations::{self, InvalidationRow, ReleaseOutcome, RowFilter};
-use crate::liveness::{self, ClaimFacts, Context, Decision, LocalProcess, Verdict};
+use crate::liveness::{
+    self, ClaimFacts, Context, Decision, LocalProcess, LocalView, Machine, Registration, Verdict,
+};
 use crate::options::{Key, Options, Value};
-use crate::registry::{self, Registrations};
+use crate::registry;
 
 type SqlResult<T> = std::result::Result<T, mysql::Error>;
 
@@ -36,6 +38,9 @@ pub struct ReapOptions {
     pub started_after: Option<String>,
     pub started_before: Option<String>,
     pub lease_seconds: f64,
+    /// This host name is used by several pid namespaces (the operator's php.ini setting): pids
+    /// of unregistered claims on it prove nothing.
+    pub host_name_shared: bool,
 }
 
 pub const OPTION_KEYS: &[&str] = &[
@@ -65,6 +70,7 @@ impl ReapOptions {
             started_after: None,
             started_before: None,
             lease_seconds,
+            host_name_shared: false,
         }
     }
 
@@ -123,6 +129,7 @@ impl ReapOptions {
                 .int_in("lease", 1, 86400)?
                 .map(|s| s as f64)
                 .unwrap_or(default_lease),
+            host_name_shared: false,
         })
     }
 }
@@ -161,6 +168,8 @@ pub struct ReapEntry {
 pub struct ReapReport {
     pub dry_run: bool,
     pub entries: Vec<ReapEntry>,
+    /// Registrations of dead processes deleted after their rows were settled.
+    pub forgotten_registrations: u64,
 }
 
 impl ReapReport {
@@ -173,10 +182,12 @@ impl ReapReport {
     }
 }
 
-/// What the deciding process knows about itself and the database clock, measured now.
+/// What the deciding process knows about itself, the database clock and the registry, measured
+/// now.
 pub struct Observer {
     pub context: Context,
-    pub registrations: Registrations,
+    /// Registrations by host name (a row names its owner's host).
+    pub registrations: HashMap<Option<String>, Vec<Registration>>,
 }
 
 fn now() -> f64 {
@@ -186,7 +197,8 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Measures the clock offset to the database and reads the registry.
+/// Measures the database clock (and our offset to it), reads the registry, and sees which
+/// machines still reap and whether this host name is shared by other pid namespaces.
 pub fn observe(
     conn: &mut Conn,
     config: &DbConfig,
@@ -194,33 +206,80 @@ pub fn observe(
     options: &ReapOptions,
 ) -> SqlResult<Observer> {
     let before = now();
-    let db_now: Option<f64> = conn.query_first("SELECT UNIX_TIMESTAMP(NOW(6)) + 0.0")?;
+    let clock: Option<(f64, Option<String>)> =
+        conn.query_first(format!("SELECT {}, @@session.time_zone", registry::DB_NOW))?;
     let after = now();
+    let (db_now, time_zone) = clock.unwrap_or((after, None));
     let registrations = registry::all(conn, config)?;
+    let mut context = Context {
+        host: me.host.clone(),
+        boot_id: me.boot_id.clone(),
+        pid_namespace: me.pid_namespace,
+        now: db_now,
+        time_zone,
+        clock_offset: db_now - (before + after) / 2.0,
+        clock_uncertainty: (after - before) / 2.0,
+        lease_seconds: options.lease_seconds,
+        host_name_shared: options.host_name_shared,
+        machines_with_live_reaper: Vec::new(),
+        timeout_seconds: options.timeout,
+        site_timeouts: options.site_timeouts.clone(),
+        hosts_declared_dead: options.hosts.clone(),
+    };
+    let fresh = |r: &Registration| db_now - r.last_heartbeat < options.lease_seconds;
+    for r in &registrations {
+        if r.host == me.host && !context.is_this_machine(r) {
+            // Our host name in another pid namespace of this kernel, or on another machine
+            // that heartbeats now: a pid of this name is no longer ours alone.
+            let same_boot = r.boot_id.is_some() && r.boot_id == me.boot_id;
+            if same_boot || fresh(r) {
+                context.host_name_shared = true;
+            }
+        }
+        if r.reaps && fresh(r) && !context.is_this_machine(r) {
+            context.machines_with_live_reaper.push(Machine::of(r));
+        }
+    }
+    let mut by_host: HashMap<Option<String>, Vec<Registration>> = HashMap::new();
+    for r in registrations {
+        by_host.entry(r.host.clone()).or_default().push(r);
+    }
     Ok(Observer {
-        context: Context {
-            host: me.host.clone(),
-            boot_id: me.boot_id.clone(),
-            pid_namespace: me.pid_namespace,
-            clock_offset: db_now.unwrap_or(after) - (before + after) / 2.0,
-            clock_uncertainty: (after - before) / 2.0,
-            lease_seconds: options.lease_seconds,
-            timeout_seconds: options.timeout,
-            site_timeouts: options.site_timeouts.clone(),
-            hosts_declared_dead: options.hosts.clone(),
-        },
-        registrations,
+        context,
+        registrations: by_host,
     })
 }
 
-/// What this machine's /proc says about a pid. A zombie counts as gone: it has died and only
+/// This machine's processes, through /proc. A zombie counts as gone: it has died and only
 /// waits for its parent to collect it (a killed archiver whose parent has not yet done so).
-pub fn local_process(pid: u32) -> LocalProcess {
-    match identity::process_status(&pid.to_string()) {
-        Some((state, _)) if identity::is_dead_state(state) => LocalProcess::Gone,
-        Some((_, started_at)) => LocalProcess::Running { started_at },
-        None if identity::pid_exists(pid) => LocalProcess::Unreadable,
-        None => LocalProcess::Gone,
+#[derive(Default)]
+pub struct ProcFs {
+    /// pid -> whether a live archiving child works for it; read once, at first need.
+    children: once_cell::unsync::OnceCell<std::collections::HashSet<u32>>,
+}
+
+impl LocalView for ProcFs {
+    fn process(&self, pid: u32) -> LocalProcess {
+        match identity::process_status(&pid.to_string()) {
+            Some(s) if identity::is_dead_state(s.state) => LocalProcess::Gone,
+            Some(s) => LocalProcess::Running {
+                start_ticks: s.start_ticks,
+                started_at: s.started_at,
+            },
+            None if identity::pid_exists(pid) => LocalProcess::Unreadable,
+            None => LocalProcess::Gone,
+        }
+    }
+
+    fn has_child_working_for(&self, owner: u32) -> bool {
+        self.children
+            .get_or_init(|| {
+                identity::archiving_children()
+                    .into_iter()
+                    .map(|(_, owner)| owner)
+                    .collect()
+            })
+            .contains(&owner)
     }
 }
 
@@ -230,35 +289,55 @@ fn facts(row: &InvalidationRow) -> ClaimFacts {
         host: row.processing_host.clone(),
         process_id: row.process_id.clone(),
         claimed_at: row.claimed_at,
+        in_dst_fold: row.in_dst_fold,
         age_seconds: row.age_seconds,
     }
 }
 
-fn registrations_of<'a>(
-    observer: &'a Observer,
-    row: &InvalidationRow,
-) -> &'a [liveness::Registration] {
-    let pid = row.process_id.as_deref().and_then(liveness::plausible_pid);
-    pid.and_then(|pid| {
-        observer
-            .registrations
-            .get(&(row.processing_host.clone(), pid))
-    })
-    .map(Vec::as_slice)
-    .unwrap_or(&[])
+fn registrations_of<'a>(observer: &'a Observer, row: &InvalidationRow) -> &'a [Registration] {
+    observer
+        .registrations
+        .get(&row.processing_host)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// The liveness verdict of each row (what `in_progress()` shows).
 pub fn assess(observer: &Observer, rows: &[InvalidationRow]) -> Vec<Decision> {
+    let local = ProcFs::default();
     rows.iter()
         .map(|row| {
             liveness::liveness(
                 &facts(row),
                 registrations_of(observer, row),
-                local_process,
+                &local,
                 &observer.context,
             )
         })
+        .collect()
+}
+
+/// Registrations whose process is proven gone: on this machine, its pid is gone or names a
+/// later process; elsewhere, its heartbeat is stale and no process there reaps any more.
+pub fn dead_registrations(observer: &Observer, local: &impl LocalView) -> Vec<u64> {
+    let ctx = &observer.context;
+    observer
+        .registrations
+        .values()
+        .flatten()
+        .filter(|r| {
+            if ctx.is_this_machine(r) {
+                match local.process(r.pid) {
+                    LocalProcess::Gone => true,
+                    LocalProcess::Running { start_ticks, .. } => Some(start_ticks) != r.start_ticks,
+                    LocalProcess::Unreadable => false,
+                }
+            } else {
+                ctx.now - r.last_heartbeat >= ctx.lease_seconds
+                    && !ctx.machines_with_live_reaper.contains(&Machine::of(r))
+            }
+        })
+        .map(|r| r.idprocess)
         .collect()
 }
 
@@ -267,12 +346,14 @@ fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()
     if options.force {
         return Ok(());
     }
+    let now = observer.context.now;
     for host in &options.hosts {
         let freshest = observer
             .registrations
-            .iter()
-            .filter(|((h, _), _)| h.as_deref() == Some(host.as_str()))
-            .flat_map(|(_, regs)| regs.iter().map(|r| r.heartbeat_age))
+            .get(&Some(host.clone()))
+            .into_iter()
+            .flatten()
+            .map(|r| now - r.last_heartbeat)
             .fold(f64::INFINITY, f64::min);
         if freshest < options.lease_seconds {
             return Err(Error::invalid(format!(
@@ -301,6 +382,7 @@ pub fn reap(
         started_before: options.started_before.clone(),
         include_never_started: options.started_after.is_none() && options.started_before.is_none(),
     };
+    let local = ProcFs::default();
     let mut rows = invalidations::in_progress(conn, config, &filter)?;
     // Matomo releases row by row in id order; duplicates are judged against what came before.
     rows.sort_by_key(|r| r.idinvalidation);
@@ -308,12 +390,13 @@ pub fn reap(
     let mut report = ReapReport {
         dry_run: options.dry_run,
         entries: Vec::with_capacity(rows.len()),
+        forgotten_registrations: 0,
     };
     for row in rows {
         let decision = liveness::decide(
             &facts(&row),
             registrations_of(&observer, &row),
-            local_process,
+            &local,
             &observer.context,
         );
         let action = if decision.verdict != Verdict::Dead {
@@ -336,6 +419,11 @@ pub fn reap(
             decision,
             action,
         });
+    }
+    if !options.dry_run {
+        // Registry hygiene: a dead process's registration goes once no row names it.
+        report.forgotten_registrations =
+            registry::forget(conn, config, &dead_registrations(&observer, &local))?;
     }
     Ok(report)
 }
@@ -429,10 +517,12 @@ mod tests {
 
     #[test]
     fn this_process_is_running_and_a_missing_pid_is_gone() {
+        let procs = ProcFs::default();
         assert!(matches!(
-            local_process(std::process::id()),
+            procs.process(std::process::id()),
             LocalProcess::Running { .. }
         ));
-        assert_eq!(local_process(u32::MAX - 7), LocalProcess::Gone);
+        assert_eq!(procs.process(u32::MAX - 7), LocalProcess::Gone);
+        assert!(!procs.has_child_working_for(std::process::id()));
     }
 }

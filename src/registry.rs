@@ -1,8 +1,7 @@
 //! Every statement on `<prefix>archive_claim_process`: one row per process start that claims
-//! through the extension, with a heartbeat written on the database clock (so app-server clocks
-//! never matter: staleness is judged in SQL, on the same clock).
-
-use std::collections::HashMap;
+//! through the extension (or works for one that does), named in the kernel's frame (host, boot,
+//! pid namespace, pid, start ticks), with a heartbeat written on the database clock as Unix
+//! seconds in UTC (so neither app-server clocks nor any time zone enter a staleness judgement).
 
 use mysql::prelude::Queryable;
 use mysql::Conn;
@@ -15,21 +14,14 @@ use crate::liveness::Registration;
 
 pub const TABLE: &str = "archive_claim_process";
 
+/// The database clock now, Unix seconds in UTC with microseconds. Neither the session's nor the
+/// server's time zone enters it (`UNIX_TIMESTAMP(NOW(6))` is an hour off inside a DST fold).
+pub const DB_NOW: &str = "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) / 1e6)";
+
+/// A column only this version's registry has: a table without it predates epoch heartbeats.
+pub const CURRENT_SHAPE_COLUMN: &str = "start_ticks";
+
 type SqlResult<T> = std::result::Result<T, mysql::Error>;
-
-/// host, pid, boot_id, pid_namespace, started_at, registered_at, heartbeat age.
-type RegistryRow = (
-    Option<String>,
-    u32,
-    Option<String>,
-    Option<u64>,
-    Option<f64>,
-    f64,
-    f64,
-);
-
-/// Registrations by (host, pid), the two things a claim records.
-pub type Registrations = HashMap<(Option<String>, u32), Vec<Registration>>;
 
 pub fn create_table_sql(config: &DbConfig) -> String {
     format!(
@@ -39,9 +31,13 @@ pub fn create_table_sql(config: &DbConfig) -> String {
           pid INT UNSIGNED NOT NULL,
           boot_id VARCHAR(64) NULL,
           pid_namespace BIGINT UNSIGNED NULL,
+          start_ticks BIGINT UNSIGNED NULL,
           started_at DOUBLE NULL,
-          registered_at DATETIME(6) NOT NULL,
-          heartbeat_at DATETIME(6) NOT NULL,
+          time_zone VARCHAR(64) NULL,
+          works_for INT UNSIGNED NULL,
+          reaps TINYINT(1) NOT NULL DEFAULT 0,
+          registered_at DOUBLE NOT NULL,
+          heartbeat_at DOUBLE NOT NULL,
           PRIMARY KEY (idprocess),
           INDEX index_host_pid (host, pid),
           INDEX index_heartbeat_at (heartbeat_at)
@@ -50,18 +46,33 @@ pub fn create_table_sql(config: &DbConfig) -> String {
     )
 }
 
-/// Registers this process start; returns its row id. Creates the table on first use so a
-/// Matomo whose operator never ran install_schema still gets heartbeats.
-pub fn register(conn: &mut Conn, config: &DbConfig, me: &Identity) -> SqlResult<u64> {
-    conn.query_drop(create_table_sql(config))?;
-    conn.exec_drop(
-        format!(
-            "INSERT INTO {} (host, pid, boot_id, pid_namespace, started_at, registered_at, heartbeat_at) \
-             VALUES (?, ?, ?, ?, ?, NOW(6), NOW(6))",
-            config.table(TABLE)
-        ),
-        (&me.host, me.pid, &me.boot_id, me.pid_namespace, me.started_at),
-    )?;
+/// Registers this process start; returns its row id. Runs on the connection that claims, so
+/// the registration records the time zone its claims' ts_started are written in. The table is
+/// created here only if nobody installed it (an archiver normally needs no CREATE privilege).
+pub fn register(conn: &mut Conn, config: &DbConfig, me: &Identity, reaps: bool) -> SqlResult<u64> {
+    let insert = format!(
+        "INSERT INTO {} (host, pid, boot_id, pid_namespace, start_ticks, started_at, time_zone, \
+         works_for, reaps, registered_at, heartbeat_at) \
+         VALUES (?, ?, ?, ?, ?, ?, @@session.time_zone, ?, ?, {DB_NOW}, {DB_NOW})",
+        config.table(TABLE)
+    );
+    let params = (
+        &me.host,
+        me.pid,
+        &me.boot_id,
+        me.pid_namespace,
+        me.start_ticks,
+        me.started_at,
+        me.works_for,
+        reaps,
+    );
+    match conn.exec_drop(&insert, params) {
+        Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => {
+            conn.query_drop(create_table_sql(config))?;
+            conn.exec_drop(&insert, params)?;
+        }
+        other => other?,
+    }
     Ok(conn.last_insert_id())
 }
 
@@ -69,7 +80,7 @@ pub fn register(conn: &mut Conn, config: &DbConfig, me: &Identity) -> SqlResult<
 pub fn heartbeat(conn: &mut Conn, config: &DbConfig, idprocess: u64) -> SqlResult<bool> {
     conn.exec_drop(
         format!(
-            "UPDATE {} SET heartbeat_at = NOW(6) WHERE idprocess = ?",
+            "UPDATE {} SET heartbeat_at = {DB_NOW} WHERE idprocess = ?",
             config.table(TABLE)
         ),
         (idprocess,),
@@ -93,32 +104,61 @@ pub fn unregister(conn: &mut Conn, config: &DbConfig, idprocess: u64) -> SqlResu
     )
 }
 
-/// Every registration with its heartbeat age on the database clock. A missing table means
-/// nobody ever registered: no registrations.
-pub fn all(conn: &mut Conn, config: &DbConfig) -> SqlResult<Registrations> {
-    let rows: SqlResult<Vec<RegistryRow>> = conn.query(
-        format!(
-            "SELECT host, pid, boot_id, pid_namespace, started_at, UNIX_TIMESTAMP(registered_at) + 0.0, \
-                    TIMESTAMPDIFF(MICROSECOND, heartbeat_at, NOW(6)) / 1000000.0 \
-               FROM {}",
-            config.table(TABLE)
-        ),
-    );
+type RegistryRow = (
+    u64,
+    Option<String>,
+    u32,
+    Option<String>,
+    Option<u64>,
+    Option<u64>,
+    Option<String>,
+    Option<u32>,
+    bool,
+    f64,
+    f64,
+);
+
+/// Every registration. A missing table means nobody ever registered: no registrations.
+pub fn all(conn: &mut Conn, config: &DbConfig) -> SqlResult<Vec<Registration>> {
+    let rows: SqlResult<Vec<RegistryRow>> = conn.query(format!(
+        "SELECT idprocess, host, pid, boot_id, pid_namespace, start_ticks, time_zone, works_for, \
+                reaps, registered_at, heartbeat_at FROM {}",
+        config.table(TABLE)
+    ));
     let rows = match rows {
         Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => Vec::new(),
         other => other?,
     };
-    let mut map: Registrations = HashMap::new();
-    for (host, pid, boot_id, pid_namespace, started_at, registered_at, heartbeat_age) in rows {
-        map.entry((host, pid)).or_default().push(Registration {
-            boot_id,
-            pid_namespace,
-            started_at,
-            registered_at,
-            heartbeat_age,
-        });
-    }
-    Ok(map)
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                idprocess,
+                host,
+                pid,
+                boot_id,
+                pid_namespace,
+                start_ticks,
+                time_zone,
+                works_for,
+                reaps,
+                registered_at,
+                last_heartbeat,
+            )| Registration {
+                idprocess,
+                host,
+                pid,
+                boot_id,
+                pid_namespace,
+                start_ticks,
+                time_zone,
+                works_for,
+                reaps,
+                registered_at,
+                last_heartbeat,
+            },
+        )
+        .collect())
 }
 
 /// Hosts with a registration whose heartbeat is older than the lease: the only hosts besides
@@ -130,10 +170,10 @@ pub fn hosts_with_stale_heartbeats(
 ) -> SqlResult<Vec<String>> {
     let hosts: SqlResult<Vec<Option<String>>> = conn.exec(
         format!(
-            "SELECT DISTINCT host FROM {} WHERE heartbeat_at < NOW(6) - INTERVAL ? MICROSECOND",
+            "SELECT DISTINCT host FROM {} WHERE heartbeat_at < {DB_NOW} - ?",
             config.table(TABLE)
         ),
-        ((lease_seconds * 1e6) as u64,),
+        (lease_seconds,),
     );
     match hosts {
         Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => Ok(Vec::new()),
@@ -141,20 +181,40 @@ pub fn hosts_with_stale_heartbeats(
     }
 }
 
-/// Deletes registrations stale for longer than `older_than_seconds` that no in-progress row
-/// names any more (while a row names one, it is the evidence that its owner died).
-pub fn prune(conn: &mut Conn, config: &DbConfig, older_than_seconds: u64) -> SqlResult<u64> {
+/// Deletes the given registrations (found dead) unless an in-progress row still names their
+/// host and pid: while a row names one, it is the evidence that its owner died.
+pub fn forget(conn: &mut Conn, config: &DbConfig, idprocesses: &[u64]) -> SqlResult<u64> {
     let p = config.table(TABLE);
     let inv = config.table(invalidations::TABLE);
-    conn.exec_drop(
+    let mut forgotten = 0;
+    for chunk in idprocesses.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        conn.exec_drop(
+            format!(
+                "DELETE p FROM {p} p WHERE p.idprocess IN ({marks}) \
+                 AND NOT EXISTS (SELECT 1 FROM {inv} i WHERE i.status = {in_progress} \
+                     AND i.processing_host <=> p.host AND i.process_id = CAST(p.pid AS CHAR))",
+                in_progress = invalidations::STATUS_IN_PROGRESS
+            ),
+            chunk.to_vec(),
+        )?;
+        forgotten += conn.affected_rows();
+    }
+    Ok(forgotten)
+}
+
+/// Deletes registrations stale for longer than `older_than_seconds` that no in-progress row
+/// names any more (processes that were never found dead by a reaper, e.g. on a host that went
+/// away for good).
+pub fn prune(conn: &mut Conn, config: &DbConfig, older_than_seconds: u64) -> SqlResult<u64> {
+    let stale: Vec<u64> = conn.exec(
         format!(
-            "DELETE p FROM {p} p WHERE p.heartbeat_at < NOW(6) - INTERVAL ? SECOND \
-             AND NOT EXISTS (SELECT 1 FROM {inv} i WHERE i.status = 1 \
-                 AND i.processing_host <=> p.host AND i.process_id = CAST(p.pid AS CHAR))"
+            "SELECT idprocess FROM {} WHERE heartbeat_at < {DB_NOW} - ?",
+            config.table(TABLE)
         ),
-        (older_than_seconds,),
+        (older_than_seconds as f64,),
     )?;
-    Ok(conn.affected_rows())
+    forget(conn, config, &stale)
 }
 
 /// Takes (without waiting) the lock that makes one process per host the automatic reaper; it
@@ -165,4 +225,16 @@ pub fn try_reaper_lock(conn: &mut Conn, config: &DbConfig, host: Option<&str>) -
         (&config.tables_prefix, host.unwrap_or("")),
     )?;
     Ok(got.flatten() == Some(1))
+}
+
+/// Marks this registration as the one that reaps for its host (so reapers elsewhere leave the
+/// host's processes to it).
+pub fn set_reaps(conn: &mut Conn, config: &DbConfig, idprocess: u64, reaps: bool) -> SqlResult<()> {
+    conn.exec_drop(
+        format!(
+            "UPDATE {} SET reaps = ? WHERE idprocess = ?",
+            config.table(TABLE)
+        ),
+        (reaps, idprocess),
+    )
 }

@@ -105,13 +105,33 @@ pub fn install(
     }
     let mut changes: Vec<String> = plan.into_iter().map(|(_, what)| what).collect();
     let registry_name = config.table_name(registry::TABLE);
-    if table_shape(conn, &registry_name)?.is_none() {
-        if !options.dry_run {
-            conn.query_drop(registry::create_table_sql(config))?;
+    match table_shape(conn, &registry_name)? {
+        None => {
+            if !options.dry_run {
+                conn.query_drop(registry::create_table_sql(config))?;
+            }
+            changes.push(format!(
+                "created table {registry_name} (the process registry)"
+            ));
         }
-        changes.push(format!(
-            "created table {registry_name} (the process registry)"
-        ));
+        Some(shape)
+            if !shape
+                .columns
+                .iter()
+                .any(|c| c == registry::CURRENT_SHAPE_COLUMN) =>
+        {
+            // An earlier version's registry (heartbeats as DATETIME in the session's time
+            // zone). It holds only live processes' registrations, which they make again; until
+            // then their rows are judged as unregistered claims, never released on a lease.
+            if !options.dry_run {
+                conn.query_drop(format!("DROP TABLE {}", config.table(registry::TABLE)))?;
+                conn.query_drop(registry::create_table_sql(config))?;
+            }
+            changes.push(format!(
+                "rebuilt table {registry_name} (the process registry) with heartbeats in UTC epoch seconds"
+            ));
+        }
+        Some(_) => {}
     }
     Ok(Some(SchemaReport {
         table: table_name,

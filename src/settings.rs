@@ -9,6 +9,7 @@ pub const INI_DATABASE: &str = "matomo_archive_claim.database";
 pub const INI_HEARTBEAT_INTERVAL: &str = "matomo_archive_claim.heartbeat_interval";
 pub const INI_LEASE: &str = "matomo_archive_claim.lease";
 pub const INI_AUTO_REAP: &str = "matomo_archive_claim.auto_reap";
+pub const INI_HOST_NAME_SHARED: &str = "matomo_archive_claim.host_name_shared";
 
 pub const DEFAULT_HEARTBEAT_INTERVAL: u64 = 5;
 pub const DEFAULT_LEASE: u64 = 60;
@@ -29,15 +30,20 @@ pub struct HeartbeatSettings {
     pub interval: Duration,
     pub lease: Duration,
     pub auto_reap: bool,
+    /// This host name is used by several pid namespaces (containers with host networking):
+    /// pids of unregistered claims on it prove nothing.
+    pub host_name_shared: bool,
 }
 
 impl HeartbeatSettings {
     pub fn from_ini() -> HeartbeatSettings {
-        Self::parse(
+        let mut settings = Self::parse(
             ini(INI_HEARTBEAT_INTERVAL).as_deref(),
             ini(INI_LEASE).as_deref(),
             ini(INI_AUTO_REAP).as_deref(),
-        )
+        );
+        settings.host_name_shared = flag(ini(INI_HOST_NAME_SHARED).as_deref(), false);
+        settings
     }
 
     /// Unusable values fall back to the defaults; a lease shorter than three heartbeats would
@@ -50,15 +56,21 @@ impl HeartbeatSettings {
         };
         let interval = seconds(interval, DEFAULT_HEARTBEAT_INTERVAL);
         let lease = seconds(lease, DEFAULT_LEASE).max(interval * 3);
-        let auto_reap = !matches!(
-            auto_reap.map(|s| s.trim().to_ascii_lowercase()).as_deref(),
-            Some("0" | "off" | "false" | "no")
-        );
         HeartbeatSettings {
             interval: Duration::from_secs(interval),
             lease: Duration::from_secs(lease),
-            auto_reap,
+            auto_reap: flag(auto_reap, true),
+            host_name_shared: false,
         }
+    }
+}
+
+/// An ini switch: 0/off/false/no and 1/on/true/yes; anything else (or unset) is the default.
+pub fn flag(value: Option<&str>, default: bool) -> bool {
+    match value.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        Some("0" | "off" | "false" | "no") => false,
+        Some("1" | "on" | "true" | "yes") => true,
+        _ => default,
     }
 }
 
@@ -85,5 +97,6 @@ mod tests {
         assert_eq!(s.lease.as_secs(), 30);
         let j = HeartbeatSettings::parse(Some("-1"), Some("soon"), None);
         assert_eq!((j.interval.as_secs(), j.lease.as_secs()), (5, 60));
+        assert!(flag(Some(" On"), false) && !flag(Some("no"), true) && flag(Some("?"), true));
     }
 }

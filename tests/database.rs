@@ -152,18 +152,18 @@ fn stale_registrations_are_pruned_only_when_no_row_names_them() {
     let mut db = TestDb::new(MATOMO_5_3);
     let mut conn = connection::connect(&db.config).expect("connect");
     let me = matomo_archive_claim::identity::Identity::current();
-    let fresh = registry::register(&mut conn, &db.config, &me).expect("register");
-    let stale_idle = registry::register(&mut conn, &db.config, &me).expect("register");
-    let stale_with_row = registry::register(&mut conn, &db.config, &me).expect("register");
+    let fresh = registry::register(&mut conn, &db.config, &me, false).expect("register");
+    let stale_idle = registry::register(&mut conn, &db.config, &me, false).expect("register");
+    let stale_with_row = registry::register(&mut conn, &db.config, &me, false).expect("register");
     let t = db.config.table(registry::TABLE);
     db.admin
         .query_drop(format!(
-            "UPDATE {t} SET pid = 999001, heartbeat_at = NOW(6) - INTERVAL 2 HOUR WHERE idprocess = {stale_idle}"
+            "UPDATE {t} SET pid = 999001, heartbeat_at = heartbeat_at - 7200 WHERE idprocess = {stale_idle}"
         ))
         .expect("age");
     db.admin
         .query_drop(format!(
-            "UPDATE {t} SET pid = 999002, heartbeat_at = NOW(6) - INTERVAL 2 HOUR WHERE idprocess = {stale_with_row}"
+            "UPDATE {t} SET pid = 999002, heartbeat_at = heartbeat_at - 7200 WHERE idprocess = {stale_with_row}"
         ))
         .expect("age");
     let id = insert_queued(&mut db, 1);
@@ -196,4 +196,31 @@ fn stale_registrations_are_pruned_only_when_no_row_names_them() {
         vec![fresh, stale_with_row],
         "the evidence of a dead owner stays"
     );
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn heartbeat_ages_do_not_depend_on_any_time_zone() {
+    let db = TestDb::new(MATOMO_5_3);
+    let mut conn = connection::connect(&db.config).expect("connect");
+    let me = matomo_archive_claim::identity::Identity::current();
+    registry::register(&mut conn, &db.config, &me, false).expect("register");
+    // The same registry read from sessions an hour (and a day) apart in time zone: the
+    // heartbeat is as fresh in each.
+    for zone in ["+00:00", "+01:00", "-11:00", "+13:00"] {
+        conn.query_drop(format!("SET time_zone = '{zone}'"))
+            .expect("zone");
+        let stale =
+            registry::hosts_with_stale_heartbeats(&mut conn, &db.config, 5.0).expect("stale hosts");
+        assert!(stale.is_empty(), "fresh heartbeat read as stale in {zone}");
+        let regs = registry::all(&mut conn, &db.config).expect("all");
+        let now: f64 = conn
+            .query_first(format!("SELECT {}", registry::DB_NOW))
+            .expect("now")
+            .expect("a row");
+        assert!(
+            regs.iter().all(|r| (now - r.last_heartbeat).abs() < 5.0),
+            "{zone}: {regs:?} at {now}"
+        );
+    }
 }

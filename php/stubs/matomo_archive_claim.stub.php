@@ -43,8 +43,12 @@ function configure(array $database): void {}
 /**
  * The calling process as the extension records it.
  *
- * @return array{host: ?string, pid: int, started_at: ?float, boot_id: ?string, pid_namespace: ?int}
- *   host as gethostname(), pid as getmypid(), started_at the process start (Unix seconds)
+ * @return array{host: ?string, pid: int, started_at: ?float, start_ticks: ?int, boot_id: ?string,
+ *   pid_namespace: ?int, works_for: ?int}
+ *   host as gethostname(), pid as getmypid(), started_at the process start (Unix seconds, for
+ *   people), start_ticks the same start in clock ticks after boot (what liveness compares: no
+ *   clock step moves it), works_for the core:archive pid when this is a Matomo archiving child
+ *   (climulti:request ... runid=<pid>)
  */
 function identity(): array {}
 
@@ -132,8 +136,10 @@ function install_schema(?array $options = null): array {}
  *   core:reset-invalidations; lease: seconds after which a heartbeat is stale (default: php.ini)
  * @return array{dry_run: bool, examined: int, released: int, reset: int, deleted_duplicate: int,
  *   kept: int, lost_race: int, would_reset: int, would_delete: int,
- *   rows: list<array<string, mixed>>} rows: Matomo's columns plus age_seconds, verdict, reason
- *   and action (reset, deleted_duplicate, kept, lost_race, would_reset, would_delete)
+ *   rows: list<array<string, mixed>>, forgotten_registrations: int} rows: Matomo's columns
+ *   plus age_seconds, verdict, reason and action (reset, deleted_duplicate, kept, lost_race,
+ *   would_reset, would_delete); forgotten_registrations: registrations of dead processes
+ *   deleted once no row named them
  * @throws \ValueError for unknown option keys or bad values, and when a declared host still
  *   heartbeats and force is not set (nothing is released then)
  * @throws \TypeError for option values of the wrong type
@@ -145,8 +151,16 @@ function reap_orphans(?array $options = null): array {}
  * Registers this process in <prefix>archive_claim_process and starts its heartbeat thread now,
  * rather than at its first claim. Idempotent within a process; a forked child registers itself.
  *
- * @return array{idprocess: int, host: ?string, pid: int, started_at: ?float, boot_id: ?string,
- *   pid_namespace: ?int, heartbeat_interval: int, lease: int, auto_reap: bool}
+ * The heartbeat's own connection is opened first: if it cannot be (a connection limit), the
+ * process stays unregistered (ConnectionException) and its claims are judged as a stock
+ * claimer's; claims retry registering every 30 s. A registered process claims only while its
+ * lease is fresh: if its heartbeat thread cannot reach the database, the claim beats first.
+ *
+ * @return array{idprocess: int, host: ?string, pid: int, started_at: ?float, start_ticks: ?int,
+ *   boot_id: ?string, pid_namespace: ?int, works_for: ?int, heartbeat_interval: int, lease: int,
+ *   auto_reap: bool, beats: int, reaping: bool, released: int, last_error: ?string}
+ *   works_for: the core:archive pid this archiving child works for (its heartbeat keeps that
+ *   process's claims alive); beats, reaping, released, last_error: the heartbeat thread so far
  * @throws ConfigurationException|ConnectionException|QueryException
  */
 function register_process(): array {}
@@ -157,3 +171,13 @@ function register_process(): array {}
  * @return bool false if this process was not registered
  */
 function unregister_process(): bool {}
+
+/**
+ * The rows this process's heartbeat thread released (as this host's automatic reaper) since the
+ * previous call, oldest first, so the caller can log them (the Matomo plugin writes them to
+ * Matomo's log). At most the last 10,000 are kept.
+ *
+ * @return list<array<string, mixed>> rows as in reap_orphans()['rows'], with verdict, reason
+ *   and action (reset or deleted_duplicate)
+ */
+function background_releases(): array {}

@@ -37,7 +37,7 @@ final class ConnectionTest extends ExtensionTestCase
         [$a, $b, $c] = $this->queue([['idsite' => 1], ['idsite' => 2], ['idsite' => 3]]);
         $this->assertTrue(claim_invalidation($a));
         $parentSession = $this->extensionSessions();
-        $this->assertCount(1, $parentSession);
+        $this->assertCount(2, $parentSession, 'its own connection and its heartbeat\'s');
 
         $pipe = stream_socket_pair(STREAM_PF_UNIX, STREAM_SOCK_STREAM, STREAM_IPPROTO_IP);
         $pid = pcntl_fork();

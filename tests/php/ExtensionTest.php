@@ -37,7 +37,10 @@ final class ExtensionTest extends TestCase
     public function testIdentityIsThatOfThisPhpProcess(): void
     {
         $me = identity();
-        $this->assertSame(['host', 'pid', 'started_at', 'boot_id', 'pid_namespace'], array_keys($me));
+        $this->assertSame(['host', 'pid', 'started_at', 'start_ticks', 'boot_id', 'pid_namespace', 'works_for'], array_keys($me));
+        $stat = file_get_contents('/proc/self/stat');
+        $this->assertSame((int) preg_split('/\s+/', substr($stat, strrpos($stat, ')') + 2))[19], $me['start_ticks']);
+        $this->assertNull($me['works_for'], 'PHPUnit is no archiving child');
         $this->assertSame(gethostname(), $me['host']);
         $this->assertSame(getmypid(), $me['pid']);
         $this->assertSame(trim(file_get_contents('/proc/sys/kernel/random/boot_id')), $me['boot_id']);

@@ -161,7 +161,7 @@ final class ReapTest extends ExtensionTestCase
         $this->claimAs($id, 'elsewhere', '12');
         $report = reap_orphans(['idsites' => [4]]);
         $this->assertSame(['dry_run', 'examined', 'released', 'reset', 'deleted_duplicate', 'kept', 'lost_race',
-            'would_reset', 'would_delete', 'rows'], array_keys($report));
+            'would_reset', 'would_delete', 'rows', 'forgotten_registrations'], array_keys($report));
         $this->assertSame(1, $report['examined']);
         $entry = $report['rows'][0];
         foreach (['idinvalidation', 'idsite', 'period', 'date1', 'date2', 'name', 'report', 'ts_invalidated',
