@@ -190,7 +190,8 @@ pub fn in_progress(filter: &RowFilter) -> Result<Vec<(InvalidationRow, Decision)
     };
     connection::run("in_progress", |conn, config, _| {
         let observer = reap::observe(conn, config, &me, &options)?;
-        let rows = invalidations::in_progress(conn, config, filter)?;
+        let rows =
+            invalidations::in_progress(conn, config, filter, observer.registry_table.as_deref())?;
         let decisions = reap::assess(&observer, &rows);
         Ok(rows.into_iter().zip(decisions).collect())
     })

@@ -62,10 +62,12 @@ pub struct InvalidationRow {
     pub process_id: Option<String>,
     /// Seconds since ts_started on the database clock.
     pub age_seconds: Option<i64>,
-    /// ts_started as Unix seconds, read in this session's time zone.
+    /// ts_started as Unix seconds, read in `claim_zone`.
     pub claimed_at: Option<f64>,
-    /// ts_started lies in a DST fold of this session's time zone: it names two instants.
+    /// ts_started lies in a DST fold of `claim_zone`: it names two instants.
     pub in_dst_fold: bool,
+    /// The time zone ts_started was read in: the registered claimer's, else this session's.
+    pub claim_zone: Option<String>,
 }
 
 impl InvalidationRow {
@@ -256,56 +258,74 @@ pub fn complete(conn: &mut Conn, config: &DbConfig, ids: &[i64], owner: &Owner) 
     Ok(deleted)
 }
 
-/// Whether ts_started names two instants in this session's time zone: an hour later or earlier
-/// in UTC reads back as the same local time (the hour a DST change repeats).
-const IN_DST_FOLD: &str =
-    "(CONVERT_TZ(CONVERT_TZ(ts_started, @@session.time_zone, '+00:00') + INTERVAL 1 HOUR, \
-     '+00:00', @@session.time_zone) <=> ts_started \
-  OR CONVERT_TZ(CONVERT_TZ(ts_started, @@session.time_zone, '+00:00') - INTERVAL 1 HOUR, \
-     '+00:00', @@session.time_zone) <=> ts_started)";
+/// ts_started as Unix seconds, read in the time zone of the session that wrote it (`zone`),
+/// and whether that local time names two instants there (the hour a DST change repeats).
+fn claim_time_sql(zone: &str) -> String {
+    let utc = format!("CONVERT_TZ(ts_started, {zone}, '+00:00')");
+    format!(
+        "TIMESTAMPDIFF(MICROSECOND, '1970-01-01', {utc}) / 1e6, \
+         (CONVERT_TZ({utc} + INTERVAL 1 HOUR, '+00:00', {zone}) <=> ts_started \
+          OR CONVERT_TZ({utc} - INTERVAL 1 HOUR, '+00:00', {zone}) <=> ts_started)"
+    )
+}
 
 /// What Matomo's `getInvalidationsInProgress()` returns (in progress, ts_started set), oldest
-/// claim first, with the age on the database clock.
+/// claim first, with the age on the database clock. `registry`: the process registry's table,
+/// if it exists: a row claimed by a registered process is read in the time zone that process's
+/// session wrote it in (what it recorded when it registered), any other in this session's.
 pub fn in_progress(
     conn: &mut Conn,
     config: &DbConfig,
     filter: &RowFilter,
+    registry: Option<&str>,
 ) -> SqlResult<Vec<InvalidationRow>> {
     let t = config.table(TABLE);
-    let mut sql = format!(
-        "SELECT idinvalidation, idarchive, name, idsite, CAST(date1 AS CHAR), CAST(date2 AS CHAR), \
-                period, CAST(ts_invalidated AS CHAR), CAST(ts_started AS CHAR), status, report, \
-                processing_host, process_id, TIMESTAMPDIFF(SECOND, ts_started, NOW()), \
-                UNIX_TIMESTAMP(ts_started) + 0.0, {IN_DST_FOLD} \
-           FROM {t} WHERE status = ?"
-    );
+    let writer_zone = match registry {
+        Some(p) => format!(
+            "COALESCE((SELECT p.time_zone FROM {p} p WHERE p.host <=> i.processing_host \
+             AND p.pid = i.process_id AND p.works_for IS NULL ORDER BY p.idprocess DESC LIMIT 1), \
+             @@session.time_zone)"
+        ),
+        None => "@@session.time_zone".to_owned(),
+    };
+    let mut inner = format!("SELECT i.*, {writer_zone} AS claim_zone FROM {t} i WHERE status = ?");
     if !filter.include_never_started {
-        sql += " AND ts_started IS NOT NULL";
+        inner += " AND ts_started IS NOT NULL";
     }
     let mut params = vec![Value::from(STATUS_IN_PROGRESS)];
     if let Some(idsites) = &filter.idsites {
         if idsites.is_empty() {
             return Ok(Vec::new());
         }
-        sql += &format!(" AND idsite IN ({})", placeholders(idsites.len()));
+        inner += &format!(" AND idsite IN ({})", placeholders(idsites.len()));
         params.extend(idsites.iter().map(|s| Value::from(*s)));
     }
     if let Some(hosts) = &filter.hosts {
         if hosts.is_empty() {
             return Ok(Vec::new());
         }
-        sql += &format!(" AND processing_host IN ({})", placeholders(hosts.len()));
+        inner += &format!(" AND processing_host IN ({})", placeholders(hosts.len()));
         params.extend(hosts.iter().map(|h| Value::from(h.as_str())));
     }
     if let Some(after) = &filter.started_after {
-        sql += " AND ts_started > ?";
+        inner += " AND ts_started > ?";
         params.push(Value::from(after.as_str()));
     }
     if let Some(before) = &filter.started_before {
-        sql += " AND ts_started < ?";
+        inner += " AND ts_started < ?";
         params.push(Value::from(before.as_str()));
     }
-    sql += " ORDER BY ts_started ASC, idinvalidation ASC";
+    // A zone the server cannot convert (its tables unloaded since) reads as our session's.
+    let sql = format!(
+        "SELECT idinvalidation, idarchive, name, idsite, CAST(date1 AS CHAR), CAST(date2 AS CHAR), \
+                period, CAST(ts_invalidated AS CHAR), CAST(ts_started AS CHAR), status, report, \
+                processing_host, process_id, TIMESTAMPDIFF(SECOND, ts_started, NOW()), \
+                {}, read_zone \
+           FROM (SELECT x.*, IF(CONVERT_TZ(ts_started, claim_zone, '+00:00') IS NULL, \
+                                @@session.time_zone, claim_zone) AS read_zone FROM ({inner}) x) y \
+          ORDER BY ts_started ASC, idinvalidation ASC",
+        claim_time_sql("read_zone")
+    );
     let rows: Vec<Row> = conn.exec(sql, params)?;
     rows.into_iter().map(row_from_sql).collect()
 }
@@ -328,6 +348,7 @@ fn row_from_sql(mut row: Row) -> SqlResult<InvalidationRow> {
         age_seconds: col(&mut row, 13)?,
         claimed_at: col(&mut row, 14)?,
         in_dst_fold: col::<Option<i64>>(&mut row, 15)?.unwrap_or(0) != 0,
+        claim_zone: col(&mut row, 16)?,
     })
 }
 

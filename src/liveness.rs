@@ -30,9 +30,9 @@
 //!    heartbeats unless forced).
 //!
 //! Time: heartbeats and registrations are Unix seconds on the database clock, in UTC, so no
-//! time zone enters them. `ts_started` is a DATETIME in the claimer's session time zone; read in
-//! the reaper's, it is exact only when both zones agree and the time is not in a DST fold, so
-//! every comparison with it carries an uncertainty that says so.
+//! time zone enters them. `ts_started` is a DATETIME in the claimer's session time zone: read in
+//! the zone a registered claimer recorded it is exact, except in a DST fold; a stock claimer's
+//! zone is unknown. Every comparison with it carries an uncertainty that says so.
 //!
 //! Why a later start proves reuse: the owner held pid p when it claimed, so any other process
 //! holding p must have started after the owner died, which is after the claim.
@@ -148,10 +148,12 @@ pub struct ClaimFacts {
     pub idsite: i64,
     pub host: Option<String>,
     pub process_id: Option<String>,
-    /// ts_started as Unix seconds, read in the reaper's session time zone.
+    /// ts_started as Unix seconds, read in `claim_zone`.
     pub claimed_at: Option<f64>,
-    /// ts_started lies in a DST fold of the reaper's time zone (it names two instants).
+    /// ts_started lies in a DST fold of `claim_zone` (it names two instants).
     pub in_dst_fold: bool,
+    /// The time zone ts_started was read in (exact if its writer's session used it).
+    pub claim_zone: Option<String>,
     /// Seconds since ts_started on the database clock.
     pub age_seconds: Option<i64>,
 }
@@ -231,8 +233,6 @@ pub struct Context {
     pub pid_namespace: Option<u64>,
     /// The database clock now, Unix seconds.
     pub now: f64,
-    /// The time zone ts_started is read in (the deciding session's).
-    pub time_zone: Option<String>,
     /// Database clock minus our clock, seconds, measured in this call.
     pub clock_offset: f64,
     /// Uncertainty of that offset (half the round trip), seconds.
@@ -277,11 +277,11 @@ impl Context {
             && r.pid_namespace == self.pid_namespace
     }
 
-    /// How far the row's claimed_at may be from the instant of the claim, had `writer_zone`
-    /// written it (None: an unknown writer).
+    /// How far the row's claimed_at may be from the instant of the claim, had a session in
+    /// `writer_zone` written it (None: an unknown writer, whose zone may be any).
     fn claim_time_uncertainty(&self, row: &ClaimFacts, writer_zone: Option<&str>) -> f64 {
         let zone = match writer_zone {
-            Some(z) if Some(z) == self.time_zone.as_deref() => 0.0,
+            Some(z) if Some(z) == row.claim_zone.as_deref() => 0.0,
             _ => TIME_ZONE_SPREAD_SECONDS,
         };
         let fold = if row.in_dst_fold {
@@ -494,7 +494,6 @@ mod tests {
             boot_id: Some("boot-a".into()),
             pid_namespace: Some(4026531836),
             now: NOW,
-            time_zone: Some("SYSTEM".into()),
             clock_offset: 0.0,
             clock_uncertainty: 0.001,
             lease_seconds: 60.0,
@@ -513,6 +512,7 @@ mod tests {
             process_id: Some(pid.into()),
             claimed_at: Some(CLAIMED),
             in_dst_fold: false,
+            claim_zone: Some("SYSTEM".into()),
             age_seconds: Some(100),
         }
     }
@@ -807,7 +807,7 @@ mod tests {
             Verdict::Unknown,
             Reason::RemoteUnregistered,
         );
-        // Written in another zone than we read it in (SET GLOBAL time_zone since): the same.
+        // Read in another zone than its writer's (say its tables could not convert it): the same.
         r.in_dst_fold = false;
         let mut other_zone = stale;
         other_zone.time_zone = Some("+01:00".into());

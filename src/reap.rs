@@ -188,6 +188,8 @@ pub struct Observer {
     pub context: Context,
     /// Registrations by host name (a row names its owner's host).
     pub registrations: HashMap<Option<String>, Vec<Registration>>,
+    /// The registry's table, if it exists (rows are read in their registered claimer's zone).
+    pub registry_table: Option<String>,
 }
 
 fn now() -> f64 {
@@ -206,17 +208,17 @@ pub fn observe(
     options: &ReapOptions,
 ) -> SqlResult<Observer> {
     let before = now();
-    let clock: Option<(f64, Option<String>)> =
-        conn.query_first(format!("SELECT {}, @@session.time_zone", registry::DB_NOW))?;
+    let db_now: Option<f64> = conn.query_first(format!("SELECT {}", registry::DB_NOW))?;
     let after = now();
-    let (db_now, time_zone) = clock.unwrap_or((after, None));
-    let registrations = registry::all(conn, config)?;
+    let db_now = db_now.unwrap_or(after);
+    let registry = registry::all(conn, config)?;
+    let registry_table = registry.is_some().then(|| config.table(registry::TABLE));
+    let registrations = registry.unwrap_or_default();
     let mut context = Context {
         host: me.host.clone(),
         boot_id: me.boot_id.clone(),
         pid_namespace: me.pid_namespace,
         now: db_now,
-        time_zone,
         clock_offset: db_now - (before + after) / 2.0,
         clock_uncertainty: (after - before) / 2.0,
         lease_seconds: options.lease_seconds,
@@ -247,6 +249,7 @@ pub fn observe(
     Ok(Observer {
         context,
         registrations: by_host,
+        registry_table,
     })
 }
 
@@ -290,6 +293,7 @@ fn facts(row: &InvalidationRow) -> ClaimFacts {
         process_id: row.process_id.clone(),
         claimed_at: row.claimed_at,
         in_dst_fold: row.in_dst_fold,
+        claim_zone: row.claim_zone.clone(),
         age_seconds: row.age_seconds,
     }
 }
@@ -383,7 +387,8 @@ pub fn reap(
         include_never_started: options.started_after.is_none() && options.started_before.is_none(),
     };
     let local = ProcFs::default();
-    let mut rows = invalidations::in_progress(conn, config, &filter)?;
+    let mut rows =
+        invalidations::in_progress(conn, config, &filter, observer.registry_table.as_deref())?;
     // Matomo releases row by row in id order; duplicates are judged against what came before.
     rows.sort_by_key(|r| r.idinvalidation);
 

@@ -118,47 +118,48 @@ type RegistryRow = (
     f64,
 );
 
-/// Every registration. A missing table means nobody ever registered: no registrations.
-pub fn all(conn: &mut Conn, config: &DbConfig) -> SqlResult<Vec<Registration>> {
+/// Every registration; None when the table does not exist (nobody ever registered).
+pub fn all(conn: &mut Conn, config: &DbConfig) -> SqlResult<Option<Vec<Registration>>> {
     let rows: SqlResult<Vec<RegistryRow>> = conn.query(format!(
         "SELECT idprocess, host, pid, boot_id, pid_namespace, start_ticks, time_zone, works_for, \
                 reaps, registered_at, heartbeat_at FROM {}",
         config.table(TABLE)
     ));
     let rows = match rows {
-        Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => Vec::new(),
+        Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => return Ok(None),
         other => other?,
     };
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                idprocess,
-                host,
-                pid,
-                boot_id,
-                pid_namespace,
-                start_ticks,
-                time_zone,
-                works_for,
-                reaps,
-                registered_at,
-                last_heartbeat,
-            )| Registration {
-                idprocess,
-                host,
-                pid,
-                boot_id,
-                pid_namespace,
-                start_ticks,
-                time_zone,
-                works_for,
-                reaps,
-                registered_at,
-                last_heartbeat,
-            },
-        )
-        .collect())
+    Ok(Some(
+        rows.into_iter()
+            .map(
+                |(
+                    idprocess,
+                    host,
+                    pid,
+                    boot_id,
+                    pid_namespace,
+                    start_ticks,
+                    time_zone,
+                    works_for,
+                    reaps,
+                    registered_at,
+                    last_heartbeat,
+                )| Registration {
+                    idprocess,
+                    host,
+                    pid,
+                    boot_id,
+                    pid_namespace,
+                    start_ticks,
+                    time_zone,
+                    works_for,
+                    reaps,
+                    registered_at,
+                    last_heartbeat,
+                },
+            )
+            .collect(),
+    ))
 }
 
 /// Hosts with a registration whose heartbeat is older than the lease: the only hosts besides

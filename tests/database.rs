@@ -138,8 +138,8 @@ fn rows_of_an_install_upgraded_from_matomo_4_are_read() {
     let id = insert_queued(&mut db, 3);
     let mut conn = connection::connect(&db.config).expect("connect");
     assert!(invalidations::claim(&mut conn, &db.config, id, &me(), Attempt::First).expect("claim"));
-    let rows =
-        invalidations::in_progress(&mut conn, &db.config, &RowFilter::default()).expect("rows");
+    let rows = invalidations::in_progress(&mut conn, &db.config, &RowFilter::default(), None)
+        .expect("rows");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].idsite, 3);
     assert_eq!(rows[0].process_id.as_deref(), Some("4242"));
@@ -213,7 +213,9 @@ fn heartbeat_ages_do_not_depend_on_any_time_zone() {
         let stale =
             registry::hosts_with_stale_heartbeats(&mut conn, &db.config, 5.0).expect("stale hosts");
         assert!(stale.is_empty(), "fresh heartbeat read as stale in {zone}");
-        let regs = registry::all(&mut conn, &db.config).expect("all");
+        let regs = registry::all(&mut conn, &db.config)
+            .expect("all")
+            .expect("the table");
         let now: f64 = conn
             .query_first(format!("SELECT {}", registry::DB_NOW))
             .expect("now")

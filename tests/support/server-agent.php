@@ -17,11 +17,17 @@ $config = json_decode($argv[1], true);
 AC\configure($config);
 $children = [];
 
-/** A PHP process on this server that claims $ids and then holds them until killed. */
-function spawn_claimer(array $config, array $ids, bool $withExtension): array
+/**
+ * A PHP process on this server that claims $ids and then holds them until killed.
+ * $options: 'pid' => the pid it must get (through ns_last_pid: the server's pid namespace is
+ * ours alone), 'argv' => words on its command line (say, a Matomo archiving child's),
+ * 'register' => register_process() first (a child that works for another process registers).
+ */
+function spawn_claimer(array $config, array $ids, bool $withExtension, array $options = []): array
 {
     $code = $withExtension
-        ? 'Matomo\ArchiveClaim\configure(' . var_export($config, true) . ');
+        ? 'Matomo\ArchiveClaim\configure(' . var_export($config, true) . ');'
+           . (!empty($options['register']) ? ' Matomo\ArchiveClaim\register_process();' : '') . '
            $won = array_values(array_filter(' . var_export($ids, true) . ', fn ($id) => Matomo\ArchiveClaim\claim_invalidation($id)));'
         : '$c = ' . var_export($config, true) . ';
            $pdo = new PDO("mysql:host={$c["host"]};port={$c["port"]};dbname={$c["dbname"]}", $c["username"], $c["password"],
@@ -36,6 +42,12 @@ function spawn_claimer(array $config, array $ids, bool $withExtension): array
            }';
     $code .= ' echo json_encode(["pid" => getmypid(), "won" => $won]), "\n"; fgets(STDIN);';
     $cmd = $withExtension ? array_merge([PHP_BINARY], inherited_ini(), ['-r', $code]) : [PHP_BINARY, '-r', $code];
+    if (!empty($options['argv'])) {
+        $cmd = array_merge($cmd, ['--'], $options['argv']);
+    }
+    if (isset($options['pid'])) {
+        file_put_contents('/proc/sys/kernel/ns_last_pid', (string) ((int) $options['pid'] - 1));
+    }
     $proc = proc_open($cmd, [0 => ['pipe', 'r'], 1 => ['pipe', 'w']], $pipes);
     $answer = json_decode((string) fgets($pipes[1]), true);
     return [$proc, $pipes, $answer];
@@ -45,7 +57,7 @@ function spawn_claimer(array $config, array $ids, bool $withExtension): array
 function inherited_ini(): array
 {
     $args = ['-d', 'extension=' . getenv('MATOMO_ARCHIVE_CLAIM_EXT')];
-    foreach (['heartbeat_interval', 'lease', 'auto_reap'] as $key) {
+    foreach (['heartbeat_interval', 'lease', 'auto_reap', 'host_name_shared'] as $key) {
         $args[] = '-d';
         $args[] = "matomo_archive_claim.$key=" . ini_get("matomo_archive_claim.$key");
     }
@@ -79,8 +91,26 @@ while (($line = fgets(STDIN)) !== false) {
             case 'in_progress':
                 answer(['rows' => AC\in_progress($msg['filters'] ?? [])]);
                 break;
+            case 'register':
+                answer(AC\register_process());
+                break;
+            case 'reap_with_clock_stepped':
+                // A reap by another process of this server whose /proc/stat boot time is moved
+                // by 'seconds', as `date -s` or a VM resume moves it: its own mount namespace
+                // sees a copy of /proc/stat with btime changed.
+                $tmp = (string) tempnam(sys_get_temp_dir(), 'stat');
+                file_put_contents($tmp, preg_replace_callback('/^btime (\d+)$/m',
+                    fn ($m) => 'btime ' . ((int) $m[1] + (int) $msg['seconds']), (string) file_get_contents('/proc/stat')));
+                $cmd = array_merge(['unshare', '--mount', 'sh', '-c', 'mount --bind "$0" /proc/stat && exec "$@"', $tmp, PHP_BINARY],
+                    inherited_ini(), ['-r', 'Matomo\ArchiveClaim\configure(json_decode($argv[1], true));
+                        preg_match("/^btime (\\d+)$/m", file_get_contents("/proc/stat"), $m);
+                        echo json_encode(["btime" => (int) $m[1], "report" => Matomo\ArchiveClaim\reap_orphans()]);', json_encode($config)]);
+                $out = shell_exec(implode(' ', array_map('escapeshellarg', $cmd)));
+                @unlink($tmp);
+                answer(json_decode((string) $out, true) ?? ['error' => "stepped reap printed: $out"]);
+                break;
             case 'spawn':
-                [$proc, $pipes, $result] = spawn_claimer($config, $msg['ids'], $msg['extension'] ?? true);
+                [$proc, $pipes, $result] = spawn_claimer($config, $msg['ids'], $msg['extension'] ?? true, $msg);
                 $children[$result['pid']] = [$proc, $pipes];
                 answer($result);
                 break;

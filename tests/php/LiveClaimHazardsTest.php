@@ -1,0 +1,220 @@
+<?php
+declare(strict_types=1);
+
+namespace Matomo\ArchiveClaim\Tests;
+
+/**
+ * "A live claim is never released": each way it once was, tried again on servers in their own
+ * host and pid namespaces. Every test holds a live claim against a reaper that would have
+ * released it before (a time-zone change, a clock step, a heartbeat that cannot connect, a pid
+ * reused after a registered owner died, one host name in two pid namespaces, work running in a
+ * child), and checks that a real death is still recovered.
+ */
+final class LiveClaimHazardsTest extends ExtensionTestCase
+{
+    /** @var SimulatedServer[] */
+    private array $servers = [];
+
+    protected function setUp(): void
+    {
+        if (!SimulatedServer::canIsolate()) {
+            $this->markTestSkipped('needs root for unshare --uts --pid (separate host names and pid spaces)');
+        }
+        parent::setUp();
+    }
+
+    protected function tearDown(): void
+    {
+        foreach ($this->servers as $s) {
+            $s->stop();
+        }
+        TestDatabase::admin()->exec("SET GLOBAL time_zone = 'SYSTEM'");
+        parent::tearDown();
+    }
+
+    private function server(string $key, string $name, array $ini = [], ?array $config = null): SimulatedServer
+    {
+        return $this->servers[$key] = SimulatedServer::start($name, $config ?? $this->config, $ini);
+    }
+
+    /** Reaps from $server every 250 ms for $seconds; returns every entry seen for $id. */
+    private function reapFor(SimulatedServer $server, int $id, float $seconds): array
+    {
+        $seen = [];
+        $deadline = microtime(true) + $seconds;
+        do {
+            $entry = self::byId($server->send(['cmd' => 'reap']))[$id] ?? null;
+            $seen[] = $entry === null ? 'gone' : "{$entry['verdict']}/{$entry['reason']}/{$entry['action']}";
+            usleep(250000);
+        } while (microtime(true) < $deadline);
+        return array_values(array_unique($seen));
+    }
+
+    public function testAChangeOfTheDatabaseTimeZoneReleasesNoLiveClaim(): void
+    {
+        [$id] = $this->queue([[]]);
+        $archiver = $this->server('archiver', 'tz-archiver');
+        $this->assertSame([$id], $archiver->send(['cmd' => 'claim', 'ids' => [$id]])['won']);
+        // Sessions opened from now on read local times an hour (then thirteen) apart from the
+        // archiver's: its heartbeats, written as DATETIME, used to look an hour stale.
+        TestDatabase::admin()->exec("SET GLOBAL time_zone = '+01:00'");
+        $reaper = $this->server('reaper', 'tz-reaper');
+        $this->assertSame(['alive/heartbeat_fresh/kept'], $this->reapFor($reaper, $id, 4.0), 'lease 3 s');
+        TestDatabase::admin()->exec("SET GLOBAL time_zone = '-12:00'");
+        $late = $this->server('late', 'tz-late-reaper');
+        $this->assertSame(['alive/heartbeat_fresh/kept'], $this->reapFor($late, $id, 2.0));
+
+        // A real death is still found through the lease, whatever the zone.
+        $this->servers['archiver']->killWhole();
+        unset($this->servers['archiver']);
+        $deadline = microtime(true) + 10;
+        do {
+            $entry = self::byId($late->send(['cmd' => 'reap']))[$id];
+            usleep(250000);
+        } while ($entry['action'] === 'kept' && microtime(true) < $deadline);
+        $this->assertSame(['dead', 'heartbeat_stale', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+    }
+
+    public function testAClockStepCannotMakeARegisteredOwnerLookReused(): void
+    {
+        [$id] = $this->queue([[]]);
+        $server = $this->server('s', 'clock-host');
+        $owner = $server->send(['cmd' => 'spawn', 'ids' => [$id]]);
+        $this->assertSame([$id], $owner['won']);
+        foreach ([5, 3600, -3600] as $step) {
+            $stepped = $server->send(['cmd' => 'reap_with_clock_stepped', 'seconds' => $step]);
+            $entry = self::byId($stepped['report'])[$id];
+            $this->assertSame(['alive', 'heartbeat_fresh', 'kept'], [$entry['verdict'], $entry['reason'], $entry['action']],
+                "boot time moved by $step s");
+        }
+        $server->send(['cmd' => 'kill', 'pid' => $owner['pid']]);
+        $entry = self::byId($server->send(['cmd' => 'reap_with_clock_stepped', 'seconds' => 3600])['report'])[$id];
+        $this->assertSame(['dead', 'pid_gone', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+    }
+
+    public function testAProcessWhoseHeartbeatCannotConnectClaimsUnregisteredAndIsNeverReleasedOnALease(): void
+    {
+        $admin = TestDatabase::admin();
+        $user = 'mac_limited_' . bin2hex(random_bytes(3));
+        $admin->exec("CREATE USER '$user'@'%' IDENTIFIED BY 'pw' WITH MAX_USER_CONNECTIONS 1");
+        $admin->exec("GRANT ALL ON `{$this->config['dbname']}`.* TO '$user'@'%'");
+        try {
+            [$id] = $this->queue([[]]);
+            $limited = $this->server('limited', 'limited-host', [], ['username' => $user, 'password' => 'pw'] + $this->config);
+            // Its one connection claims; the heartbeat's would be the second: it says so.
+            $this->assertSame([$id], $limited->send(['cmd' => 'claim', 'ids' => [$id]])['won']);
+            try {
+                $limited->send(['cmd' => 'register']);
+                $this->fail('registered without a heartbeat connection');
+            } catch (\RuntimeException $e) {
+                $this->assertStringContainsString('ConnectionException', $e->getMessage());
+                $this->assertStringContainsString('heartbeat', $e->getMessage());
+            }
+            $registry = "{$this->config['tables_prefix']}archive_claim_process";
+            $registered = $this->pdo->query("SHOW TABLES LIKE '$registry'")->fetchColumn()
+                ? (int) $this->pdo->query("SELECT COUNT(*) FROM $registry WHERE host = 'limited-host'")->fetchColumn() : 0;
+            $this->assertSame(0, $registered, 'no registration that would go stale');
+
+            $reaper = $this->server('reaper', 'watching-host');
+            $this->assertSame(['unknown/remote_unregistered/kept'], $this->reapFor($reaper, $id, 4.0), 'lease 3 s');
+            $this->assertSame(1, (int) $this->row($id)['status']);
+        } finally {
+            foreach ($this->servers as $s) {
+                $s->stop();
+            }
+            $this->servers = [];
+            $admin->exec("DROP USER '$user'@'%'");
+        }
+    }
+
+    public function testAStockClaimerThatGotTheDeadOwnersPidKeepsItsClaim(): void
+    {
+        [$orphan, $live] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
+        $server = $this->server('s', 'reuse-host');
+        $owner = $server->send(['cmd' => 'spawn', 'ids' => [$orphan]]);
+        $this->assertSame([$orphan], $owner['won']);
+        $server->send(['cmd' => 'kill', 'pid' => $owner['pid']]);
+        sleep(3); // the next process with that pid starts after the claim, beyond the margin
+        $stock = $server->send(['cmd' => 'spawn', 'ids' => [$live], 'extension' => false, 'pid' => $owner['pid']]);
+        $this->assertSame($owner['pid'], $stock['pid'], 'ns_last_pid gave the stock claimer the dead owner\'s pid');
+        $this->assertSame([$live], $stock['won']);
+
+        $entries = self::byId($server->send(['cmd' => 'reap']));
+        $this->assertSame(['alive', 'pid_alive', 'kept'], [$entries[$live]['verdict'], $entries[$live]['reason'], $entries[$live]['action']],
+            'the stale registration does not speak for a claim made after its owner died');
+        $this->assertSame(['dead', 'pid_reused', 'reset'], [$entries[$orphan]['verdict'], $entries[$orphan]['reason'], $entries[$orphan]['action']],
+            'the dead owner\'s own row is still recovered');
+    }
+
+    public function testPidsOfAHostNameUsedByTwoPidNamespacesProveNothing(): void
+    {
+        [$id] = $this->queue([[]]);
+        $a = $this->server('a', 'shared-name');
+        $b = $this->server('b', 'shared-name');
+        $b->send(['cmd' => 'register']);
+        $stock = $b->send(['cmd' => 'spawn', 'ids' => [$id], 'extension' => false]);
+        $this->assertSame([$id], $stock['won']);
+        $a->send(['cmd' => 'register']);
+
+        $entry = self::byId($a->send(['cmd' => 'reap']))[$id];
+        $this->assertSame(['unknown', 'host_name_shared', 'kept'], [$entry['verdict'], $entry['reason'], $entry['action']],
+            "pid {$stock['pid']} of the other namespace is not ours to judge");
+        $local = self::byId($b->send(['cmd' => 'reap']))[$id];
+        $this->assertSame('kept', $local['action']);
+    }
+
+    public function testAnOperatorCanDeclareAHostNameSharedWhenNoOtherNamespaceRegisters(): void
+    {
+        [$id] = $this->queue([[]]);
+        $b = $this->server('b', 'compose-replica');
+        $stock = $b->send(['cmd' => 'spawn', 'ids' => [$id], 'extension' => false]);
+        $this->assertSame([$id], $stock['won']);
+        $plain = $this->server('plain', 'compose-replica');
+        $declared = $this->server('declared', 'compose-replica', ['host_name_shared' => 1]);
+
+        $entry = self::byId($declared->send(['cmd' => 'reap']))[$id];
+        $this->assertSame(['unknown', 'host_name_shared', 'kept'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+        // Without the setting nothing shows the other namespace, and its pid looks gone here:
+        // that is what the setting is for (and the same-host rule on plain servers).
+        $dry = self::byId($plain->send(['cmd' => 'reap', 'options' => ['dry_run' => true]]))[$id];
+        $this->assertSame('dead', $dry['verdict']);
+    }
+
+    public function testAnArchivingChildKeepsItsDeadParentsClaimOnItsHost(): void
+    {
+        [$id] = $this->queue([[]]);
+        $server = $this->server('s', 'child-host');
+        $parent = $server->send(['cmd' => 'spawn', 'ids' => [$id]]);
+        $this->assertSame([$id], $parent['won']);
+        // A stock child, as Matomo starts it: its command line names the parent.
+        $child = $server->send(['cmd' => 'spawn', 'ids' => [], 'extension' => false,
+            'argv' => ['climulti:request', "module=API&method=CoreAdminHome.archiveReports&idSite=1&pid=9&runid={$parent['pid']}"]]);
+        $server->send(['cmd' => 'kill', 'pid' => $parent['pid']]);
+
+        $entry = self::byId($server->send(['cmd' => 'reap']))[$id];
+        $this->assertSame(['alive', 'child_working', 'kept'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+        $server->send(['cmd' => 'kill', 'pid' => $child['pid']]);
+        $entry = self::byId($server->send(['cmd' => 'reap']))[$id];
+        $this->assertSame(['dead', 'pid_gone', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+    }
+
+    public function testARegisteredChildKeepsItsDeadParentsClaimSeenFromAnotherHost(): void
+    {
+        [$id] = $this->queue([[]]);
+        $server = $this->server('s', 'child-host');
+        $parent = $server->send(['cmd' => 'spawn', 'ids' => [$id]]);
+        $child = $server->send(['cmd' => 'spawn', 'ids' => [], 'register' => true,
+            'argv' => ['climulti:request', "module=API&runid={$parent['pid']}"]]);
+        $server->send(['cmd' => 'kill', 'pid' => $parent['pid']]);
+        $remote = $this->server('r', 'other-host');
+
+        $this->assertSame(['alive/child_working/kept'], $this->reapFor($remote, $id, 4.0), 'lease 3 s, the parent is silent');
+        $server->send(['cmd' => 'kill', 'pid' => $child['pid']]);
+        $deadline = microtime(true) + 10;
+        do {
+            $entry = self::byId($remote->send(['cmd' => 'reap']))[$id];
+            usleep(250000);
+        } while ($entry['action'] === 'kept' && microtime(true) < $deadline);
+        $this->assertSame(['dead', 'heartbeat_stale', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+    }
+}
