@@ -8,8 +8,9 @@ use function Matomo\ArchiveClaim\reap_orphans;
 /**
  * Chaos: simulated servers (own host and pid namespaces as root) with several archivers each
  * drain a queue while archivers are killed with SIGKILL, whole servers lose power and are
- * replaced, the database restarts, and reapers run concurrently (every server's heartbeat
- * threads, plus this process). Invariants, checked at the end from the archivers' log and the
+ * replaced, the database restarts, its time zone changes under running sessions, and reapers
+ * run concurrently (every server's heartbeat threads, plus this process). One archiver per
+ * server works as Matomo's do, in climulti:request children that outlive a killed parent. Invariants, checked at the end from the archivers' log and the
  * table: every invalidation was completed, no row was lost or invented, none was worked on by
  * two live processes at once, no live claim was taken away, and nothing is left in progress.
  *
@@ -27,6 +28,7 @@ final class ChaosTest extends ExtensionTestCase
         foreach ($this->servers as $s) {
             $s->killWhole();
         }
+        $this->setGlobalTimeZone('SYSTEM');
         parent::tearDown();
     }
 
@@ -37,7 +39,7 @@ final class ChaosTest extends ExtensionTestCase
         $this->servers[$name] = $server;
         for ($i = 0; $i < $archivers; $i++) {
             $server->send(['cmd' => 'run', 'script' => __DIR__ . '/../support/archiver.php',
-                'args' => [json_encode($this->config), $log, '40', 'ext', '11', '120']]);
+                'args' => [json_encode($this->config), $log, '40', 'ext', '11', '120', $i === 0 ? 'child' : 'inline']]);
         }
     }
 
@@ -60,7 +62,9 @@ final class ChaosTest extends ExtensionTestCase
             $this->startServer($log, 3);
         }
         $deaths = [];
-        $story = ['archivers killed' => 0, 'servers powered off' => 0, 'database restarts' => 0, 'released by this reaper' => 0];
+        $story = ['archivers killed' => 0, 'servers powered off' => 0, 'database restarts' => 0, 'time zone changes' => 0,
+            'released by this reaper' => 0];
+        $zones = ['+01:00', '-05:00', '+09:30', '-12:00', '+13:00', 'SYSTEM'];
         $started = microtime(true);
         $deadline = $started + ($long ? $seconds : 90); // chaos stops here; then the queue drains in peace
         $nextRestart = $started + ($long ? 10 : 3);
@@ -82,7 +86,12 @@ final class ChaosTest extends ExtensionTestCase
                     $deaths[$server->host() . " $victim"] = microtime(true);
                     $story['archivers killed']++;
                 }
-            } elseif ($roll <= 65 && $names) {
+            } elseif ($roll <= 52) {
+                // Sessions opened from now on read local times in another zone than the
+                // archivers' open sessions write them in.
+                $this->setGlobalTimeZone($zones[$rand->getInt(0, count($zones) - 1)]);
+                $story['time zone changes']++;
+            } elseif ($roll <= 70 && $names) {
                 $name = $names[$rand->getInt(0, count($names) - 1)];
                 $host = $this->servers[$name]->host();
                 $this->servers[$name]->killWhole();
@@ -124,6 +133,15 @@ final class ChaosTest extends ExtensionTestCase
         $this->assertGreaterThan(0, $story['archivers killed'] + $story['servers powered off'], 'chaos happened');
         if ($restart) {
             $this->assertSame(true, $story['database restarts'] > 0, 'the database restarted during the run');
+        }
+    }
+
+    private function setGlobalTimeZone(string $zone): void
+    {
+        try {
+            TestDatabase::admin()->exec("SET GLOBAL time_zone = '$zone'");
+        } catch (\PDOException) {
+            // the database is restarting: the zone stays
         }
     }
 

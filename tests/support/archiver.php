@@ -12,7 +12,12 @@
  * never happened). A completion that finds the row no longer ours is logged as "lost": a live
  * claim was taken away, which must never happen.
  *
- * Usage: php [-d extension=...] archiver.php CONFIG_JSON LOG_FILE WORK_MS [ext|pdo] [RELEASE_EVERY] [MAX_WORK_MS]
+ * With IN_CHILD = child, the work runs as Matomo runs it: in a child process whose command line
+ * says `climulti:request ... runid=<this pid>`; the child logs the work, and this process
+ * completes the row once the child is done (if this process is killed meanwhile, the child
+ * finishes anyway and the row must stay in progress until it has).
+ *
+ * Usage: php [-d extension=...] archiver.php CONFIG_JSON LOG_FILE WORK_MS [ext|pdo] [RELEASE_EVERY] [MAX_WORK_MS] [IN_CHILD]
  */
 
 declare(strict_types=1);
@@ -28,6 +33,7 @@ require __DIR__ . '/../../php/ArchiveClaim/Lib/InvalidationClaimer.php';
 $mode = $argv[4] ?? 'ext';
 $releaseEvery = (int) ($argv[5] ?? 0);
 $maxWorkMs = (int) ($argv[6] ?? $workMs);
+$inChild = ($argv[7] ?? '') === 'child';
 $c = json_decode($configJson, true);
 if ($mode === 'ext') {
     Matomo\ArchiveClaim\configure($c);
@@ -92,8 +98,22 @@ while (true) {
         if (!$claimed) {
             continue;
         }
+        $ms = random_int((int) $workMs, max((int) $workMs, $maxWorkMs));
+        if ($inChild) {
+            // As CliMulti runs an archive: a separate PHP whose command line names its parent.
+            $work = sprintf('require %s; $log = new Matomo\ArchiveClaim\Tests\WorkLog(%s); $log->start(%d); usleep(%d); $log->end(%d, "done");',
+                var_export(__DIR__ . '/WorkLog.php', true), var_export($logFile, true), $id, $ms * 1000, $id);
+            $child = proc_open([PHP_BINARY, '-n', '-r', $work, '--', 'climulti:request',
+                "module=API&method=CoreAdminHome.archiveReports&idSite={$invalidation['idsite']}&runid=" . getmypid()], [], $pipes);
+            proc_close($child);
+            $deleted = persist(fn ($pdo) => $claimer($pdo)->complete([$id]), $pdo, $c);
+            if ($deleted === 0 && $mode === 'ext') {
+                $log->end($id, 'lost');
+            }
+            break;
+        }
         $log->start($id);
-        usleep(random_int((int) $workMs, max((int) $workMs, $maxWorkMs)) * 1000);
+        usleep($ms * 1000);
         if ($releaseEvery > 0 && ++$handled % $releaseEvery === 0) {
             $log->end($id, 'released');
             persist(fn ($pdo) => $claimer($pdo)->release([$id]), $pdo, $c);
