@@ -39,7 +39,11 @@ final class ChaosTest extends ExtensionTestCase
         $this->servers[$name] = $server;
         for ($i = 0; $i < $archivers; $i++) {
             $server->send(['cmd' => 'run', 'script' => __DIR__ . '/../support/archiver.php',
-                'args' => [json_encode($this->config), $log, '40', 'ext', '11', '120', $i === 0 ? 'child' : 'inline']]);
+                // The child-mode archiver works for longer than a heartbeat interval, so a
+                // reaper sees its children outlive a killed parent.
+                'args' => $i === 0
+                    ? [json_encode($this->config), $log, '1500', 'ext', '0', '3000', 'child']
+                    : [json_encode($this->config), $log, '40', 'ext', '11', '120']]);
         }
     }
 
