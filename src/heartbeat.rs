@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,8 +27,11 @@ use crate::config::DbConfig;
 use crate::connection;
 use crate::error::Error;
 use crate::identity::Identity;
+use crate::liveness;
+use crate::pidfd;
 use crate::reap::{self, Action, ReapEntry, ReapOptions};
-use crate::registry;
+use crate::registry::{self, ReaperDuty};
+use crate::schema;
 use crate::settings::HeartbeatSettings;
 
 /// How long shutdown waits for the thread to delete its registration.
@@ -60,6 +63,8 @@ pub struct Lease {
     last_error: Mutex<Option<String>>,
     beats: AtomicU64,
     released: AtomicU64,
+    /// None: not looked yet; Some(false): automatic reaping backs off (no index on status).
+    indexed: Mutex<Option<bool>>,
 }
 
 impl Lease {
@@ -71,6 +76,7 @@ impl Lease {
             last_error: Mutex::new(None),
             beats: AtomicU64::new(0),
             released: AtomicU64::new(0),
+            indexed: Mutex::new(None),
         };
         lease.acknowledged();
         lease
@@ -92,6 +98,12 @@ impl Lease {
         self.idprocess.load(Ordering::Acquire)
     }
 
+    fn note_index(&self, indexed: bool) {
+        if let Ok(mut i) = self.indexed.try_lock() {
+            *i = Some(indexed);
+        }
+    }
+
     fn note_error(&self, e: Option<String>) {
         if let Ok(mut last) = self.last_error.try_lock() {
             *last = e;
@@ -107,7 +119,7 @@ fn monotonic_ms() -> u64 {
 struct Beat {
     registered: Registered,
     lease: Arc<Lease>,
-    stop: Sender<()>,
+    stop: pidfd::StopSender,
     stopped: Receiver<()>,
     handle: Option<JoinHandle<()>>,
 }
@@ -148,6 +160,9 @@ pub struct Status {
     pub reaping: bool,
     pub last_beat_age: f64,
     pub last_error: Option<String>,
+    /// Some(false): no index on `status`, so this host's automatic reaping looks once per
+    /// lease instead of every interval.
+    pub status_indexed: Option<bool>,
 }
 
 pub fn status() -> Option<Status> {
@@ -162,6 +177,7 @@ pub fn status() -> Option<Status> {
             .try_lock()
             .ok()
             .and_then(|e| e.clone()),
+        status_indexed: beat.lease.indexed.try_lock().ok().and_then(|i| *i),
     })
 }
 
@@ -190,22 +206,15 @@ pub fn ensure_registered(
         settings,
     };
     let lease = Arc::new(Lease::new(idprocess));
-    let (stop, stop_rx) = mpsc::channel();
+    let (stop, stop_rx) =
+        pidfd::stop_signal().map_err(|e| RegisterError::Sql(mysql::Error::IoError(e)))?;
     let (stopped_tx, stopped) = mpsc::channel();
     let thread_registered = registered.clone();
     let thread_lease = lease.clone();
     let spawned = std::thread::Builder::new()
         .name("archive-claim-heartbeat".into())
         .spawn(move || {
-            Heartbeat {
-                config: beat_config,
-                registered: thread_registered,
-                lease: thread_lease,
-                conn: Some(beat_conn),
-                reaper: false,
-                last_prune: Instant::now(),
-            }
-            .run(stop_rx);
+            Heartbeat::new(beat_config, thread_registered, thread_lease, beat_conn).run(stop_rx);
             let _ = stopped_tx.send(());
         });
     let handle = match spawned {
@@ -268,7 +277,7 @@ pub fn stop() -> bool {
     let Some(mut beat) = beat else {
         return false;
     };
-    let _ = beat.stop.send(());
+    beat.stop.send();
     if beat.stopped.recv_timeout(STOP_WAIT).is_ok() {
         if let Some(h) = beat.handle.take() {
             let _ = h.join();
@@ -329,22 +338,64 @@ fn heartbeat_config(config: &DbConfig, settings: &HeartbeatSettings) -> DbConfig
 
 /// The heartbeat thread's state. Errors are never fatal: the connection is dropped and the
 /// next tick tries again; only a stop request ends the loop.
+///
+/// Its duties, each on its own schedule:
+/// - **beat** every interval;
+/// - **reap this host** if it holds the host's reaper lock: at once when a watched local owner
+///   dies (the kernel says so through a pidfd), else every interval where an index on `status`
+///   makes the look cheap, once per lease where the table would be scanned;
+/// - **reap stale hosts** if it holds the fleet's lock: one process in the fleet looks for
+///   hosts whose heartbeats went stale, every interval, and reaps only those;
+/// - **prune** registrations stale for many leases.
 struct Heartbeat {
     config: DbConfig,
     registered: Registered,
     lease: Arc<Lease>,
     conn: Option<Conn>,
-    reaper: bool,
+    host_reaper: bool,
+    fleet_reaper: bool,
+    /// Whether `status` is indexed (None: not looked yet, or looked too long ago).
+    indexed: Option<bool>,
+    last_local_reap: Option<Instant>,
     last_prune: Instant,
+    /// A watched local owner died: reap this host now.
+    local_death: bool,
+    watch: pidfd::Watch,
 }
 
 impl Heartbeat {
-    fn run(mut self, stop: Receiver<()>) {
+    fn new(config: DbConfig, registered: Registered, lease: Arc<Lease>, conn: Conn) -> Heartbeat {
+        Heartbeat {
+            config,
+            registered,
+            lease,
+            conn: Some(conn),
+            host_reaper: false,
+            fleet_reaper: false,
+            indexed: None,
+            last_local_reap: None,
+            last_prune: Instant::now(),
+            local_death: false,
+            watch: pidfd::Watch::default(),
+        }
+    }
+
+    fn run(mut self, stop: pidfd::StopSignal) {
         let interval = self.registered.settings.interval;
-        // Anything but a timeout (a stop request, or the PHP side gone) ends the loop.
-        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
-            let outcome = self.tick();
-            self.lease.note_error(outcome.err().map(|e| e.to_string()));
+        let mut next_beat = Instant::now() + interval;
+        loop {
+            let until_beat = next_beat.saturating_duration_since(Instant::now());
+            match self.watch.wait(&stop, until_beat) {
+                pidfd::Wake::Stop => break,
+                pidfd::Wake::Died => self.local_death = true,
+                pidfd::Wake::Timeout => {}
+            }
+            let beat_due = Instant::now() >= next_beat;
+            if beat_due {
+                next_beat = Instant::now() + interval;
+            }
+            let outcome = self.tick(beat_due);
+            self.lease.note_error(outcome.err());
         }
         let idprocess = self.lease.idprocess();
         if let Some(c) = self.conn.as_mut() {
@@ -354,13 +405,15 @@ impl Heartbeat {
         }
     }
 
-    fn tick(&mut self) -> std::result::Result<(), String> {
+    fn tick(&mut self, beat_due: bool) -> std::result::Result<(), String> {
         if self.conn.is_none() {
-            self.reaper = false;
+            // Locks were tied to the old connection.
+            self.host_reaper = false;
+            self.fleet_reaper = false;
             self.lease.reaping.store(false, Ordering::Relaxed);
             self.conn = Some(connection::connect(&self.config).map_err(|e| e.to_string())?);
         }
-        let result = self.duties();
+        let result = self.duties(beat_due);
         if let Err(e) = &result {
             if connection::is_connection_lost(e) {
                 self.conn = None;
@@ -369,54 +422,152 @@ impl Heartbeat {
         result.map_err(|e| e.to_string())
     }
 
-    fn duties(&mut self) -> std::result::Result<(), mysql::Error> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(());
-        };
-        let config = &self.config;
-        let idprocess = self.lease.idprocess();
-        if registry::heartbeat(conn, config, idprocess)? {
-            self.lease.acknowledged();
-        } else {
-            // Pruned while we were frozen: register again (the rows we hold may have been
-            // reaped meanwhile; our fenced complete/release will then simply change nothing).
-            let id = registry::register(conn, config, &self.registered.identity, self.reaper)?;
-            self.lease.idprocess.store(id, Ordering::Release);
-            self.lease.acknowledged();
+    fn duties(&mut self, beat_due: bool) -> std::result::Result<(), mysql::Error> {
+        if beat_due {
+            self.beat()?;
         }
         let settings = self.registered.settings;
         if !settings.auto_reap {
             return Ok(());
         }
-        if !self.reaper {
-            self.reaper =
-                registry::try_reaper_lock(conn, config, self.registered.identity.host.as_deref())?;
-            if self.reaper {
-                registry::set_reaps(conn, config, self.lease.idprocess(), true)?;
+        if beat_due {
+            self.take_locks()?;
+        }
+        if self.host_reaper && self.local_reap_due()? {
+            self.reap_this_host()?;
+        }
+        if self.fleet_reaper && beat_due {
+            self.reap_stale_hosts()?;
+        }
+        if self.last_prune.elapsed() > settings.lease * PRUNE_AFTER_LEASES {
+            let Some(conn) = self.conn.as_mut() else {
+                return Ok(());
+            };
+            registry::prune(
+                conn,
+                &self.config,
+                settings.lease.as_secs() * u64::from(PRUNE_AFTER_LEASES),
+            )?;
+            self.last_prune = Instant::now();
+            self.indexed = None; // an operator may have added the index meanwhile
+        }
+        Ok(())
+    }
+
+    /// The open connection (`tick` opens it before any duty runs).
+    fn conn(&mut self) -> std::result::Result<&mut Conn, mysql::Error> {
+        self.conn.as_mut().ok_or(mysql::Error::DriverError(
+            mysql::DriverError::ConnectTimeout,
+        ))
+    }
+
+    fn beat(&mut self) -> std::result::Result<(), mysql::Error> {
+        let idprocess = self.lease.idprocess();
+        let reaps = self.host_reaper;
+        let (config, identity) = (self.config.clone(), self.registered.identity.clone());
+        let conn = self.conn()?;
+        if !registry::heartbeat(conn, &config, idprocess)? {
+            // Pruned while we were frozen: register again (the rows we hold may have been
+            // reaped meanwhile; our fenced complete/release will then simply change nothing).
+            let id = registry::register(conn, &config, &identity, reaps)?;
+            self.lease.idprocess.store(id, Ordering::Release);
+        }
+        self.lease.acknowledged();
+        Ok(())
+    }
+
+    fn take_locks(&mut self) -> std::result::Result<(), mysql::Error> {
+        let config = self.config.clone();
+        let host = self.registered.identity.host.clone();
+        let idprocess = self.lease.idprocess();
+        if !self.host_reaper {
+            let conn = self.conn()?;
+            if registry::try_reaper_lock(conn, &config, ReaperDuty::Host(host.as_deref()))? {
+                registry::set_reaps(conn, &config, idprocess, true)?;
+                self.host_reaper = true;
                 self.lease.reaping.store(true, Ordering::Relaxed);
             }
         }
-        if !self.reaper {
-            return Ok(());
+        if !self.fleet_reaper {
+            let conn = self.conn()?;
+            self.fleet_reaper = registry::try_reaper_lock(conn, &config, ReaperDuty::StaleHosts)?;
         }
-        // Deaths provable from here are on this host (pid checks) or on hosts whose heartbeats
-        // went stale: look at those rows only, which the optional index serves on big tables.
-        let lease = settings.lease.as_secs_f64();
-        let mut hosts = registry::hosts_with_stale_heartbeats(conn, config, lease)?;
-        hosts.extend(self.registered.identity.host.clone());
-        hosts.sort();
-        hosts.dedup();
+        Ok(())
+    }
+
+    /// Where `status` is not indexed, every look is a scan of the whole table: back off to
+    /// once per lease (and say so), instead of once per interval.
+    fn local_reap_due(&mut self) -> std::result::Result<bool, mysql::Error> {
+        if self.indexed.is_none() {
+            let config = self.config.clone();
+            let indexed = schema::status_is_indexed(self.conn()?, &config)?;
+            self.indexed = Some(indexed);
+            self.lease.note_index(indexed);
+        }
+        let settings = self.registered.settings;
+        let period = if self.indexed == Some(true) {
+            settings.interval
+        } else {
+            settings.lease
+        };
+        Ok(self.local_death || self.last_local_reap.is_none_or(|at| at.elapsed() >= period))
+    }
+
+    fn reap_this_host(&mut self) -> std::result::Result<(), mysql::Error> {
+        self.local_death = false;
+        self.last_local_reap = Some(Instant::now());
+        let host = self.registered.identity.host.clone();
+        let report = self.reap(host.clone().into_iter().collect())?;
+        // Watch every local process that owns a row or is registered here: its death wakes us.
+        let mut pids: Vec<u32> = report
+            .iter()
+            .flat_map(|r| &r.entries)
+            .filter(|e| e.action == Action::Kept && e.row.processing_host == host)
+            .filter_map(|e| {
+                e.row
+                    .process_id
+                    .as_deref()
+                    .and_then(liveness::plausible_pid)
+            })
+            .collect();
+        let (config, me) = (self.config.clone(), self.registered.identity.clone());
+        pids.extend(registry::pids_on_machine(self.conn()?, &config, &me)?);
+        pids.retain(|p| *p != me.pid);
+        self.watch.watch_only(&pids);
+        Ok(())
+    }
+
+    fn reap_stale_hosts(&mut self) -> std::result::Result<(), mysql::Error> {
+        let lease = self.registered.settings.lease.as_secs_f64();
+        let config = self.config.clone();
+        let mut hosts = registry::hosts_with_stale_heartbeats(self.conn()?, &config, lease)?;
+        // This host is the host reaper's, which can look at its processes.
+        hosts.retain(|h| Some(h) != self.registered.identity.host.as_ref());
+        if !hosts.is_empty() && (self.indexed != Some(false) || self.local_reap_due()?) {
+            self.reap(hosts)?;
+        }
+        Ok(())
+    }
+
+    /// Releases what is proven dead among the rows of `hosts`, and keeps the releases for PHP.
+    fn reap(
+        &mut self,
+        hosts: Vec<String>,
+    ) -> std::result::Result<Option<reap::ReapReport>, mysql::Error> {
+        let settings = self.registered.settings;
         let options = ReapOptions {
             only_hosts: Some(hosts),
             host_name_shared: settings.host_name_shared,
-            ..ReapOptions::proof_only(lease)
+            ..ReapOptions::proof_only(settings.lease.as_secs_f64())
         };
-        match reap::reap(conn, config, &self.registered.identity, &options) {
+        let (config, me) = (self.config.clone(), self.registered.identity.clone());
+        match reap::reap(self.conn()?, &config, &me, &options) {
             Ok(report) => {
                 let released: Vec<ReapEntry> = report
                     .entries
-                    .into_iter()
+                    .iter()
                     .filter(|e| matches!(e.action, Action::Reset | Action::DeletedDuplicate))
+                    .cloned()
                     .collect();
                 if !released.is_empty() {
                     self.lease
@@ -424,19 +575,11 @@ impl Heartbeat {
                         .fetch_add(released.len() as u64, Ordering::Relaxed);
                     record_releases(released);
                 }
+                Ok(Some(report))
             }
-            Err(reap::ReapError::Refused(_)) => {}
-            Err(reap::ReapError::Sql(e)) => return Err(e),
+            Err(reap::ReapError::Refused(_)) => Ok(None),
+            Err(reap::ReapError::Sql(e)) => Err(e),
         }
-        if self.last_prune.elapsed() > settings.lease * PRUNE_AFTER_LEASES {
-            registry::prune(
-                conn,
-                config,
-                settings.lease.as_secs() * u64::from(PRUNE_AFTER_LEASES),
-            )?;
-            self.last_prune = Instant::now();
-        }
-        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ pub mod options;
 mod php_api;
 mod php_exceptions;
 mod php_module;
+pub mod pidfd;
 pub mod reap;
 pub mod registry;
 pub mod schema;

@@ -211,7 +211,16 @@ pub fn observe(
     let db_now: Option<f64> = conn.query_first(format!("SELECT {}", registry::DB_NOW))?;
     let after = now();
     let db_now = db_now.unwrap_or(after);
-    let registry = registry::all(conn, config)?;
+    // Only the registrations that can matter: of the hosts looked at, of hosts declared dead, and
+    // of our own host name (another pid namespace using it).
+    let wanted: Option<Vec<String>> = options.only_hosts.as_ref().map(|only| {
+        let mut hosts: Vec<String> = only.iter().chain(&options.hosts).cloned().collect();
+        hosts.extend(me.host.clone());
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    });
+    let registry = registry::all(conn, config, wanted.as_deref())?;
     let registry_table = registry.is_some().then(|| config.table(registry::TABLE));
     let registrations = registry.unwrap_or_default();
     let mut context = Context {

@@ -118,13 +118,27 @@ type RegistryRow = (
     f64,
 );
 
-/// Every registration; None when the table does not exist (nobody ever registered).
-pub fn all(conn: &mut Conn, config: &DbConfig) -> SqlResult<Option<Vec<Registration>>> {
-    let rows: SqlResult<Vec<RegistryRow>> = conn.query(format!(
+/// Every registration (of these hosts only, if given); None when the table does not exist
+/// (nobody ever registered).
+pub fn all(
+    conn: &mut Conn,
+    config: &DbConfig,
+    hosts: Option<&[String]>,
+) -> SqlResult<Option<Vec<Registration>>> {
+    let mut sql = format!(
         "SELECT idprocess, host, pid, boot_id, pid_namespace, start_ticks, time_zone, works_for, \
                 reaps, registered_at, heartbeat_at FROM {}",
         config.table(TABLE)
-    ));
+    );
+    let mut params: Vec<mysql::Value> = Vec::new();
+    if let Some(hosts) = hosts {
+        if hosts.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        sql += &format!(" WHERE host IN ({})", vec!["?"; hosts.len()].join(","));
+        params.extend(hosts.iter().map(|h| mysql::Value::from(h.as_str())));
+    }
+    let rows: SqlResult<Vec<RegistryRow>> = conn.exec(sql, params);
     let rows = match rows {
         Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => return Ok(None),
         other => other?,
@@ -160,6 +174,18 @@ pub fn all(conn: &mut Conn, config: &DbConfig) -> SqlResult<Option<Vec<Registrat
             )
             .collect(),
     ))
+}
+
+/// Pids registered on this very machine (host, boot, pid namespace): the local processes whose
+/// death the host's reaper watches for.
+pub fn pids_on_machine(conn: &mut Conn, config: &DbConfig, me: &Identity) -> SqlResult<Vec<u32>> {
+    conn.exec(
+        format!(
+            "SELECT pid FROM {} WHERE host <=> ? AND boot_id <=> ? AND pid_namespace <=> ?",
+            config.table(TABLE)
+        ),
+        (&me.host, &me.boot_id, me.pid_namespace),
+    )
 }
 
 /// Hosts with a registration whose heartbeat is older than the lease: the only hosts besides
@@ -218,12 +244,25 @@ pub fn prune(conn: &mut Conn, config: &DbConfig, older_than_seconds: u64) -> Sql
     forget(conn, config, &stale)
 }
 
-/// Takes (without waiting) the lock that makes one process per host the automatic reaper; it
-/// is tied to the connection, so it passes on when its holder dies.
-pub fn try_reaper_lock(conn: &mut Conn, config: &DbConfig, host: Option<&str>) -> SqlResult<bool> {
+/// What a reaper lock is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaperDuty<'a> {
+    /// The processes of one host: one reaper per host, which can see them.
+    Host(Option<&'a str>),
+    /// Hosts whose heartbeats went stale: one reaper for the whole fleet.
+    StaleHosts,
+}
+
+/// Takes (without waiting) the lock for a reaper duty; it is tied to the connection, so it
+/// passes on when its holder dies.
+pub fn try_reaper_lock(conn: &mut Conn, config: &DbConfig, duty: ReaperDuty) -> SqlResult<bool> {
+    let scope = match duty {
+        ReaperDuty::Host(host) => format!("host/{}", host.unwrap_or("")),
+        ReaperDuty::StaleHosts => "stale-hosts".to_owned(),
+    };
     let got: Option<Option<i64>> = conn.exec_first(
         "SELECT GET_LOCK(CONCAT('matomo_archive_claim_', MD5(CONCAT(DATABASE(), '/', ?, '/', ?))), 0)",
-        (&config.tables_prefix, host.unwrap_or("")),
+        (&config.tables_prefix, scope),
     )?;
     Ok(got.flatten() == Some(1))
 }

@@ -62,6 +62,17 @@ pub fn table_shape(conn: &mut Conn, table_name: &str) -> SqlResult<Option<TableS
     Ok(Some(TableShape { columns, indexes }))
 }
 
+/// Whether an index starts with `status` (ours, or one an operator made): without one, every
+/// look for in-progress rows scans the whole invalidations table.
+pub fn status_is_indexed(conn: &mut Conn, config: &DbConfig) -> SqlResult<bool> {
+    let found: Option<u8> = conn.exec_first(
+        "SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
+         AND TABLE_NAME = ? AND COLUMN_NAME = 'status' AND SEQ_IN_INDEX = 1 LIMIT 1",
+        (config.table_name(TABLE),),
+    )?;
+    Ok(found.is_some())
+}
+
 /// The ALTER clauses a table of this shape needs, with a description of each. Pure.
 pub fn plan(shape: &TableShape, options: &SchemaOptions) -> Vec<(String, String)> {
     let has = |name: &str| shape.columns.iter().any(|c| c.eq_ignore_ascii_case(name));

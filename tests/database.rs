@@ -213,7 +213,7 @@ fn heartbeat_ages_do_not_depend_on_any_time_zone() {
         let stale =
             registry::hosts_with_stale_heartbeats(&mut conn, &db.config, 5.0).expect("stale hosts");
         assert!(stale.is_empty(), "fresh heartbeat read as stale in {zone}");
-        let regs = registry::all(&mut conn, &db.config)
+        let regs = registry::all(&mut conn, &db.config, None)
             .expect("all")
             .expect("the table");
         let now: f64 = conn

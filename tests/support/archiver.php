@@ -100,11 +100,19 @@ while (true) {
         }
         $ms = random_int((int) $workMs, max((int) $workMs, $maxWorkMs));
         if ($inChild) {
-            // As CliMulti runs an archive: a separate PHP whose command line names its parent.
-            $work = sprintf('require %s; $log = new Matomo\ArchiveClaim\Tests\WorkLog(%s); $log->start(%d); usleep(%d); $log->end(%d, "done");',
-                var_export(__DIR__ . '/WorkLog.php', true), var_export($logFile, true), $id, $ms * 1000, $id);
-            $child = proc_open([PHP_BINARY, '-n', '-r', $work, '--', 'climulti:request',
-                "module=API&method=CoreAdminHome.archiveReports&idSite={$invalidation['idsite']}&runid=" . getmypid()], [], $pipes);
+            // As CliMulti runs an archive: a separate PHP whose command line names its parent,
+            // loading the extension as Matomo's children do (the plugin registers them, so
+            // their heartbeats keep their parent's claims alive where its host cannot be seen).
+            $work = sprintf('Matomo\ArchiveClaim\configure(%s); Matomo\ArchiveClaim\register_process();
+                require %s; $log = new Matomo\ArchiveClaim\Tests\WorkLog(%s); $log->start(%d); usleep(%d); $log->end(%d, "done");',
+                var_export($c, true), var_export(__DIR__ . '/WorkLog.php', true), var_export($logFile, true), $id, $ms * 1000, $id);
+            $ini = ['-d', 'extension=' . getenv('MATOMO_ARCHIVE_CLAIM_EXT')];
+            foreach (['heartbeat_interval', 'lease', 'auto_reap'] as $key) {
+                $ini[] = '-d';
+                $ini[] = "matomo_archive_claim.$key=" . ini_get("matomo_archive_claim.$key");
+            }
+            $child = proc_open(array_merge([PHP_BINARY, '-n'], $ini, ['-r', $work, '--', 'climulti:request',
+                "module=API&method=CoreAdminHome.archiveReports&idSite={$invalidation['idsite']}&runid=" . getmypid()]), [], $pipes);
             proc_close($child);
             $deleted = persist(fn ($pdo) => $claimer($pdo)->complete([$id]), $pdo, $c);
             if ($deleted === 0 && $mode === 'ext') {
