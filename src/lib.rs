@@ -15,6 +15,7 @@ mod php_exceptions;
 mod php_module;
 pub mod reap;
 pub mod registry;
+pub mod request_scope;
 pub mod schema;
 pub mod settings;
 
@@ -26,5 +27,6 @@ use php_module::startup;
 pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
     php_api::register_functions(module)
         .shutdown_function(php_module::shutdown)
+        .request_shutdown_function(php_module::request_shutdown)
         .info_function(php_module::info)
 }

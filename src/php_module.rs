@@ -63,6 +63,39 @@ pub extern "C" fn shutdown(_ty: i32, _module_number: i32) -> i32 {
     0
 }
 
+/// Request shutdown (RSHUTDOWN): gives back the claims this request leaves behind (see
+/// `request_scope`). PHP runs it after a fatal error, `exit()`, `max_execution_time` and
+/// `memory_limit` too, with the execution timer already stopped. Failures go to PHP's error log
+/// (never to the response: output is closed by now, and a user error handler must not run
+/// here); the ids are retried at the end of the next request.
+pub extern "C" fn request_shutdown(_ty: i32, _module_number: i32) -> i32 {
+    // A panic must not unwind into PHP (it would abort the process); none is expected.
+    let report = std::panic::catch_unwind(crate::request_scope::end_request);
+    if let Ok(report) = report {
+        for (count, e) in &report.failed {
+            log_error(&crate::request_scope::describe_failure(*count, e));
+        }
+    }
+    0
+}
+
+extern "C" {
+    /// PHPAPI in main/main.c: writes to `error_log` if set, else to the SAPI's log (php-fpm's
+    /// worker log, the CLI's stderr). Safe at request shutdown: it calls no user code.
+    fn php_log_err_with_severity(log_message: *const std::ffi::c_char, syslog_type_int: i32);
+}
+
+/// syslog's LOG_WARNING.
+const LOG_WARNING: i32 = 4;
+
+fn log_error(message: &str) {
+    let Ok(text) = std::ffi::CString::new(message.replace('\0', " ")) else {
+        return;
+    };
+    // SAFETY: a NUL-terminated string that outlives the call; PHP copies what it keeps.
+    unsafe { php_log_err_with_severity(text.as_ptr(), LOG_WARNING) };
+}
+
 pub extern "C" fn info(_module: *mut ModuleEntry) {
     let (source, target) = match connection::configured() {
         Some(c) => ("configure()", c.describe()),
