@@ -78,6 +78,7 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
         )));
     }
     let owner = current_owner();
+    let mut reached_server = false; // request_scope: a failure before the UPDATE sent nothing
     let result = connection::run("claim_invalidation", |conn, config, attempt| {
         // Registered before the claim, so a registration is never younger than its claims.
         register_before_claim(conn, config)?;
@@ -85,6 +86,7 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
         // heartbeat thread cannot): a reaper elsewhere must never see a claim of ours made
         // after our heartbeat went stale.
         heartbeat::fence_claim(conn, config)?;
+        reached_server = true;
         invalidations::claim(conn, config, idinvalidation, &owner, attempt)
     });
     // request_scope: remember what this request holds, to give it back when the request ends.
@@ -93,8 +95,10 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
         idinvalidation,
         match &result {
             Ok(true) => ClaimOutcome::Won,
-            Ok(false) | Err(Error::NotConfigured | Error::Configuration(_)) => ClaimOutcome::Lost,
-            Err(_) => ClaimOutcome::Unknown,
+            // The statement may have committed before the error: ours until proven otherwise
+            // (the release at request end is fenced on our host and pid).
+            Err(_) if reached_server => ClaimOutcome::Unknown,
+            Ok(false) | Err(_) => ClaimOutcome::Lost,
         },
     );
     result
