@@ -23,6 +23,10 @@
 //! database fence on (host, pid) would refuse the parent's rows anyway; this also avoids the
 //! round trips.)
 //!
+//! One exception: while a Matomo archiving child of this process (`climulti:request ...
+//! runid=<pid>`) still runs on this host, the claims are its work and are kept (see
+//! [`end_request`]).
+//!
 //! Nothing here knows about PHP; `php_module` calls [`end_request`] from RSHUTDOWN. It never
 //! panics and is bounded by the connection's connect/read/write timeouts: a connection error
 //! stops the work for that database at once rather than waiting once per row.
@@ -35,6 +39,7 @@ use crate::claims;
 use crate::config::DbConfig;
 use crate::connection;
 use crate::error::{errno, Error};
+use crate::identity;
 
 /// MySQL ER_BAD_DB_ERROR: the database named in the settings does not exist (any more).
 const UNKNOWN_DATABASE: u16 = 1049;
@@ -190,6 +195,9 @@ pub fn held(config: &DbConfig) -> (Vec<i64>, Vec<i64>) {
 pub struct EndReport {
     /// Rows given back (re-queued, or deleted as duplicates).
     pub released: u64,
+    /// Ids not given back because a Matomo archiving child of this process still works (kept
+    /// for the end of the next request, or, once this process is gone, for the reaper).
+    pub deferred: usize,
     /// Ids kept for a retry at the end of the next request, with why.
     pub failed: Vec<(usize, Error)>,
 }
@@ -202,12 +210,29 @@ pub fn end_request() -> EndReport {
     let Some(groups) = with_scope(|scope| std::mem::take(&mut scope.groups)) else {
         return report;
     };
+    let groups: Vec<Group> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+    if groups.is_empty() {
+        return report;
+    }
+    // Matomo's core:archive claims and has detached `climulti:request ... runid=<its pid>`
+    // children do the archiving. Should its run end (even by a fatal error) while one still
+    // works, the claim is alive (design §4, the process tree): releasing it would let another
+    // archiver process the same archive at the same time. Keep it; the next request end
+    // retries, and once this process is gone the reaper's process-tree rule decides.
+    let me = std::process::id();
+    let child_working = identity::archiving_children()
+        .iter()
+        .any(|(_, owner)| *owner == me);
     let mut keep = Vec::new();
     for mut group in groups {
-        if group.is_empty() {
+        let ids: Vec<i64> = group.claimed.union(&group.leftover).copied().collect();
+        if child_working {
+            report.deferred += ids.len();
+            group.leftover.extend(ids);
+            group.claimed.clear();
+            keep.push(group);
             continue;
         }
-        let ids: Vec<i64> = group.claimed.union(&group.leftover).copied().collect();
         match release_in(&group.config, &ids) {
             Ok(n) => report.released += n,
             Err(e) if nothing_left_to_release(&e) => {}

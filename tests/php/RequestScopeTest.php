@@ -255,6 +255,42 @@ final class RequestScopeTest extends ExtensionTestCase
         $this->assertQueued($childs, 'released when the child ended');
     }
 
+    public function testACoreArchiveRunThatEndsWhileItsArchivingChildWorksKeepsTheClaim(): void
+    {
+        // As Matomo's CliMulti: a detached `climulti:request ... runid=<parent pid>` child does
+        // the archiving; the parent's run ends (here by a fatal error) while it still works.
+        [$id] = $this->queue([[]]);
+        $flag = tempnam(sys_get_temp_dir(), 'mac-child');
+        $config = var_export($this->config, true);
+        $child = escapeshellarg(PHP_BINARY) . ' -n -r ' . escapeshellarg('while (file_exists($argv[1])) { usleep(20000); }')
+            . ' ' . escapeshellarg($flag) . ' climulti:request ' . escapeshellarg('module=API&method=CoreAdminHome.archiveReports&runid=');
+        [$code, $out] = $this->runPhp("Matomo\\ArchiveClaim\\configure($config);
+            Matomo\\ArchiveClaim\\claim_invalidation($id);
+            shell_exec(" . var_export($child, true) . " . getmypid() . ' > /dev/null 2>&1 &');
+            echo getmypid();
+            undefined_function_to_die_with();");
+        $this->assertSame(255, $code);
+        $parent = (int) $out;
+        try {
+            $this->assertFalse(file_exists("/proc/$parent"), 'the core:archive run is over');
+            $row = $this->row($id);
+            $this->assertSame(1, (int) $row['status'], 'kept: its archiving child still works on it');
+            $this->assertSame((string) $parent, $row['process_id']);
+        } finally {
+            unlink($flag);
+        }
+        // The child finishes; nothing works for the claim any more: the reaper proves it dead.
+        $children = fn () => array_filter(glob('/proc/[0-9]*/cmdline') ?: [], fn ($f) =>
+            str_contains((string) @file_get_contents($f), "runid=$parent"));
+        for ($i = 0; $i < 250 && $children(); $i++) {
+            usleep(20000);
+        }
+        $this->assertSame([], $children());
+        $report = \Matomo\ArchiveClaim\reap_orphans();
+        $this->assertSame(1, $report['released'], json_encode($report));
+        $this->assertQueued($id, 'reaped once the child was gone');
+    }
+
     public function testInThisProcessCompleteAndReleaseActOnlyOnThisRequestsClaims(): void
     {
         [$mine, $stock] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
