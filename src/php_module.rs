@@ -3,7 +3,7 @@
 //! nothing here connects or starts a thread (php-fpm forks its workers after startup).
 
 use ext_php_rs::flags::IniEntryPermission;
-use ext_php_rs::zend::{ExecutorGlobals, IniEntryDef, IniEntryDefs, ModuleEntry};
+use ext_php_rs::zend::{ExecutorGlobals, IniEntryDef, IniEntryDefs, ModuleEntry, ProcessGlobals};
 use ext_php_rs::{info_table_end, info_table_row, info_table_start};
 
 use crate::config::DbConfig;
@@ -83,12 +83,34 @@ extern "C" {
     /// PHPAPI in main/main.c: writes to `error_log` if set, else to the SAPI's log (php-fpm's
     /// worker log, the CLI's stderr). Safe at request shutdown: it calls no user code.
     fn php_log_err_with_severity(log_message: *const std::ffi::c_char, syslog_type_int: i32);
+    /// ZEND_API: bytes the Zend allocator holds (`real_usage`: whole chunks, what the limit
+    /// is checked against).
+    fn zend_memory_usage(real_usage: bool) -> usize;
 }
 
 /// syslog's LOG_WARNING.
 const LOG_WARNING: i32 = 4;
 
+/// Room the log call may need from PHP's allocator: one 2 MiB chunk, twice.
+const LOG_HEADROOM: usize = 4 << 20;
+
+/// Whether PHP's allocator can serve a log line. At the end of a request that died of
+/// `memory_limit`, its memory is still held (globals go after RSHUTDOWN); a second limit error
+/// inside the log call would longjmp through this Rust frame.
+fn memory_for_logging() -> bool {
+    let limit = ProcessGlobals::get().memory_limit;
+    if limit < 0 {
+        return true; // memory_limit = -1
+    }
+    // SAFETY: reads the allocator's counter; called on PHP's thread during a request.
+    let used = unsafe { zend_memory_usage(true) };
+    used.saturating_add(LOG_HEADROOM) <= usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
 fn log_error(message: &str) {
+    if !memory_for_logging() {
+        return;
+    }
     let Ok(text) = std::ffi::CString::new(message.replace('\0', " ")) else {
         return;
     };

@@ -70,6 +70,13 @@ final class RequestScopeTest extends ExtensionTestCase
                 foreach ($s->fetchAll(PDO::FETCH_COLUMN) as $id) {
                     $admin->exec("KILL $id");
                 }
+                if (($q['then'] ?? '') === 'memory_limit') {
+                    ini_set('memory_limit', '32M');
+                    $hog = [];
+                    for (;;) {
+                        $hog[] = str_repeat('x', 1 << 20);
+                    }
+                }
                 break;
         }
         PHP;
@@ -216,6 +223,29 @@ final class RequestScopeTest extends ExtensionTestCase
         // ...but its end gives it back, with its own.
         $this->assertQueued($id, 'retried at the end of the next request');
         $this->assertQueued($other, 'the next request\'s own claim');
+    }
+
+    public function testAFailedReleaseAfterTheMemoryLimitLeavesTheWorkerAliveAndIsRetried(): void
+    {
+        // Both at once: the request died of memory_limit (its memory still held during request
+        // shutdown) and the release fails. Logging would need PHP's allocator and is skipped;
+        // nothing may crash the worker.
+        $user = 'mac_fpm_' . bin2hex(random_bytes(3));
+        $admin = TestDatabase::admin();
+        $admin->exec("CREATE USER '$user'@'%' IDENTIFIED BY 'pw'");
+        $admin->exec("GRANT ALL ON `{$this->config['dbname']}`.* TO '$user'@'%'");
+        $this->lockedUser = $user;
+        $this->startPool(['username' => $user, 'password' => 'pw'] + $this->config);
+
+        [$id] = $this->queue([[]]);
+        $r = $this->request(['ids' => (string) $id, 'end' => 'lock_out', 'then' => 'memory_limit']);
+        $this->assertStringContainsString('Allowed memory size', $r['body']);
+        $this->assertSame(1, (int) $this->row($id)['status'], 'the database refused the release');
+
+        $admin->exec("ALTER USER '$user'@'%' ACCOUNT UNLOCK");
+        $next = $this->request([]);
+        $this->assertSame($r['pid'], $next['pid'], 'the same worker, alive');
+        $this->assertQueued($id, 'retried at the end of the next request');
     }
 
     public function testACliScriptThatEndsWithoutFinishingGivesItsClaimsBack(): void
