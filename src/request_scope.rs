@@ -75,19 +75,17 @@ struct Scope {
 }
 
 impl Scope {
-    fn group(&mut self, config: &Rc<DbConfig>) -> &mut Group {
-        let index = match self.groups.iter().position(|g| *g.config == **config) {
-            Some(i) => i,
-            None => {
-                self.groups.push(Group {
-                    config: config.clone(),
-                    claimed: BTreeSet::new(),
-                    leftover: BTreeSet::new(),
-                });
-                self.groups.len() - 1
-            }
-        };
-        &mut self.groups[index]
+    /// The group of `config`, created if missing (None cannot happen; it keeps this panic-free).
+    fn group(&mut self, config: &Rc<DbConfig>) -> Option<&mut Group> {
+        if let Some(i) = self.groups.iter().position(|g| *g.config == **config) {
+            return self.groups.get_mut(i);
+        }
+        self.groups.push(Group {
+            config: config.clone(),
+            claimed: BTreeSet::new(),
+            leftover: BTreeSet::new(),
+        });
+        self.groups.last_mut()
     }
 
     fn find(&self, config: &DbConfig) -> Option<&Group> {
@@ -125,7 +123,9 @@ pub fn claim_attempted(config: Option<Rc<DbConfig>>, id: i64, outcome: ClaimOutc
         return; // never configured: nothing reached a database
     };
     with_scope(|scope| {
-        let group = scope.group(&config);
+        let Some(group) = scope.group(&config) else {
+            return;
+        };
         match outcome {
             ClaimOutcome::Won => {
                 // A claim of ours that an earlier request left is gone if we could claim the row.
@@ -174,7 +174,7 @@ pub fn settled(config: Option<&DbConfig>, ids: &[i64]) {
     });
 }
 
-/// Ids this request holds in `config`'s database (tests, phpinfo).
+/// Ids held in `config`'s database: (this request's, earlier requests' left to retry).
 pub fn held(config: &DbConfig) -> (Vec<i64>, Vec<i64>) {
     with_scope(|scope| {
         scope
@@ -248,8 +248,9 @@ pub fn end_request() -> EndReport {
         with_scope(|scope| {
             // Nothing can have been added meanwhile (one thread); merge anyway, never lose ids.
             for group in keep {
-                let into = scope.group(&group.config);
-                into.leftover.extend(group.leftover);
+                if let Some(into) = scope.group(&group.config) {
+                    into.leftover.extend(group.leftover);
+                }
             }
         });
     }
