@@ -1,6 +1,7 @@
-//! Module lifecycle hooks: php.ini settings, exception classes, phpinfo(), shutdown.
-//! These run outside any PHP call, where a panic would abort PHP: nothing here may panic, and
-//! nothing here connects or starts a thread (php-fpm forks its workers after startup).
+//! Module lifecycle hooks: php.ini settings, exception classes, phpinfo(), request shutdown,
+//! shutdown. These run outside any PHP call, where a panic would abort PHP: nothing here may
+//! panic, and startup neither connects nor starts a thread (php-fpm forks its workers after
+//! startup). Request shutdown may use the connection, in the process that claimed.
 
 use ext_php_rs::flags::IniEntryPermission;
 use ext_php_rs::zend::{ExecutorGlobals, IniEntryDef, IniEntryDefs, ModuleEntry, ProcessGlobals};
