@@ -13,6 +13,9 @@ declare -A needed=(
   [clang]=/usr/bin/clang
   [libclang-dev]=libclang
   [util-linux]=/usr/bin/unshare
+  # A real php-fpm worker driven over FastCGI (tests/php/RequestScopeTest.php).
+  [php-fpm]=php-fpm
+  [libfcgi-bin]=/usr/bin/cgi-fcgi
 )
 
 missing_packages() {
@@ -22,6 +25,7 @@ missing_packages() {
     case "$probe" in
       /*) [[ -e "$probe" ]] || echo "$pkg" ;;
       pdo_mysql) php -m 2>/dev/null | grep -qx pdo_mysql || echo "$pkg" ;;
+      php-fpm) compgen -G "/usr/sbin/php-fpm*" >/dev/null || echo "$pkg" ;;
       libclang) compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || echo "$pkg" ;;
     esac
   done | sort

@@ -12,6 +12,7 @@ use crate::invalidations::{self, InvalidationRow, Owner, ReleaseOutcome, RowFilt
 use crate::liveness::Decision;
 use crate::options::{Key, Options, Value};
 use crate::reap::{self, ReapError, ReapOptions, ReapReport};
+use crate::request_scope::{self, ClaimOutcome};
 use crate::schema::{self, SchemaOptions, SchemaReport};
 use crate::settings::HeartbeatSettings;
 
@@ -77,15 +78,30 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
         )));
     }
     let owner = current_owner();
-    connection::run("claim_invalidation", |conn, config, attempt| {
+    let mut reached_server = false; // request_scope: a failure before the UPDATE sent nothing
+    let result = connection::run("claim_invalidation", |conn, config, attempt| {
         // Registered before the claim, so a registration is never younger than its claims.
         register_before_claim(conn, config)?;
         // A registered process claims only while its lease is fresh (beating here if its
         // heartbeat thread cannot): a reaper elsewhere must never see a claim of ours made
         // after our heartbeat went stale.
         heartbeat::fence_claim(conn, config)?;
+        reached_server = true;
         invalidations::claim(conn, config, idinvalidation, &owner, attempt)
-    })
+    });
+    // request_scope: remember what this request holds, to give it back when the request ends.
+    request_scope::claim_attempted(
+        connection::configured(),
+        idinvalidation,
+        match &result {
+            Ok(true) => ClaimOutcome::Won,
+            // The statement may have committed before the error: ours until proven otherwise
+            // (the release at request end is fenced on our host and pid).
+            Err(_) if reached_server => ClaimOutcome::Unknown,
+            Ok(false) | Err(_) => ClaimOutcome::Lost,
+        },
+    );
+    result
 }
 
 /// Registers this process and starts its heartbeat now (hosts such as the Matomo plugin that
@@ -144,9 +160,12 @@ pub fn parse_reap_options(entries: &[(Key, Value)]) -> Result<ReapOptions> {
     })
 }
 
-/// Gives this process's claims among `ids` back; returns how many rows changed (re-queued or
-/// deleted as duplicates), as Matomo's `releaseInProgressInvalidations()` does.
+/// Gives this request's claims among `ids` back; returns how many rows changed (re-queued or
+/// deleted as duplicates), as Matomo's `releaseInProgressInvalidations()` does. Rows under this
+/// host and pid that an earlier request left are not this request's (see `request_scope`).
 pub fn release(ids: &[i64]) -> Result<u64> {
+    // request_scope: only ids this request claimed.
+    let ids = request_scope::claimed_by_this_request(connection::configured().as_deref(), ids);
     if ids.is_empty() {
         return Ok(0);
     }
@@ -155,28 +174,45 @@ pub fn release(ids: &[i64]) -> Result<u64> {
     connection::run("release_invalidations", |conn, config, _| {
         // On a retry after reconnect, rows released by the first pass are no longer ours and
         // drop out here, so `changed` keeps counting each row once.
-        for (id, fence) in invalidations::owned_claims(conn, config, ids, &owner)? {
-            match invalidations::release_one(conn, config, id, &fence)? {
-                ReleaseOutcome::Reset | ReleaseOutcome::DeletedDuplicate => changed += 1,
-                ReleaseOutcome::LostRace => {}
-            }
-        }
+        changed += release_owned(conn, config, &ids, &owner)?;
         Ok(())
     })?;
+    request_scope::settled(connection::configured().as_deref(), &ids);
     Ok(changed)
 }
 
-/// Deletes this process's finished claims among `ids`; returns how many were deleted.
+/// Releases the rows among `ids` that `owner` holds, in id order, each fenced on the claim
+/// observed; returns how many changed. Also used at request end (`request_scope`).
+pub fn release_owned(
+    conn: &mut mysql::Conn,
+    config: &crate::config::DbConfig,
+    ids: &[i64],
+    owner: &Owner,
+) -> std::result::Result<u64, mysql::Error> {
+    let mut changed = 0;
+    for (id, fence) in invalidations::owned_claims(conn, config, ids, owner)? {
+        match invalidations::release_one(conn, config, id, &fence)? {
+            ReleaseOutcome::Reset | ReleaseOutcome::DeletedDuplicate => changed += 1,
+            ReleaseOutcome::LostRace => {}
+        }
+    }
+    Ok(changed)
+}
+
+/// Deletes this request's finished claims among `ids`; returns how many were deleted.
 pub fn complete(ids: &[i64]) -> Result<u64> {
+    // request_scope: only ids this request claimed.
+    let ids = request_scope::claimed_by_this_request(connection::configured().as_deref(), ids);
     if ids.is_empty() {
         return Ok(0);
     }
     let owner = current_owner();
     let mut deleted = 0;
     connection::run("complete_invalidations", |conn, config, _| {
-        deleted += invalidations::complete(conn, config, ids, &owner)?;
+        deleted += invalidations::complete(conn, config, &ids, &owner)?;
         Ok(())
     })?;
+    request_scope::settled(connection::configured().as_deref(), &ids);
     Ok(deleted)
 }
 

@@ -16,6 +16,7 @@ mod php_module;
 pub mod pidfd;
 pub mod reap;
 pub mod registry;
+pub mod request_scope;
 pub mod schema;
 pub mod settings;
 
@@ -27,5 +28,6 @@ use php_module::startup;
 pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
     php_api::register_functions(module)
         .shutdown_function(php_module::shutdown)
+        .request_shutdown_function(php_module::request_shutdown)
         .info_function(php_module::info)
 }

@@ -1,9 +1,10 @@
-//! Module lifecycle hooks: php.ini settings, exception classes, phpinfo(), shutdown.
-//! These run outside any PHP call, where a panic would abort PHP: nothing here may panic, and
-//! nothing here connects or starts a thread (php-fpm forks its workers after startup).
+//! Module lifecycle hooks: php.ini settings, exception classes, phpinfo(), request shutdown,
+//! shutdown. These run outside any PHP call, where a panic would abort PHP: nothing here may
+//! panic, and startup neither connects nor starts a thread (php-fpm forks its workers after
+//! startup). Request shutdown may use the connection, in the process that claimed.
 
 use ext_php_rs::flags::IniEntryPermission;
-use ext_php_rs::zend::{ExecutorGlobals, IniEntryDef, IniEntryDefs, ModuleEntry};
+use ext_php_rs::zend::{ExecutorGlobals, IniEntryDef, IniEntryDefs, ModuleEntry, ProcessGlobals};
 use ext_php_rs::{info_table_end, info_table_row, info_table_start};
 
 use crate::config::DbConfig;
@@ -61,6 +62,61 @@ pub extern "C" fn shutdown(_ty: i32, _module_number: i32) -> i32 {
     heartbeat::stop();
     connection::close();
     0
+}
+
+/// Request shutdown (RSHUTDOWN): gives back the claims this request leaves behind (see
+/// `request_scope`). PHP runs it after a fatal error, `exit()`, `max_execution_time` and
+/// `memory_limit` too, with the execution timer already stopped. Failures go to PHP's error log
+/// (never to the response: output is closed by now, and a user error handler must not run
+/// here); the ids are retried at the end of the next request.
+pub extern "C" fn request_shutdown(_ty: i32, _module_number: i32) -> i32 {
+    // A panic must not unwind into PHP (it would abort the process); none is expected.
+    let report = std::panic::catch_unwind(crate::request_scope::end_request);
+    if let Ok(report) = report {
+        for (count, e) in &report.failed {
+            log_error(&crate::request_scope::describe_failure(*count, e));
+        }
+    }
+    0
+}
+
+extern "C" {
+    /// PHPAPI in main/main.c: writes to `error_log` if set, else to the SAPI's log (php-fpm's
+    /// worker log, the CLI's stderr). Safe at request shutdown: it calls no user code.
+    fn php_log_err_with_severity(log_message: *const std::ffi::c_char, syslog_type_int: i32);
+    /// ZEND_API: bytes the Zend allocator holds (`real_usage`: whole chunks, what the limit
+    /// is checked against).
+    fn zend_memory_usage(real_usage: bool) -> usize;
+}
+
+/// syslog's LOG_WARNING.
+const LOG_WARNING: i32 = 4;
+
+/// Room the log call may need from PHP's allocator: one 2 MiB chunk, twice.
+const LOG_HEADROOM: usize = 4 << 20;
+
+/// Whether PHP's allocator can serve a log line. At the end of a request that died of
+/// `memory_limit`, its memory is still held (globals go after RSHUTDOWN); a second limit error
+/// inside the log call would longjmp through this Rust frame.
+fn memory_for_logging() -> bool {
+    let limit = ProcessGlobals::get().memory_limit;
+    if limit < 0 {
+        return true; // memory_limit = -1
+    }
+    // SAFETY: reads the allocator's counter; called on PHP's thread during a request.
+    let used = unsafe { zend_memory_usage(true) };
+    used.saturating_add(LOG_HEADROOM) <= usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+fn log_error(message: &str) {
+    if !memory_for_logging() {
+        return;
+    }
+    let Ok(text) = std::ffi::CString::new(message.replace('\0', " ")) else {
+        return;
+    };
+    // SAFETY: a NUL-terminated string that outlives the call; PHP copies what it keeps.
+    unsafe { php_log_err_with_severity(text.as_ptr(), LOG_WARNING) };
 }
 
 pub extern "C" fn info(_module: *mut ModuleEntry) {

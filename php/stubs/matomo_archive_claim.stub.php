@@ -63,10 +63,12 @@ function identity(): array {}
 function claim_invalidation(int $idinvalidation): bool {}
 
 /**
- * Gives this process's claims back with Matomo's release semantics, in id order: a row for an
+ * Gives this request's claims back with Matomo's release semantics, in id order: a row for an
  * archive that another row already covers is deleted, any other goes back to the queue with
- * processing_host, process_id and ts_started cleared. Rows not in progress under this host and
- * pid are left alone.
+ * processing_host, process_id and ts_started cleared. Rows this request did not claim through
+ * claim_invalidation(), or no longer in progress under this host and pid, are left alone.
+ * Claims a request does not complete or release are released when it ends (request shutdown),
+ * however it ends.
  *
  * @param array<int|string> $ids positive invalidation ids (ints or decimal strings)
  * @return int how many rows changed
@@ -76,8 +78,8 @@ function claim_invalidation(int $idinvalidation): bool {}
 function release_invalidations(array $ids): int {}
 
 /**
- * Deletes this process's finished claims; rows not in progress under this host and pid are
- * left alone.
+ * Deletes this request's finished claims; rows this request did not claim through
+ * claim_invalidation(), or no longer in progress under this host and pid, are left alone.
  *
  * @param array<int|string> $ids
  * @return int how many rows were deleted

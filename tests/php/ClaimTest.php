@@ -74,19 +74,19 @@ final class ClaimTest extends ExtensionTestCase
         $worker = __DIR__ . '/workers/claim-race.php';
         $procs = [];
         for ($i = 0; $i < 16; $i++) {
-            // Racers exit holding their claims; with automatic reaping on, the survivors would
-            // rightly re-queue a finished racer's rows. This test is about claim atomicity.
+            // Racers hold their claims until told to exit (their stdin closes); with automatic
+            // reaping on, the survivors would rightly re-queue a finished racer's rows. This test
+            // is about claim atomicity.
             $cmd = TestDatabase::php(['-d', 'matomo_archive_claim.auto_reap=0', $worker,
                 json_encode($this->config), (string) $ids[0], (string) end($ids)]);
-            $procs[] = proc_open($cmd, [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes) ?: null;
+            $procs[] = proc_open($cmd, [0 => ['pipe', 'r'], 1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes) ?: null;
             $outputs[] = $pipes;
         }
         $winner = [];
         foreach ($procs as $i => $proc) {
-            $out = stream_get_contents($outputs[$i][1]);
-            $err = stream_get_contents($outputs[$i][2]);
-            $this->assertSame(0, proc_close($proc), $err);
-            $result = json_decode($out, true);
+            $line = fgets($outputs[$i][1]);
+            $this->assertIsArray($result = json_decode((string) $line, true),
+                $line === false ? (string) stream_get_contents($outputs[$i][2]) : $line);
             foreach ($result['won'] as $id) {
                 $this->assertArrayNotHasKey($id, $winner, "row $id claimed twice");
                 $winner[$id] = (string) $result['pid'];
@@ -98,6 +98,11 @@ final class ClaimTest extends ExtensionTestCase
             $this->assertSame(1, (int) $row['status']);
             $this->assertSame($winner[$id], $row['process_id']);
             $this->assertSame(gethostname(), $row['processing_host']);
+        }
+        foreach ($procs as $i => $proc) {
+            fclose($outputs[$i][0]);
+            $err = stream_get_contents($outputs[$i][2]);
+            $this->assertSame(0, proc_close($proc), $err);
         }
     }
 }

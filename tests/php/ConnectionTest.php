@@ -56,7 +56,8 @@ final class ConnectionTest extends ExtensionTestCase
         $this->pdo = TestDatabase::matomoPdo($this->config);
 
         $this->assertTrue($child['claimed']);
-        $this->assertSame((string) $child['pid'], $this->row($b)['process_id']);
+        $this->assertSame(0, (int) $this->row($b)['status'], 'the child gave its own claim back as it ended');
+        $this->assertSame((string) getmypid(), $this->row($a)['process_id'], "and left the parent's alone");
         $this->assertSame($parentSession, $this->extensionSessions(), "the parent's session survived the child");
         $this->assertTrue(claim_invalidation($c));
         $this->assertSame((string) getmypid(), $this->row($c)['process_id']);
