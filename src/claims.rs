@@ -7,7 +7,7 @@ use crate::connection;
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, Registered};
 use crate::identity::Identity;
-use crate::invalidations::{self, InvalidationRow, Owner, ReleaseOutcome, RowFilter};
+use crate::invalidations::{self, InvalidationRow, Owner, RowFilter};
 use crate::liveness::Decision;
 use crate::options::{Key, Options, Value};
 use crate::reap::{self, ReapError, ReapOptions, ReapReport};
@@ -97,19 +97,11 @@ pub fn release(ids: &[i64]) -> Result<u64> {
         return Ok(0);
     }
     let owner = current_owner();
-    let mut changed = 0;
+    // One transaction: a retry after a reconnect finds the rows the first attempt released (if
+    // it committed) no longer ours, so each row is counted once.
     connection::run("release_invalidations", |conn, config, _| {
-        // On a retry after reconnect, rows released by the first pass are no longer ours and
-        // drop out here, so `changed` keeps counting each row once.
-        for (id, fence) in invalidations::owned_claims(conn, config, ids, &owner)? {
-            match invalidations::release_one(conn, config, id, &fence)? {
-                ReleaseOutcome::Reset | ReleaseOutcome::DeletedDuplicate => changed += 1,
-                ReleaseOutcome::LostRace => {}
-            }
-        }
-        Ok(())
-    })?;
-    Ok(changed)
+        invalidations::release_owned(conn, config, ids, &owner)
+    })
 }
 
 /// Deletes this process's finished claims among `ids`; returns how many were deleted.

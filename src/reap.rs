@@ -1,6 +1,6 @@
 //! Reaping: gather the facts about in-progress rows in a few queries, decide each with
-//! `liveness::decide`, and give the dead ones back with Matomo's release semantics, each as a
-//! compare-and-set on the claim that was observed.
+//! `liveness::decide`, and give the dead ones back together with Matomo's release semantics,
+//! fenced on the claim that was observed (see `invalidations::release_fenced`).
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +11,7 @@ use mysql::Conn;
 use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
-use crate::invalidations::{self, InvalidationRow, ReleaseOutcome, RowFilter};
+use crate::invalidations::{self, Fence, InvalidationRow, ReleaseOutcome, RowFilter, Settlement};
 use crate::liveness::{self, ClaimFacts, Context, Decision, LocalProcess, Verdict};
 use crate::options::{Key, Options, Value};
 use crate::registry::{self, Registrations};
@@ -305,39 +305,83 @@ pub fn reap(
     // Matomo releases row by row in id order; duplicates are judged against what came before.
     rows.sort_by_key(|r| r.idinvalidation);
 
-    let mut report = ReapReport {
+    let decided: Vec<(InvalidationRow, Decision)> = rows
+        .into_iter()
+        .map(|row| {
+            let decision = liveness::decide(
+                &facts(&row),
+                registrations_of(&observer, &row),
+                local_process,
+                &observer.context,
+            );
+            (row, decision)
+        })
+        .collect();
+    let actions = release_dead(conn, config, &decided, options.dry_run)?;
+    Ok(ReapReport {
         dry_run: options.dry_run,
-        entries: Vec::with_capacity(rows.len()),
-    };
-    for row in rows {
-        let decision = liveness::decide(
-            &facts(&row),
-            registrations_of(&observer, &row),
-            local_process,
-            &observer.context,
-        );
-        let action = if decision.verdict != Verdict::Dead {
-            Action::Kept
-        } else if options.dry_run {
-            if invalidations::has_duplicate(conn, config, row.idinvalidation)? {
-                Action::WouldDelete
-            } else {
-                Action::WouldReset
-            }
-        } else {
-            match invalidations::release_one(conn, config, row.idinvalidation, &row.fence())? {
+        entries: decided
+            .into_iter()
+            .zip(actions)
+            .map(|((row, decision), action)| ReapEntry {
+                row,
+                decision,
+                action,
+            })
+            .collect(),
+    })
+}
+
+/// The action for each decided row (aligned with `decided`, which is in id order): the dead
+/// ones are released together as a set, Matomo's row-by-row semantics kept (see
+/// `invalidations::settle`); a dry run settles the same set and writes nothing.
+fn release_dead(
+    conn: &mut Conn,
+    config: &DbConfig,
+    decided: &[(InvalidationRow, Decision)],
+    dry_run: bool,
+) -> SqlResult<Vec<Action>> {
+    let dead: Vec<&InvalidationRow> = decided
+        .iter()
+        .filter(|(_, d)| d.verdict == Verdict::Dead)
+        .map(|(row, _)| row)
+        .collect();
+    let outcomes: Vec<Action> = if dead.is_empty() {
+        Vec::new()
+    } else if dry_run {
+        let ids: Vec<u64> = dead.iter().map(|r| r.idinvalidation).collect();
+        invalidations::plan_release(conn, config, &ids)?
+            .into_iter()
+            .map(|s| match s {
+                Settlement::Requeue => Action::WouldReset,
+                Settlement::Delete => Action::WouldDelete,
+            })
+            .collect()
+    } else {
+        let fenced: Vec<(u64, Fence)> =
+            dead.iter().map(|r| (r.idinvalidation, r.fence())).collect();
+        invalidations::release_fenced(conn, config, &fenced)?
+            .into_iter()
+            .map(|o| match o {
                 ReleaseOutcome::Reset => Action::Reset,
                 ReleaseOutcome::DeletedDuplicate => Action::DeletedDuplicate,
                 ReleaseOutcome::LostRace => Action::LostRace,
+            })
+            .collect()
+    };
+    let mut outcomes = outcomes.into_iter();
+    Ok(decided
+        .iter()
+        .map(|(_, d)| {
+            if d.verdict == Verdict::Dead {
+                // One outcome per dead row by construction; a missing one would mean nothing
+                // was written for it.
+                outcomes.next().unwrap_or(Action::Kept)
+            } else {
+                Action::Kept
             }
-        };
-        report.entries.push(ReapEntry {
-            row,
-            decision,
-            action,
-        });
-    }
-    Ok(report)
+        })
+        .collect())
 }
 
 /// A reap either fails in SQL (retried by the connection layer) or is refused by policy.
