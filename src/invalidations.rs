@@ -201,46 +201,80 @@ pub fn settle(rows: &[TwinFacts]) -> Vec<Settlement> {
     out
 }
 
-/// The duplicate facts of a set of rows (sorted, unique ids) in one query per `CHUNK`: every
-/// row in progress of the same archive (with Matomo's started-after comparison made by the
-/// server), and whether a queued one exists. In-progress twins are few (Matomo does not start
-/// an archive that is already in progress), queued ones may be many, so those are only tested.
+/// Where Matomo's duplicates of a row can be: rows of the same archive share (idsite, date1,
+/// period) exactly (integers and a date, no collation involved), so chunks that never split a
+/// slot see every twin a row has within the set being released.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Slot {
+    pub idsite: i64,
+    pub date1: String,
+    pub period: i64,
+}
+
+/// Splits a set into chunks of about `CHUNK` rows, never splitting a slot.
+fn chunks_by_slot(rows: &[(u64, Slot)]) -> Vec<Vec<u64>> {
+    let mut sorted: Vec<&(u64, Slot)> = rows.iter().collect();
+    sorted.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+    let mut chunks: Vec<Vec<u64>> = Vec::new();
+    let mut current: Vec<u64> = Vec::new();
+    let mut last_slot: Option<&Slot> = None;
+    for (id, slot) in sorted {
+        if current.len() >= CHUNK && last_slot != Some(slot) {
+            chunks.push(std::mem::take(&mut current));
+        }
+        current.push(*id);
+        last_slot = Some(slot);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// The duplicate facts of a set of rows (unique ids), one query per chunk: the pairs of rows of
+/// the set that are of the same archive (with Matomo's started-after comparison made by the
+/// server), and whether a row outside the set is a duplicate (queued, or in progress and
+/// started after). Only the pairs grow with the square of a group, and a group is the rows of
+/// one archive given back together: Matomo does not start an archive already in progress, so
+/// such groups stay tiny; twins outside the set are only tested, however many there are.
 fn twin_facts<Q: Queryable>(
     q: &mut Q,
     config: &DbConfig,
-    ids: &[u64],
+    rows: &[(u64, Slot)],
 ) -> SqlResult<Vec<TwinFacts>> {
     let t = config.table(TABLE);
-    let index: HashMap<u64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    let mut facts: Vec<TwinFacts> = ids
-        .iter()
-        .map(|&idinvalidation| TwinFacts {
+    let mut facts: Vec<TwinFacts> = Vec::with_capacity(rows.len());
+    for chunk in chunks_by_slot(rows) {
+        let list = literal_ids(&chunk);
+        let first = facts.len();
+        let index: HashMap<u64, usize> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, first + i))
+            .collect();
+        facts.extend(chunk.iter().map(|&idinvalidation| TwinFacts {
             idinvalidation,
             ..TwinFacts::default()
-        })
-        .collect();
-    for chunk in ids.chunks(CHUNK) {
-        let list = literal_ids(chunk);
-        let rows: Vec<Row> = q.query(format!(
+        }));
+        let found: Vec<Row> = q.query(format!(
             "SELECT r.idinvalidation, o.idinvalidation, o.ts_started > r.ts_invalidated \
-               FROM {t} r JOIN {t} o ON {SAME_ARCHIVE} AND o.status = {STATUS_IN_PROGRESS} \
-              WHERE r.idinvalidation IN ({list}) \
+               FROM {t} r JOIN {t} o ON {SAME_ARCHIVE} \
+              WHERE r.idinvalidation IN ({list}) AND o.idinvalidation IN ({list}) \
              UNION ALL \
              SELECT r.idinvalidation, NULL, NULL FROM {t} r \
-              WHERE r.idinvalidation IN ({list}) AND EXISTS \
-                    (SELECT 1 FROM {t} o WHERE {SAME_ARCHIVE} AND o.status = {STATUS_QUEUED})"
+              WHERE r.idinvalidation IN ({list}) AND EXISTS (SELECT 1 FROM {t} o \
+                    WHERE {SAME_ARCHIVE} AND o.idinvalidation NOT IN ({list}) \
+                      AND (o.status = {STATUS_QUEUED} \
+                           OR (o.status = {STATUS_IN_PROGRESS} AND o.ts_started > r.ts_invalidated)))"
         ))?;
-        for mut row in rows {
+        for mut row in found {
             let id: u64 = col(&mut row, 0)?;
             let twin: Option<u64> = col(&mut row, 1)?;
             let started_after = col::<Option<i64>>(&mut row, 2)? == Some(1);
             let Some(&i) = index.get(&id) else { continue };
             match twin {
                 None => facts[i].outside_duplicate = true,
-                Some(twin) if index.contains_key(&twin) => {
-                    facts[i].released_twins.push((twin, started_after))
-                }
-                Some(_) => facts[i].outside_duplicate |= started_after,
+                Some(twin) => facts[i].released_twins.push((twin, started_after)),
             }
         }
     }
@@ -248,14 +282,21 @@ fn twin_facts<Q: Queryable>(
 }
 
 /// What a release of these rows would do, without writing (a dry run): the same facts and the
-/// same settlement as `release_fenced`. Aligned with `ids`.
-pub fn plan_release(conn: &mut Conn, config: &DbConfig, ids: &[u64]) -> SqlResult<Vec<Settlement>> {
-    let sorted = sorted_unique(ids.iter().copied());
-    let facts = twin_facts(conn, config, &sorted)?;
-    let settled: HashMap<u64, Settlement> = sorted.into_iter().zip(settle(&facts)).collect();
-    Ok(ids
+/// same settlement as `release_fenced`. Aligned with `rows`.
+pub fn plan_release(
+    conn: &mut Conn,
+    config: &DbConfig,
+    rows: &[(u64, Slot)],
+) -> SqlResult<Vec<Settlement>> {
+    let facts = twin_facts(conn, config, rows)?;
+    let settled: HashMap<u64, Settlement> = facts
         .iter()
-        .map(|id| settled.get(id).copied().unwrap_or(Settlement::Requeue))
+        .map(|f| f.idinvalidation)
+        .zip(settle(&facts))
+        .collect();
+    Ok(rows
+        .iter()
+        .map(|(id, _)| settled.get(id).copied().unwrap_or(Settlement::Requeue))
         .collect())
 }
 
@@ -270,33 +311,32 @@ pub fn release_fenced(
 ) -> SqlResult<Vec<ReleaseOutcome>> {
     let t = config.table(TABLE);
     let ids = sorted_unique(rows.iter().map(|(id, _)| *id));
+    let observed: HashMap<u64, &Fence> = rows.iter().map(|(id, f)| (*id, f)).collect();
     let settled = in_transaction(conn, |tx| {
-        let mut current: HashMap<u64, Fence> = HashMap::new();
+        let mut held = Vec::new();
         for chunk in ids.chunks(CHUNK) {
             let locked: Vec<Row> = tx.query(format!(
-                "SELECT idinvalidation, processing_host, process_id, CAST(ts_started AS CHAR) \
+                "SELECT idinvalidation, processing_host, process_id, CAST(ts_started AS CHAR), \
+                        idsite, CAST(date1 AS CHAR), period \
                    FROM {t} WHERE idinvalidation IN ({}) AND status = {STATUS_IN_PROGRESS} \
                   ORDER BY idinvalidation FOR UPDATE",
                 literal_ids(chunk)
             ))?;
             for mut row in locked {
                 let id: u64 = col(&mut row, 0)?;
-                let fence = Fence {
+                let now = Fence {
                     owner: Owner {
                         processing_host: col(&mut row, 1)?,
                         process_id: col(&mut row, 2)?,
                     },
                     ts_started: col(&mut row, 3)?,
                 };
-                current.insert(id, fence);
+                // Exact comparison, stricter than the collation: a doubt keeps the row.
+                if observed.get(&id) == Some(&&now) {
+                    held.push((id, slot(&mut row, 4)?));
+                }
             }
         }
-        // Exact comparison: stricter than the collation, so a doubt keeps the row.
-        let held = sorted_unique(
-            rows.iter()
-                .filter(|(id, fence)| current.get(id) == Some(fence))
-                .map(|(id, _)| *id),
-        );
         release_held(tx, config, &held)
     })?;
     Ok(rows
@@ -325,36 +365,51 @@ pub fn release_owned(
         for chunk in ids.chunks(CHUNK) {
             let locked: Vec<Row> = tx.exec(
                 format!(
-                    "SELECT idinvalidation FROM {t} WHERE idinvalidation IN ({}) \
-                     AND status = {STATUS_IN_PROGRESS} AND processing_host <=> ? AND process_id <=> ? \
+                    "SELECT idinvalidation, idsite, CAST(date1 AS CHAR), period FROM {t} \
+                     WHERE idinvalidation IN ({}) AND status = {STATUS_IN_PROGRESS} \
+                       AND processing_host <=> ? AND process_id <=> ? \
                      ORDER BY idinvalidation FOR UPDATE",
                     literal_ids(chunk)
                 ),
                 (&owner.processing_host, &owner.process_id),
             )?;
             for mut row in locked {
-                held.push(col::<u64>(&mut row, 0)?);
+                held.push((col::<u64>(&mut row, 0)?, slot(&mut row, 1)?));
             }
         }
-        release_held(tx, config, &sorted_unique(held.into_iter()))
+        release_held(tx, config, &held)
     })?;
     Ok(settled.len() as u64)
 }
 
-/// Settles and writes rows this transaction has locked in progress (sorted, unique ids).
+fn slot(row: &mut Row, first: usize) -> SqlResult<Slot> {
+    Ok(Slot {
+        idsite: col(row, first)?,
+        date1: col(row, first + 1)?,
+        period: col(row, first + 2)?,
+    })
+}
+
+/// Settles and writes rows this transaction has locked in progress (unique ids).
 fn release_held(
     tx: &mut Transaction<'_>,
     config: &DbConfig,
-    held: &[u64],
+    held: &[(u64, Slot)],
 ) -> SqlResult<HashMap<u64, Settlement>> {
     let t = config.table(TABLE);
     let facts = twin_facts(tx, config, held)?;
-    let settled: HashMap<u64, Settlement> = held.iter().copied().zip(settle(&facts)).collect();
+    let settled: HashMap<u64, Settlement> = facts
+        .iter()
+        .map(|f| f.idinvalidation)
+        .zip(settle(&facts))
+        .collect();
     let of = |wanted: Settlement| -> Vec<u64> {
-        held.iter()
-            .copied()
-            .filter(|id| settled.get(id) == Some(&wanted))
-            .collect()
+        sorted_unique(
+            settled
+                .iter()
+                .filter(|(_, s)| **s == wanted)
+                .map(|(id, _)| *id),
+        )
     };
     let (requeue, delete) = (of(Settlement::Requeue), of(Settlement::Delete));
     let mut changed = 0;
@@ -374,7 +429,7 @@ fn release_held(
         changed += tx.affected_rows();
     }
     if changed != held.len() as u64 {
-        // The rows are locked by this transaction, so this cannot happen; if it does, the
+        // The rows are locked by this transaction, so this cannot happen; if it did, the
         // per-row report would lie: roll back rather than commit it.
         return Err(mysql::Error::MySqlError(mysql::MySqlError {
             state: "HY000".into(),
@@ -689,6 +744,26 @@ mod tests {
                 "case {case}: {table:?}, releasing {candidates:?}"
             );
         }
+    }
+
+    #[test]
+    fn chunks_never_split_the_rows_that_can_be_twins() {
+        let slot = |idsite| Slot {
+            idsite,
+            date1: "2026-11-28".into(),
+            period: 1,
+        };
+        let mut rows: Vec<(u64, Slot)> = (0..CHUNK as u64 + 10).map(|id| (id, slot(1))).collect();
+        rows.extend((0..CHUNK as u64).map(|i| (100_000 + i, slot(2 + (i % 3) as i64))));
+        let chunks = chunks_by_slot(&rows);
+        assert_eq!(
+            chunks.len(),
+            2,
+            "the first slot stays whole though larger than a chunk"
+        );
+        assert_eq!(chunks[0].len(), CHUNK + 10);
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), rows.len());
+        assert!(chunks_by_slot(&[]).is_empty());
     }
 
     #[test]

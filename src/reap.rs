@@ -11,7 +11,9 @@ use mysql::Conn;
 use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
-use crate::invalidations::{self, Fence, InvalidationRow, ReleaseOutcome, RowFilter, Settlement};
+use crate::invalidations::{
+    self, Fence, InvalidationRow, ReleaseOutcome, RowFilter, Settlement, Slot,
+};
 use crate::liveness::{self, ClaimFacts, Context, Decision, LocalProcess, Verdict};
 use crate::options::{Key, Options, Value};
 use crate::registry::{self, Registrations};
@@ -349,8 +351,18 @@ fn release_dead(
     let outcomes: Vec<Action> = if dead.is_empty() {
         Vec::new()
     } else if dry_run {
-        let ids: Vec<u64> = dead.iter().map(|r| r.idinvalidation).collect();
-        invalidations::plan_release(conn, config, &ids)?
+        let slots: Vec<(u64, Slot)> = dead
+            .iter()
+            .map(|r| {
+                let slot = Slot {
+                    idsite: r.idsite,
+                    date1: r.date1.clone(),
+                    period: r.period,
+                };
+                (r.idinvalidation, slot)
+            })
+            .collect();
+        invalidations::plan_release(conn, config, &slots)?
             .into_iter()
             .map(|s| match s {
                 Settlement::Requeue => Action::WouldReset,
