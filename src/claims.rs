@@ -154,6 +154,7 @@ pub fn parse_filter(function: &'static str, entries: &[(Key, Value)]) -> Result<
         started_after: datetime(&o, "started_after")?,
         started_before: datetime(&o, "started_before")?,
         include_never_started: false,
+        by_id: false,
     })
 }
 

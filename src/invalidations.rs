@@ -89,6 +89,9 @@ pub struct RowFilter {
     pub started_before: Option<String>,
     /// Also rows in progress without ts_started (a reap reports them as never_started).
     pub include_never_started: bool,
+    /// In id order, as a reap walks them, instead of oldest claim first: sorting 10,000 rows
+    /// by ts_started cost a third of reading them on a 1M-row table.
+    pub by_id: bool,
 }
 
 /// Matomo's claim: one autocommit compare-and-set from queued to in progress.
@@ -548,7 +551,11 @@ pub fn in_progress(
         sql += " AND ts_started < ?";
         params.push(Value::from(before.as_str()));
     }
-    sql += " ORDER BY ts_started ASC, idinvalidation ASC";
+    sql += if filter.by_id {
+        " ORDER BY idinvalidation"
+    } else {
+        " ORDER BY ts_started ASC, idinvalidation ASC"
+    };
     let rows: Vec<Row> = conn.exec(sql, params)?;
     rows.into_iter().map(row_from_sql).collect()
 }

@@ -302,6 +302,7 @@ pub fn reap(
         started_after: options.started_after.clone(),
         started_before: options.started_before.clone(),
         include_never_started: options.started_after.is_none() && options.started_before.is_none(),
+        by_id: true,
     };
     let mut rows = invalidations::in_progress(conn, config, &filter)?;
     // Matomo releases row by row in id order; duplicates are judged against what came before.
