@@ -234,12 +234,16 @@ fn chunks_by_slot(rows: &[(u64, Slot)]) -> Vec<Vec<u64>> {
     chunks
 }
 
-/// The duplicate facts of a set of rows (unique ids), one query per chunk: the pairs of rows of
-/// the set that are of the same archive (with Matomo's started-after comparison made by the
-/// server), and whether a row outside the set is a duplicate (queued, or in progress and
-/// started after). Only the pairs grow with the square of a group, and a group is the rows of
-/// one archive given back together: Matomo does not start an archive already in progress, so
-/// such groups stay tiny; twins outside the set are only tested, however many there are.
+/// The duplicate facts of a set of rows (unique ids), one query per chunk: every row in
+/// progress of the same archive (with Matomo's started-after comparison made by the server),
+/// told apart here as inside or outside the set, and whether a queued one exists. In-progress
+/// twins are few (Matomo does not start an archive that is already in progress); queued ones may
+/// be many, so those are only tested.
+///
+/// The plan is pinned: `r` first (the ids), `o` reached only through Matomo's index on (idsite,
+/// date1, period). `status + 0` keeps an index on status out of it, and no id list is offered
+/// for `o`: with an id list, MariaDB was seen driving `o` from it on a freshly grown table
+/// (every candidate against every other: 3.3 s for 2,000 rows instead of 8 ms).
 fn twin_facts<Q: Queryable>(
     q: &mut Q,
     config: &DbConfig,
@@ -261,14 +265,13 @@ fn twin_facts<Q: Queryable>(
         }));
         let found: Vec<Row> = q.query(format!(
             "SELECT r.idinvalidation, o.idinvalidation, o.ts_started > r.ts_invalidated \
-               FROM {t} r JOIN {t} o ON {SAME_ARCHIVE} \
-              WHERE r.idinvalidation IN ({list}) AND o.idinvalidation IN ({list}) \
+               FROM {t} r STRAIGHT_JOIN {t} o \
+                 ON {SAME_ARCHIVE} AND o.status + 0 = {STATUS_IN_PROGRESS} \
+              WHERE r.idinvalidation IN ({list}) \
              UNION ALL \
              SELECT r.idinvalidation, NULL, NULL FROM {t} r \
               WHERE r.idinvalidation IN ({list}) AND EXISTS (SELECT 1 FROM {t} o \
-                    WHERE {SAME_ARCHIVE} AND o.idinvalidation NOT IN ({list}) \
-                      AND (o.status = {STATUS_QUEUED} \
-                           OR (o.status = {STATUS_IN_PROGRESS} AND o.ts_started > r.ts_invalidated)))"
+                    WHERE {SAME_ARCHIVE} AND o.status + 0 = {STATUS_QUEUED})"
         ))?;
         for mut row in found {
             let id: u64 = col(&mut row, 0)?;
@@ -277,7 +280,10 @@ fn twin_facts<Q: Queryable>(
             let Some(&i) = index.get(&id) else { continue };
             match twin {
                 None => facts[i].outside_duplicate = true,
-                Some(twin) => facts[i].released_twins.push((twin, started_after)),
+                Some(twin) if index.contains_key(&twin) => {
+                    facts[i].released_twins.push((twin, started_after))
+                }
+                Some(_) => facts[i].outside_duplicate |= started_after,
             }
         }
     }
