@@ -145,6 +145,11 @@ pub fn claim(
 /// `max_allowed_packet` (ids are sent as literals, so no 65,535-placeholder limit applies).
 const CHUNK: usize = 5_000;
 
+/// Ids per DELETE of finished claims: the statement is cheap per row and costs a parse and a
+/// prepare per chunk, so fewer, larger ones (150,000 ids: 0.49 s in chunks of 50,000, 0.68 s in
+/// chunks of 5,000); at most about 1 MB of text.
+const DELETE_CHUNK: usize = 50_000;
+
 /// Matomo's duplicate rule joins a row `r` to the other rows `o` of the same archive. Text and
 /// date comparisons stay in SQL so that they follow the column collations exactly as Matomo's
 /// own query does (`'done'` and `'DONE'` are the same name to it).
@@ -494,26 +499,30 @@ fn literal_ids(ids: &[u64]) -> String {
     s
 }
 
-/// Deletes finished claims, only those `owner` still holds. Returns how many went.
+/// Deletes finished claims, only those `owner` still holds, in one transaction (one commit,
+/// not one per chunk). Returns how many went.
 pub fn complete(conn: &mut Conn, config: &DbConfig, ids: &[i64], owner: &Owner) -> SqlResult<u64> {
     let t = config.table(TABLE);
-    let mut deleted = 0;
-    for chunk in ids.chunks(1000) {
-        let mut params: Vec<Value> = chunk.iter().map(|id| Value::from(*id)).collect();
-        params.push(Value::from(STATUS_IN_PROGRESS));
-        params.push(Value::from(owner.processing_host.clone()));
-        params.push(Value::from(owner.process_id.clone()));
-        conn.exec_drop(
-            format!(
-                "DELETE FROM {t} WHERE idinvalidation IN ({}) AND status = ? \
-                 AND processing_host <=> ? AND process_id <=> ?",
-                placeholders(chunk.len())
-            ),
-            params,
-        )?;
-        deleted += conn.affected_rows();
-    }
-    Ok(deleted)
+    let ids = sorted_unique(ids.iter().filter_map(|id| u64::try_from(*id).ok()));
+    in_transaction(conn, |tx| {
+        let mut deleted = 0;
+        for chunk in ids.chunks(DELETE_CHUNK) {
+            tx.exec_drop(
+                format!(
+                    "DELETE FROM {t} WHERE idinvalidation IN ({}) AND status = ? \
+                     AND processing_host <=> ? AND process_id <=> ?",
+                    literal_ids(chunk)
+                ),
+                (
+                    STATUS_IN_PROGRESS,
+                    &owner.processing_host,
+                    &owner.process_id,
+                ),
+            )?;
+            deleted += tx.affected_rows();
+        }
+        Ok(deleted)
+    })
 }
 
 /// What Matomo's `getInvalidationsInProgress()` returns (in progress, ts_started set), oldest
