@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use mysql::prelude::{FromValue, Queryable};
-use mysql::{Conn, Row, Transaction, TxOpts, Value};
+use mysql::{Conn, Params, Row, Transaction, TxOpts, Value};
 
 use crate::config::DbConfig;
 use crate::connection::Attempt;
@@ -377,7 +377,8 @@ pub fn release_owned(
     let settled = in_transaction(conn, |tx| {
         let mut held = Vec::new();
         for chunk in ids.chunks(CHUNK) {
-            let locked: Vec<Row> = tx.exec(
+            let locked: Vec<Row> = exec_uncached(
+                tx,
                 format!(
                     "SELECT idinvalidation, idsite, CAST(date1 AS CHAR), period FROM {t} \
                      WHERE idinvalidation IN ({}) AND status = {STATUS_IN_PROGRESS} \
@@ -480,6 +481,20 @@ fn in_transaction<T>(
     }
 }
 
+/// A prepared statement used once: its text carries a list of ids, so it would never be
+/// reused, and the driver's statement cache would keep up to 32 of them (about 1 MB each) and
+/// as many open on the server for the life of the process.
+fn exec_uncached<Q: Queryable>(
+    q: &mut Q,
+    sql: String,
+    params: impl Into<Params>,
+) -> SqlResult<Vec<Row>> {
+    let stmt = q.prep(sql)?;
+    let result = q.exec(&stmt, params);
+    q.close(stmt)?;
+    result
+}
+
 fn sorted_unique(ids: impl Iterator<Item = u64>) -> Vec<u64> {
     let mut ids: Vec<u64> = ids.collect();
     ids.sort_unstable();
@@ -507,7 +522,8 @@ pub fn complete(conn: &mut Conn, config: &DbConfig, ids: &[i64], owner: &Owner) 
     in_transaction(conn, |tx| {
         let mut deleted = 0;
         for chunk in ids.chunks(DELETE_CHUNK) {
-            tx.exec_drop(
+            exec_uncached(
+                tx,
                 format!(
                     "DELETE FROM {t} WHERE idinvalidation IN ({}) AND status = ? \
                      AND processing_host <=> ? AND process_id <=> ?",
