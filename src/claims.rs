@@ -8,7 +8,7 @@ use crate::connection;
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, RegisterError, Registered};
 use crate::identity::Identity;
-use crate::invalidations::{self, InvalidationRow, Owner, ReleaseOutcome, RowFilter};
+use crate::invalidations::{self, InvalidationRow, Owner, RowFilter};
 use crate::liveness::Decision;
 use crate::options::{Key, Options, Value};
 use crate::reap::{self, ReapError, ReapOptions, ReapReport};
@@ -170,32 +170,12 @@ pub fn release(ids: &[i64]) -> Result<u64> {
         return Ok(0);
     }
     let owner = current_owner();
-    let mut changed = 0;
-    connection::run("release_invalidations", |conn, config, _| {
-        // On a retry after reconnect, rows released by the first pass are no longer ours and
-        // drop out here, so `changed` keeps counting each row once.
-        changed += release_owned(conn, config, &ids, &owner)?;
-        Ok(())
+    // One transaction: a retry after a reconnect finds the rows the first attempt released (if
+    // it committed) no longer ours, so each row is counted once.
+    let changed = connection::run("release_invalidations", |conn, config, _| {
+        invalidations::release_owned(conn, config, &ids, &owner)
     })?;
     request_scope::settled(connection::configured().as_deref(), &ids);
-    Ok(changed)
-}
-
-/// Releases the rows among `ids` that `owner` holds, in id order, each fenced on the claim
-/// observed; returns how many changed. Also used at request end (`request_scope`).
-pub fn release_owned(
-    conn: &mut mysql::Conn,
-    config: &crate::config::DbConfig,
-    ids: &[i64],
-    owner: &Owner,
-) -> std::result::Result<u64, mysql::Error> {
-    let mut changed = 0;
-    for (id, fence) in invalidations::owned_claims(conn, config, ids, owner)? {
-        match invalidations::release_one(conn, config, id, &fence)? {
-            ReleaseOutcome::Reset | ReleaseOutcome::DeletedDuplicate => changed += 1,
-            ReleaseOutcome::LostRace => {}
-        }
-    }
     Ok(changed)
 }
 
@@ -257,6 +237,7 @@ pub fn parse_filter(function: &'static str, entries: &[(Key, Value)]) -> Result<
         started_after: datetime(&o, "started_after")?,
         started_before: datetime(&o, "started_before")?,
         include_never_started: false,
+        by_id: false,
     })
 }
 

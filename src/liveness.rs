@@ -179,8 +179,10 @@ pub struct Registration {
 }
 
 impl Registration {
-    fn heartbeat_age(&self, ctx: &Context) -> f64 {
-        ctx.now - self.last_heartbeat
+    /// Seconds it has not beaten while it could have: time the database was down (a restart)
+    /// is nobody's silence.
+    pub fn heartbeat_age(&self, ctx: &Context) -> f64 {
+        ctx.now - self.last_heartbeat.max(ctx.database_started_at)
     }
 
     fn is_fresh(&self, ctx: &Context) -> bool {
@@ -233,6 +235,8 @@ pub struct Context {
     pub pid_namespace: Option<u64>,
     /// The database clock now, Unix seconds.
     pub now: f64,
+    /// When the database server last started (its clock): nobody could beat before.
+    pub database_started_at: f64,
     /// Database clock minus our clock, seconds, measured in this call.
     pub clock_offset: f64,
     /// Uncertainty of that offset (half the round trip), seconds.
@@ -494,6 +498,7 @@ mod tests {
             boot_id: Some("boot-a".into()),
             pid_namespace: Some(4026531836),
             now: NOW,
+            database_started_at: NOW - 86400.0,
             clock_offset: 0.0,
             clock_uncertainty: 0.001,
             lease_seconds: 60.0,
@@ -748,6 +753,33 @@ mod tests {
             );
             assert_eq!(d.verdict, verdict, "heartbeat {age} s old, lease 60 s");
         }
+    }
+
+    #[test]
+    fn time_the_database_was_down_is_nobodys_silence() {
+        // The database restarted 2 s ago: a heartbeat from before the restart is as fresh as
+        // the restart, until the lease has passed since.
+        let mut c = ctx();
+        c.database_started_at = NOW - 2.0;
+        let before_restart = on("server2", registration(100.0));
+        check(
+            decide(
+                &row("server2", "100"),
+                std::slice::from_ref(&before_restart),
+                &nothing_runs(),
+                &c,
+            ),
+            Verdict::Alive,
+            Reason::HeartbeatFresh,
+        );
+        c.database_started_at = NOW - 61.0;
+        let mut r = row("server2", "100");
+        r.claimed_at = Some(before_restart.last_heartbeat);
+        check(
+            decide(&r, &[before_restart], &nothing_runs(), &c),
+            Verdict::Dead,
+            Reason::HeartbeatStale,
+        );
     }
 
     #[test]

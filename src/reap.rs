@@ -1,6 +1,6 @@
 //! Reaping: gather the facts about in-progress rows in a few queries, decide each with
-//! `liveness::decide`, and give the dead ones back with Matomo's release semantics, each as a
-//! compare-and-set on the claim that was observed.
+//! `liveness::decide`, and give the dead ones back together with Matomo's release semantics,
+//! fenced on the claim that was observed (see `invalidations::release_fenced`).
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +11,9 @@ use mysql::Conn;
 use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
-use crate::invalidations::{self, InvalidationRow, ReleaseOutcome, RowFilter};
+use crate::invalidations::{
+    self, Fence, InvalidationRow, ReleaseOutcome, RowFilter, Settlement, Slot,
+};
 use crate::liveness::{
     self, ClaimFacts, Context, Decision, LocalProcess, LocalView, Machine, Registration, Verdict,
 };
@@ -208,9 +210,13 @@ pub fn observe(
     options: &ReapOptions,
 ) -> SqlResult<Observer> {
     let before = now();
-    let db_now: Option<f64> = conn.query_first(format!("SELECT {}", registry::DB_NOW))?;
+    let clock: Option<(f64, Option<f64>)> = conn.query_first(format!(
+        "SELECT {}, (SELECT VARIABLE_VALUE + 0.0 FROM information_schema.GLOBAL_STATUS \
+                    WHERE VARIABLE_NAME = 'UPTIME')",
+        registry::DB_NOW
+    ))?;
     let after = now();
-    let db_now = db_now.unwrap_or(after);
+    let (db_now, uptime) = clock.unwrap_or((after, None));
     // Only the registrations that can matter: of the hosts looked at, of hosts declared dead, and
     // of our own host name (another pid namespace using it).
     let wanted: Option<Vec<String>> = options.only_hosts.as_ref().map(|only| {
@@ -228,6 +234,8 @@ pub fn observe(
         boot_id: me.boot_id.clone(),
         pid_namespace: me.pid_namespace,
         now: db_now,
+        // Uptime is whole seconds: count the start as late as it can have been.
+        database_started_at: uptime.map_or(0.0, |u| db_now - u),
         clock_offset: db_now - (before + after) / 2.0,
         clock_uncertainty: (after - before) / 2.0,
         lease_seconds: options.lease_seconds,
@@ -237,7 +245,8 @@ pub fn observe(
         site_timeouts: options.site_timeouts.clone(),
         hosts_declared_dead: options.hosts.clone(),
     };
-    let fresh = |r: &Registration| db_now - r.last_heartbeat < options.lease_seconds;
+    let (database_started_at, lease) = (context.database_started_at, options.lease_seconds);
+    let fresh = |r: &Registration| db_now - r.last_heartbeat.max(database_started_at) < lease;
     for r in &registrations {
         if r.host == me.host && !context.is_this_machine(r) {
             // Our host name in another pid namespace of this kernel, or on another machine
@@ -346,7 +355,7 @@ pub fn dead_registrations(observer: &Observer, local: &impl LocalView) -> Vec<u6
                     LocalProcess::Unreadable => false,
                 }
             } else {
-                ctx.now - r.last_heartbeat >= ctx.lease_seconds
+                r.heartbeat_age(ctx) >= ctx.lease_seconds
                     && !ctx.machines_with_live_reaper.contains(&Machine::of(r))
             }
         })
@@ -359,14 +368,13 @@ fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()
     if options.force {
         return Ok(());
     }
-    let now = observer.context.now;
     for host in &options.hosts {
         let freshest = observer
             .registrations
             .get(&Some(host.clone()))
             .into_iter()
             .flatten()
-            .map(|r| now - r.last_heartbeat)
+            .map(|r| r.heartbeat_age(&observer.context))
             .fold(f64::INFINITY, f64::min);
         if freshest < options.lease_seconds {
             return Err(Error::invalid(format!(
@@ -394,6 +402,7 @@ pub fn reap(
         started_after: options.started_after.clone(),
         started_before: options.started_before.clone(),
         include_never_started: options.started_after.is_none() && options.started_before.is_none(),
+        by_id: true,
     };
     let local = ProcFs::default();
     let mut rows =
@@ -401,45 +410,100 @@ pub fn reap(
     // Matomo releases row by row in id order; duplicates are judged against what came before.
     rows.sort_by_key(|r| r.idinvalidation);
 
-    let mut report = ReapReport {
-        dry_run: options.dry_run,
-        entries: Vec::with_capacity(rows.len()),
-        forgotten_registrations: 0,
+    let decided: Vec<(InvalidationRow, Decision)> = rows
+        .into_iter()
+        .map(|row| {
+            let decision = liveness::decide(
+                &facts(&row),
+                registrations_of(&observer, &row),
+                &local,
+                &observer.context,
+            );
+            (row, decision)
+        })
+        .collect();
+    let actions = release_dead(conn, config, &decided, options.dry_run)?;
+    // Registry hygiene: a dead process's registration goes once no row names it.
+    let forgotten_registrations = if options.dry_run {
+        0
+    } else {
+        registry::forget(conn, config, &dead_registrations(&observer, &local))?
     };
-    for row in rows {
-        let decision = liveness::decide(
-            &facts(&row),
-            registrations_of(&observer, &row),
-            &local,
-            &observer.context,
-        );
-        let action = if decision.verdict != Verdict::Dead {
-            Action::Kept
-        } else if options.dry_run {
-            if invalidations::has_duplicate(conn, config, row.idinvalidation)? {
-                Action::WouldDelete
-            } else {
-                Action::WouldReset
-            }
-        } else {
-            match invalidations::release_one(conn, config, row.idinvalidation, &row.fence())? {
+    Ok(ReapReport {
+        dry_run: options.dry_run,
+        entries: decided
+            .into_iter()
+            .zip(actions)
+            .map(|((row, decision), action)| ReapEntry {
+                row,
+                decision,
+                action,
+            })
+            .collect(),
+        forgotten_registrations,
+    })
+}
+
+/// The action for each decided row (aligned with `decided`, which is in id order): the dead
+/// ones are released together as a set, Matomo's row-by-row semantics kept (see
+/// `invalidations::settle`); a dry run settles the same set and writes nothing.
+fn release_dead(
+    conn: &mut Conn,
+    config: &DbConfig,
+    decided: &[(InvalidationRow, Decision)],
+    dry_run: bool,
+) -> SqlResult<Vec<Action>> {
+    let dead: Vec<&InvalidationRow> = decided
+        .iter()
+        .filter(|(_, d)| d.verdict == Verdict::Dead)
+        .map(|(row, _)| row)
+        .collect();
+    let outcomes: Vec<Action> = if dead.is_empty() {
+        Vec::new()
+    } else if dry_run {
+        let slots: Vec<(u64, Slot)> = dead
+            .iter()
+            .map(|r| {
+                let slot = Slot {
+                    idsite: r.idsite,
+                    date1: r.date1.clone(),
+                    period: r.period,
+                };
+                (r.idinvalidation, slot)
+            })
+            .collect();
+        invalidations::plan_release(conn, config, &slots)?
+            .into_iter()
+            .map(|s| match s {
+                Settlement::Requeue => Action::WouldReset,
+                Settlement::Delete => Action::WouldDelete,
+            })
+            .collect()
+    } else {
+        let fenced: Vec<(u64, Fence)> =
+            dead.iter().map(|r| (r.idinvalidation, r.fence())).collect();
+        invalidations::release_fenced(conn, config, &fenced)?
+            .into_iter()
+            .map(|o| match o {
                 ReleaseOutcome::Reset => Action::Reset,
                 ReleaseOutcome::DeletedDuplicate => Action::DeletedDuplicate,
                 ReleaseOutcome::LostRace => Action::LostRace,
+            })
+            .collect()
+    };
+    let mut outcomes = outcomes.into_iter();
+    Ok(decided
+        .iter()
+        .map(|(_, d)| {
+            if d.verdict == Verdict::Dead {
+                // One outcome per dead row by construction; a missing one would mean nothing
+                // was written for it.
+                outcomes.next().unwrap_or(Action::Kept)
+            } else {
+                Action::Kept
             }
-        };
-        report.entries.push(ReapEntry {
-            row,
-            decision,
-            action,
-        });
-    }
-    if !options.dry_run {
-        // Registry hygiene: a dead process's registration goes once no row names it.
-        report.forgotten_registrations =
-            registry::forget(conn, config, &dead_registrations(&observer, &local))?;
-    }
-    Ok(report)
+        })
+        .collect())
 }
 
 /// A reap either fails in SQL (retried by the connection layer) or is refused by policy.

@@ -40,6 +40,7 @@ use crate::config::DbConfig;
 use crate::connection;
 use crate::error::{errno, Error};
 use crate::identity;
+use crate::invalidations;
 
 /// MySQL ER_BAD_DB_ERROR: the database named in the settings does not exist (any more).
 const UNKNOWN_DATABASE: u16 = 1049;
@@ -266,13 +267,13 @@ fn release_in(config: &Rc<DbConfig>, ids: &[i64]) -> Result<u64, Error> {
     if current {
         let mut released = 0;
         connection::run("release at request end", |conn, config, _| {
-            released += claims::release_owned(conn, config, ids, &owner)?;
+            released += invalidations::release_owned(conn, config, ids, &owner)?;
             Ok(())
         })?;
         Ok(released)
     } else {
         let mut conn = connection::connect(config)?;
-        claims::release_owned(&mut conn, config, ids, &owner)
+        invalidations::release_owned(&mut conn, config, ids, &owner)
             .map_err(|e| connection::classify("release at request end", config, e))
     }
 }

@@ -226,3 +226,456 @@ fn heartbeat_ages_do_not_depend_on_any_time_zone() {
         );
     }
 }
+
+/// One row of a release fixture: (name, idsite, report, ts_invalidated, ts_started, owner).
+/// `ts_started` None means queued; `owner` is "me" (released) or anyone else.
+type FixtureRow = (
+    &'static str,
+    i64,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    &'static str,
+);
+
+fn load(db: &mut TestDb, rows: &[FixtureRow]) {
+    db.admin
+        .query_drop("TRUNCATE matomo_archive_invalidations")
+        .expect("truncate");
+    for (i, (name, idsite, report, ts_invalidated, ts_started, owner)) in rows.iter().enumerate() {
+        let status = u8::from(ts_started.is_some());
+        let (host, pid) = match ts_started {
+            None => (None, None),
+            Some(_) if *owner == "me" => (Some("test-host"), Some("4242")),
+            Some(_) => (Some(*owner), Some("77")),
+        };
+        db.admin
+            .exec_drop(
+                "INSERT INTO matomo_archive_invalidations (idinvalidation, name, idsite, date1, date2, \
+                 period, ts_invalidated, ts_started, status, report, processing_host, process_id)
+                 VALUES (?, ?, ?, '2026-11-28', '2026-11-28', 1, ?, ?, ?, ?, ?, ?)",
+                (
+                    i as u64 + 1,
+                    name,
+                    idsite,
+                    ts_invalidated,
+                    ts_started,
+                    status,
+                    report,
+                    host,
+                    pid,
+                ),
+            )
+            .expect("insert fixture row");
+    }
+}
+
+/// The table as a comparable list, one line per row.
+fn snapshot(db: &mut TestDb) -> Vec<String> {
+    db.admin
+        .query(
+            "SELECT CONCAT_WS('|', idinvalidation, status, IFNULL(processing_host, '-'), \
+             IFNULL(process_id, '-'), IFNULL(CAST(ts_started AS CHAR), '-')) \
+             FROM matomo_archive_invalidations ORDER BY idinvalidation",
+        )
+        .expect("snapshot")
+}
+
+/// The rows "me" holds, with their fences, as a reap observes them.
+fn my_claims(db: &mut TestDb) -> Vec<(u64, invalidations::Fence)> {
+    type Observed = (u64, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Observed> = db
+        .admin
+        .query(
+            "SELECT idinvalidation, processing_host, process_id, CAST(ts_started AS CHAR) \
+             FROM matomo_archive_invalidations WHERE status = 1 AND process_id = '4242' \
+             ORDER BY idinvalidation",
+        )
+        .expect("my claims");
+    rows.into_iter()
+        .map(|(id, processing_host, process_id, ts_started)| {
+            (
+                id,
+                invalidations::Fence {
+                    owner: Owner {
+                        processing_host,
+                        process_id,
+                    },
+                    ts_started,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Matomo's `releaseInProgressInvalidations()`: row by row in id order, its own statements.
+fn matomo_release(db: &mut TestDb, ids: &[u64]) -> Vec<&'static str> {
+    let mut outcomes = Vec::new();
+    for &id in ids {
+        let duplicate: Option<u8> = db
+            .admin
+            .exec_first(
+                "SELECT 1 FROM matomo_archive_invalidations o JOIN matomo_archive_invalidations r
+                   ON r.idinvalidation = ?
+                 WHERE o.idinvalidation <> r.idinvalidation AND o.name = r.name AND o.idsite = r.idsite
+                   AND o.date1 = r.date1 AND o.date2 = r.date2 AND o.period = r.period
+                   AND IFNULL(o.report, '') = IFNULL(r.report, '')
+                   AND (o.status = 0 OR (o.status = 1 AND o.ts_started > r.ts_invalidated)) LIMIT 1",
+                (id,),
+            )
+            .expect("duplicate check");
+        if duplicate.is_some() {
+            db.admin
+                .exec_drop(
+                    "DELETE FROM matomo_archive_invalidations WHERE idinvalidation = ? AND status = 1",
+                    (id,),
+                )
+                .expect("delete");
+            outcomes.push(if db.admin.affected_rows() > 0 {
+                "deleted_duplicate"
+            } else {
+                "lost_race"
+            });
+        } else {
+            db.admin
+                .exec_drop(
+                    "UPDATE matomo_archive_invalidations SET status = 0, processing_host = NULL,
+                     process_id = NULL, ts_started = NULL WHERE idinvalidation = ? AND status = 1",
+                    (id,),
+                )
+                .expect("reset");
+            outcomes.push(if db.admin.affected_rows() > 0 {
+                "reset"
+            } else {
+                "lost_race"
+            });
+        }
+    }
+    outcomes
+}
+
+fn outcome_name(o: invalidations::ReleaseOutcome) -> &'static str {
+    match o {
+        invalidations::ReleaseOutcome::Reset => "reset",
+        invalidations::ReleaseOutcome::DeletedDuplicate => "deleted_duplicate",
+        invalidations::ReleaseOutcome::LostRace => "lost_race",
+    }
+}
+
+fn settlement_name(s: invalidations::Settlement) -> &'static str {
+    match s {
+        invalidations::Settlement::Requeue => "reset",
+        invalidations::Settlement::Delete => "deleted_duplicate",
+    }
+}
+
+/// Loads the fixture, releases "me"'s rows Matomo's way, then again (fresh fixture) as a reap
+/// does, the dry run first, and as `release_invalidations()` does: the same outcomes and the
+/// same table every time.
+fn assert_same_as_matomo(db: &mut TestDb, rows: &[FixtureRow]) -> Vec<&'static str> {
+    load(db, rows);
+    let mine = my_claims(db);
+    let ids: Vec<u64> = mine.iter().map(|(id, _)| *id).collect();
+    let expected = matomo_release(db, &ids);
+    let expected_table = snapshot(db);
+
+    load(db, rows);
+    let mut conn = connection::connect(&db.config).expect("connect");
+    let before = snapshot(db);
+    let slots: Vec<(u64, invalidations::Slot)> =
+        invalidations::in_progress(&mut conn, &db.config, &RowFilter::default(), None)
+            .expect("rows")
+            .into_iter()
+            .filter(|r| ids.contains(&r.idinvalidation))
+            .map(|r| {
+                let slot = invalidations::Slot {
+                    idsite: r.idsite,
+                    date1: r.date1,
+                    period: r.period,
+                };
+                (r.idinvalidation, slot)
+            })
+            .collect();
+    let mut slots = slots;
+    slots.sort_by_key(|(id, _)| *id);
+    let planned: Vec<&str> = invalidations::plan_release(&mut conn, &db.config, &slots)
+        .expect("plan")
+        .into_iter()
+        .map(settlement_name)
+        .collect();
+    assert_eq!(snapshot(db), before, "a dry run writes nothing");
+    assert_eq!(planned, expected, "dry run vs Matomo, fixture {rows:?}");
+    let got: Vec<&str> = invalidations::release_fenced(&mut conn, &db.config, &mine)
+        .expect("release")
+        .into_iter()
+        .map(outcome_name)
+        .collect();
+    assert_eq!(got, expected, "reap vs Matomo, fixture {rows:?}");
+    assert_eq!(
+        snapshot(db),
+        expected_table,
+        "table after reap, fixture {rows:?}"
+    );
+
+    load(db, rows);
+    let as_i64: Vec<i64> = ids.iter().map(|id| *id as i64).collect();
+    let changed =
+        invalidations::release_owned(&mut conn, &db.config, &as_i64, &me()).expect("release");
+    assert_eq!(changed as usize, expected.len());
+    assert_eq!(
+        snapshot(db),
+        expected_table,
+        "table after release_invalidations, fixture {rows:?}"
+    );
+    expected
+}
+
+const T10: Option<&str> = Some("2026-11-28 10:00:00");
+const T11: Option<&str> = Some("2026-11-28 11:00:00");
+const T12: Option<&str> = Some("2026-11-28 12:00:00");
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn releasing_a_set_ends_exactly_as_matomos_row_by_row_release_on_tricky_fixtures() {
+    let mut db = TestDb::new(MATOMO_5_3);
+    let cases: Vec<(Vec<FixtureRow>, Vec<&str>)> = vec![
+        // A queued twin: deleted.
+        (
+            vec![
+                ("done", 1, None, T10, T11, "me"),
+                ("done", 1, None, T10, None, "q"),
+            ],
+            vec!["deleted_duplicate"],
+        ),
+        // A twin in progress elsewhere, started after / before this row's invalidation.
+        (
+            vec![
+                ("done", 1, None, T10, T11, "me"),
+                ("done", 1, None, T10, T11, "other"),
+            ],
+            vec!["deleted_duplicate"],
+        ),
+        (
+            vec![
+                ("done", 1, None, T12, T11, "me"),
+                ("done", 1, None, T10, T11, "other"),
+            ],
+            vec!["reset"],
+        ),
+        // Started in the very second of the invalidation is not "after".
+        (
+            vec![
+                ("done", 1, None, T11, T11, "me"),
+                ("done", 1, None, T10, T11, "other"),
+            ],
+            vec!["reset"],
+        ),
+        // NULL and '' reports are one report; NULL ts_invalidated compares to nothing.
+        (
+            vec![
+                ("done", 1, None, T10, T11, "me"),
+                ("done", 1, Some(""), T10, None, "q"),
+            ],
+            vec!["deleted_duplicate"],
+        ),
+        (
+            vec![
+                ("done", 1, None, None, T11, "me"),
+                ("done", 1, None, T10, T12, "other"),
+            ],
+            vec!["reset"],
+        ),
+        // Another report, site or flag is another archive; the name compares by collation.
+        (
+            vec![
+                ("done", 1, Some("Goals"), T10, T11, "me"),
+                ("done", 1, Some("Actions"), T10, None, "q"),
+                ("done", 2, Some("Goals"), T10, None, "q"),
+                ("done.Goals", 1, Some("Goals"), T10, None, "q"),
+            ],
+            vec!["reset"],
+        ),
+        (
+            vec![
+                ("done", 1, None, T10, T11, "me"),
+                ("DONE", 1, None, T10, None, "q"),
+            ],
+            vec!["deleted_duplicate"],
+        ),
+        // Two of ours: the first sees the second in progress (started after): deleted; the
+        // second then has no twin.
+        (
+            vec![
+                ("done", 1, None, T10, T11, "me"),
+                ("done", 1, None, T10, T11, "me"),
+            ],
+            vec!["deleted_duplicate", "reset"],
+        ),
+        // Two of ours, the second started before the first's invalidation: the first is
+        // re-queued and is then the queued twin of the second.
+        (
+            vec![
+                ("done", 1, None, T12, T11, "me"),
+                ("done", 1, None, T10, T11, "me"),
+            ],
+            vec!["reset", "deleted_duplicate"],
+        ),
+        // A chain of four.
+        (
+            vec![
+                ("done", 1, None, T10, T11, "me"),
+                ("done", 1, None, T12, T11, "me"),
+                ("done", 1, None, T12, T12, "me"),
+                ("done", 1, None, None, T10, "me"),
+            ],
+            vec![
+                "deleted_duplicate",
+                "reset",
+                "deleted_duplicate",
+                "deleted_duplicate",
+            ],
+        ),
+    ];
+    for (rows, expected) in cases {
+        assert_eq!(assert_same_as_matomo(&mut db, &rows), expected, "{rows:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn releasing_a_set_ends_as_matomos_row_by_row_release_on_generated_fixtures() {
+    let mut db = TestDb::new(MATOMO_5_3);
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n) as usize
+    };
+    let names = ["done", "DONE", "done.Goals"];
+    let reports = [None, Some(""), Some("Goals")];
+    let times = [None, Some("2026-11-28 09:30:00"), T10, T11, T12];
+    let owners = ["me", "me", "other", "q"];
+    for _ in 0..60 {
+        let rows: Vec<FixtureRow> = (0..2 + next(9))
+            .map(|_| {
+                let owner = owners[next(owners.len() as u64)];
+                let started = if owner == "q" {
+                    None
+                } else {
+                    times[1 + next(4)]
+                };
+                (
+                    names[next(2) * next(3)],
+                    1 + next(2) as i64,
+                    reports[next(3)],
+                    times[next(5)],
+                    started,
+                    owner,
+                )
+            })
+            .collect();
+        assert_same_as_matomo(&mut db, &rows);
+    }
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn a_row_reclaimed_or_finished_after_it_was_observed_is_a_lost_race_and_left_alone() {
+    let mut db = TestDb::new(MATOMO_5_3);
+    load(
+        &mut db,
+        &[
+            ("done", 1, None, T10, T11, "me"),
+            ("done", 2, None, T10, T11, "me"),
+            ("done", 3, None, T10, T11, "me"),
+            ("done", 4, None, T10, T11, "me"),
+        ],
+    );
+    let observed = my_claims(&mut db);
+    // After the reaper looked: row 1 re-claimed by another process, row 2 released and claimed
+    // again by the same pid (a new ts_started), row 3 finished. Row 4 is as observed.
+    db.admin
+        .query_drop(
+            "UPDATE matomo_archive_invalidations SET processing_host = 'other', process_id = '9', \
+             ts_started = '2026-11-28 12:00:00' WHERE idinvalidation = 1",
+        )
+        .expect("re-claim");
+    db.admin
+        .query_drop(
+            "UPDATE matomo_archive_invalidations SET ts_started = '2026-11-28 12:00:00' \
+             WHERE idinvalidation = 2",
+        )
+        .expect("re-claim by the same pid");
+    db.admin
+        .query_drop("DELETE FROM matomo_archive_invalidations WHERE idinvalidation = 3")
+        .expect("finish");
+    let before = snapshot(&mut db);
+
+    let mut conn = connection::connect(&db.config).expect("connect");
+    let outcomes: Vec<&str> = invalidations::release_fenced(&mut conn, &db.config, &observed)
+        .expect("release")
+        .into_iter()
+        .map(outcome_name)
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec!["lost_race", "lost_race", "lost_race", "reset"]
+    );
+    let after = snapshot(&mut db);
+    assert_eq!(after[..2], before[..2], "the newer claims are untouched");
+    assert_eq!(after[2], "4|0|-|-|-");
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn release_of_many_ids_takes_only_our_claims_and_counts_each_once() {
+    let mut db = TestDb::new(MATOMO_5_3);
+    // Distinct archives (site and day) except that every 100th of ours has a queued twin;
+    // a third of the rows are another process's.
+    db.admin
+        .query_drop(
+            "INSERT INTO matomo_archive_invalidations (idinvalidation, name, idsite, date1, date2,
+               period, ts_invalidated, ts_started, status, processing_host, process_id)
+             SELECT seq, 'done', 1 + seq % 7, '2000-01-01' + INTERVAL seq DAY,
+                    '2000-01-01' + INTERVAL seq DAY, 1, '2026-11-28 10:00:00',
+                    '2026-11-28 11:00:00', 1, 'test-host', IF(seq % 3 = 0, '77', '4242')
+               FROM seq_1_to_12000",
+        )
+        .expect("fixture");
+    db.admin
+        .query_drop(
+            "INSERT INTO matomo_archive_invalidations (name, idsite, date1, date2, period, status)
+             SELECT name, idsite, date1, date2, period, 0 FROM matomo_archive_invalidations
+              WHERE idinvalidation % 100 = 1",
+        )
+        .expect("twins");
+    // Ids beyond the chunk size, duplicates in the list and ids that do not exist.
+    let mut conn = connection::connect(&db.config).expect("connect");
+    let mut ids: Vec<i64> = (1..=12_000).collect();
+    ids.extend([5, 5, 20_000, 30_000]);
+    let changed =
+        invalidations::release_owned(&mut conn, &db.config, &ids, &me()).expect("release");
+    assert_eq!(changed, 8_000);
+    let left: Vec<(u8, Option<String>, u64)> = db
+        .admin
+        .query(
+            "SELECT status, process_id, COUNT(*) FROM matomo_archive_invalidations
+              WHERE idinvalidation <= 12000 GROUP BY status, process_id ORDER BY status, process_id",
+        )
+        .expect("count");
+    // 120 of ours had a queued twin (ids 1, 101, ...; none is a multiple of 3 except every
+    // third): deleted; the rest re-queued; the other process's untouched.
+    let twins_of_ours = (0..120).filter(|k| (k * 100 + 1) % 3 != 0).count() as u64;
+    assert_eq!(
+        left,
+        vec![
+            (0, None, 8_000 - twins_of_ours),
+            (1, Some("77".into()), 4_000)
+        ]
+    );
+    assert_eq!(
+        invalidations::release_owned(&mut conn, &db.config, &ids, &me()).expect("again"),
+        0
+    );
+}

@@ -107,6 +107,40 @@ final class ReapTest extends ExtensionTestCase
         $this->assertSame(0, (int) $this->row($twin)['status']);
     }
 
+    public function testOrphansOfOneArchiveAreSettledInIdOrderAndTheDryRunSaysSoFirst(): void
+    {
+        // Three orphans of one archive, as Matomo's row-by-row release would go: the first is a
+        // duplicate of the second (in progress, started after the first was invalidated); the
+        // second sees the first gone and the third claimed before it was invalidated, so it goes
+        // back to the queue; the third then has a queued twin. A fourth row (another report)
+        // is alone. All were claimed at 11:00.
+        $ids = $this->queue([
+            ['idsite' => 7, 'ts_invalidated' => '2026-11-28 10:00:00'],
+            ['idsite' => 7, 'ts_invalidated' => '2026-11-28 12:00:00'],
+            ['idsite' => 7, 'ts_invalidated' => '2026-11-28 12:00:00'],
+            ['idsite' => 7, 'report' => 'Goals'],
+        ]);
+        $gone = (string) $this->goneLocalPid();
+        foreach ($ids as $id) {
+            $this->claimAs($id, gethostname(), $gone, "'2026-11-28 11:00:00'");
+        }
+
+        $checksum = $this->tableChecksum();
+        $planned = self::byId(reap_orphans(['dry_run' => true, 'timeout' => 1]));
+        $this->assertSame($checksum, $this->tableChecksum());
+        $report = self::byId(reap_orphans(['timeout' => 1]));
+        $expected = ['deleted_duplicate', 'reset', 'deleted_duplicate', 'reset'];
+        $this->assertSame($expected, array_map(fn ($id) => $report[$id]['action'], $ids));
+        $this->assertSame(
+            array_map(fn ($a) => $a === 'reset' ? 'would_reset' : 'would_delete', $expected),
+            array_map(fn ($id) => $planned[$id]['action'], $ids),
+        );
+        $this->assertNull($this->row($ids[0]));
+        $this->assertSame(0, (int) $this->row($ids[1])['status']);
+        $this->assertNull($this->row($ids[2]));
+        $this->assertNull($this->row($ids[3])['ts_started']);
+    }
+
     public function testADryRunDecidesReportsAndChangesNothing(): void
     {
         [$orphan, , $single] = $this->queue([['idsite' => 5], ['idsite' => 5], ['idsite' => 6]]);
