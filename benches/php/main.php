@@ -13,12 +13,12 @@ use Matomo\ArchiveClaim as Claim;
 use Matomo\ArchiveClaim\Tests\SimulatedServer;
 use Matomo\ArchiveClaim\Tests\TestDatabase;
 use PDO;
-use Piwik\Plugins\ArchiveClaim\Lib\InvalidationClaimer;
+use Matomo\ArchiveClaim\Tests\StockMatomo;
 
 require __DIR__ . '/../../tests/support/TestDatabase.php';
 require __DIR__ . '/../../tests/support/SimulatedServer.php';
 require __DIR__ . '/../../php/ArchiveClaim/Lib/Extension.php';
-require __DIR__ . '/../../php/ArchiveClaim/Lib/InvalidationClaimer.php';
+require __DIR__ . '/../../tests/support/StockMatomo.php';
 
 $quick = in_array('--quick', $argv, true);
 const PREFIX = 'matomo_';
@@ -241,7 +241,7 @@ foreach ($quick ? [100000] : [100000, 1000000] as $size) {
     $released = $report['released'];
     $setup();
     // Matomo's way: fetch what is in progress, keep what is older than the timeout, release row by row.
-    $matomo = InvalidationClaimer::forPdo($pdo, PREFIX, false);
+    $matomo = new StockMatomo($pdo, '`' . PREFIX . 'archive_invalidations`');
     [$theirs, $theirReleased] = $time(function () use ($pdo, $matomo) {
         $rows = $pdo->query('SELECT idinvalidation, idsite, ts_started FROM matomo_archive_invalidations WHERE status = 1 AND ts_started IS NOT NULL')->fetchAll(PDO::FETCH_ASSOC);
         $cutoff = (int) $pdo->query('SELECT UNIX_TIMESTAMP(NOW())')->fetchColumn() - 86400;
