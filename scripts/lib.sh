@@ -13,6 +13,17 @@ declare -A needed=(
   [clang]=/usr/bin/clang
   [libclang-dev]=libclang
   [util-linux]=/usr/bin/unshare
+  # The end-to-end tests: what ../shared/matomo/install.sh and Matomo 5.2 itself need.
+  [php-mbstring]=phpmod:mbstring
+  [php-xml]=phpmod:dom
+  [php-curl]=phpmod:curl
+  [php-gd]=phpmod:gd
+  [php-zip]=phpmod:zip
+  [php-intl]=phpmod:intl
+  [php-bcmath]=phpmod:bcmath
+  [xz-utils]=/usr/bin/xz
+  [curl]=/usr/bin/curl
+  [python3]=/usr/bin/python3
 )
 
 missing_packages() {
@@ -22,6 +33,7 @@ missing_packages() {
     case "$probe" in
       /*) [[ -e "$probe" ]] || echo "$pkg" ;;
       pdo_mysql) php -m 2>/dev/null | grep -qx pdo_mysql || echo "$pkg" ;;
+      phpmod:*) php -m 2>/dev/null | grep -qix "${probe#phpmod:}" || echo "$pkg" ;;
       libclang) compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || echo "$pkg" ;;
     esac
   done | sort

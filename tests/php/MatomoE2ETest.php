@@ -304,6 +304,29 @@ final class MatomoE2ETest extends TestCase
         $this->assertStringContainsString("1 of invalidations $stolen finished by pid {$r['pid']} were no longer its claims", $log);
         $this->assertStringContainsString("pid {$r['pid']} gave back invalidations $failed after a failed archiving request (1 released)", $log);
         self::m()->pdo()->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation IN ($stock, $failed, $stolen)");
+
+        // Matomo 5.3's releaseInProgressInvalidations() (5.2 has only the singular): ours fenced, the rest Matomo's.
+        [$mine, $theirs] = [$this->queueRow([]), $this->queueRow(['date1' => '2024-02-06', 'date2' => '2024-02-06'])];
+        $this->claimAs($theirs, 'server9', '77');
+        $r = $this->model([['startArchive', $mine], ['releaseInProgressInvalidations', [$mine, $theirs]]]);
+        $this->assertSame([true, 2], $r['results']);
+        $this->assertSame([0, 0], array_map('intval', array_column($this->invalidations("idinvalidation IN ($mine, $theirs)"), 'status')));
+        self::m()->pdo()->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation IN ($mine, $theirs)");
+    }
+
+    /** @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema */
+    public function testSettingsTheExtensionRefusesLeaveMatomoArchivingAsBefore(): void
+    {
+        $id = $this->queueRow([]);
+        // This build speaks no TLS: it refuses enable_ssl. Matomo's own connection is already open.
+        $r = $this->model([['startArchive', $id], ['deleteInvalidations', [$id]]], ['database' => ['enable_ssl' => 1]]);
+        $this->assertSame([true, null], $r['results'], 'claimed and finished by Matomo\'s own statements');
+        $this->assertSame([], $this->invalidations("idinvalidation = $id"));
+        $this->assertSame([], array_filter($r['log'], fn ($l) => in_array($l[0], ['warning', 'error'], true)), 'nothing that fails a run');
+        $notes = array_filter($r['log'], fn ($l) => str_contains($l[1], "cannot use Matomo's [database] settings"));
+        $this->assertCount(1, $notes, 'said once');
+        $this->assertSame('notice', current($notes)[0]);
+        $this->assertStringContainsString('archiving continues with Matomo\'s own claims', current($notes)[1]);
     }
 
     /** @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema */
@@ -386,5 +409,234 @@ final class MatomoE2ETest extends TestCase
         $this->assertSame(1, $code, 'without the extension the operator commands cannot work, and say why');
         $this->assertStringContainsString('matomo_archive_claim PHP extension is not loaded', $out);
         self::m()->pdo()->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation IN ($dead, $remote)");
+    }
+
+    /**
+     * PHP processes whose command line contains all of $needles (the `sh -c` wrappers CliMulti
+     * starts them with are left out).
+     *
+     * @return array<int, string> pid => command line
+     */
+    private static function processes(string ...$needles): array
+    {
+        $found = [];
+        foreach (glob('/proc/[0-9]*/cmdline') as $file) {
+            $argv = explode("\0", rtrim((string) @file_get_contents($file), "\0"));
+            $cmd = implode(' ', $argv);
+            if (!str_starts_with(basename($argv[0]), 'php')) {
+                continue;
+            }
+            foreach ($needles as $needle) {
+                if (!str_contains($cmd, $needle)) {
+                    continue 2;
+                }
+            }
+            $found[(int) basename(dirname($file))] = $cmd;
+        }
+        return $found;
+    }
+
+    private function startConsole(array $args, array $env, ?string $outFile = null, array $prefix = [])
+    {
+        return proc_open(array_merge($prefix, self::m()->consoleCommand($args)),
+            [0 => ['file', '/dev/null', 'r'], 1 => ['file', $outFile ?? '/dev/null', 'w'], 2 => ['redirect', 1]], $pipes, null, $env);
+    }
+
+    /**
+     * The rule (design section 4): Matomo's claim is the core:archive parent's, but the work runs
+     * in its detached climulti:request child (runid=<parent pid>). While that child lives the
+     * claim is alive, even with the parent killed; when it ends, the claim is an orphan and is
+     * re-queued. Meanwhile no second run may archive the same day.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     */
+    public function testKillingCoreArchiveWhileItsChildArchivesKeepsTheClaimUntilTheChildEnds(): void
+    {
+        $m = self::m();
+        $t = microtime(true);
+        $m->trackVisits(self::HEAVY_SITE, self::HEAVY_DAY, 500);
+        $visits = $m->multiplyVisits(self::HEAVY_SITE, self::HEAVY_DAY, 7);
+        self::$figures['heavy day'] = sprintf('%d visits on %s (500 tracked, copied in SQL), ready in %.1f s', $visits, self::HEAVY_DAY, microtime(true) - $t);
+        [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=' . self::HEAVY_DAY, '--periods=day', '--sites=' . self::HEAVY_SITE]);
+        $this->assertSame(0, $code, $out);
+        $dayRow = "idsite = " . self::HEAVY_SITE . " AND period = 1 AND date1 = '" . self::HEAVY_DAY . "'";
+        $ids = array_column($this->invalidations($dayRow), 'idinvalidation');
+        $this->assertNotEmpty($ids);
+        $dayChild = 'idSite=' . self::HEAVY_SITE . '&period=day&date=' . self::HEAVY_DAY;
+
+        // Another archiver on this host, idle: its heartbeat thread reaps on its own.
+        $watcher = proc_open([PHP_BINARY, '-r', 'Matomo\ArchiveClaim\configure(json_decode($argv[1], true)); Matomo\ArchiveClaim\register_process(); sleep(120);',
+            json_encode($m->database())], [0 => ['file', '/dev/null', 'r'], 1 => ['file', '/dev/null', 'w'], 2 => ['file', '/dev/null', 'w']], $p, null, $m->env(true));
+        $run2 = null;
+        $child = 0;
+        try {
+            $out1 = tempnam(sys_get_temp_dir(), 'e2e-run1');
+            $run1 = $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $out1);
+            $parent = proc_get_status($run1)['pid'];
+            for ($i = 0; $i < 600 && !$child; $i++) {
+                $child = (int) array_key_first(self::processes('climulti:request', $dayChild, "runid=$parent"));
+                usleep(20000);
+            }
+            $this->assertGreaterThan(0, $child, "core:archive started a child for the heavy day:\n" . file_get_contents($out1)
+                . json_encode($this->invalidations('idsite = ' . self::HEAVY_SITE)));
+            usleep(500000);
+            $held = $this->invalidations("$dayRow AND status = 1");
+            $this->assertSame([[gethostname(), (string) $parent]], array_map(fn ($r) => [$r['processing_host'], $r['process_id']], $held),
+                'the day is claimed by the core:archive parent');
+            posix_kill($parent, SIGKILL);
+            $killedAt = microtime(true);
+            proc_close($run1);
+
+            // A second run right away: it must not archive the day while the child does.
+            $out2 = tempnam(sys_get_temp_dir(), 'e2e-run2');
+            $run2 = $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $out2);
+            $released = $statusChecked = null;
+            $dayChildren = [];
+            $mostAtOnce = 0;
+            $childEnd = null;
+            while (microtime(true) - $killedAt < 60) {
+                $now = self::processes('climulti:request', $dayChild);
+                $dayChildren += $now;
+                $mostAtOnce = max($mostAtOnce, count($now));
+                $alive = file_exists("/proc/$child") && !str_contains((string) @file_get_contents("/proc/$child/stat"), ') Z ');
+                $rows = $this->invalidations("idinvalidation IN (" . implode(',', $ids) . ') AND status = 1');
+                if ($alive && $statusChecked === null && microtime(true) - $killedAt > 1) {
+                    [$code, $statusOut] = $m->console(['archiveclaim:status', '--json', '--idsite=' . self::HEAVY_SITE]);
+                    $statusChecked = [$code, $statusOut];
+                }
+                if ($alive) {
+                    if (count($rows) !== count($held)) {
+                        $released ??= sprintf('%.1f s after the kill, while the child was still archiving', microtime(true) - $killedAt);
+                    }
+                } else {
+                    $childEnd ??= microtime(true);
+                    if (!$rows) {
+                        break;
+                    }
+                }
+                usleep(50000);
+            }
+            $requeuedAt = microtime(true);
+            $this->assertNotNull($childEnd, 'the child ended within a minute');
+            $childLived = $childEnd - $killedAt;
+            self::$figures['kill -9 of core:archive: its child archived on for'] = sprintf('%.1f s', $childLived);
+            $this->assertGreaterThan(1.0, $childLived, 'the heavy day keeps the child busy after the kill (else this test proves nothing)');
+            $this->assertNull($released, 'the claim was released ' . $released);
+            $this->assertNotNull($statusChecked);
+            $status = json_decode($statusChecked[1], true);
+            $this->assertSame(['alive'], array_values(array_unique(array_column($status['rows'] ?? [], 'verdict'))),
+                "the operator view calls the parent's claim alive while its child works:\n" . $statusChecked[1]);
+            $this->assertSame(1, $mostAtOnce, 'never two archivers on the day at once');
+            $this->assertSame([$child], array_keys($dayChildren), 'no second run archived the day meanwhile');
+            $this->assertSame([], $this->invalidations("idinvalidation IN (" . implode(',', $ids) . ') AND status = 1'),
+                'once the child is gone, the orphan goes back to the queue');
+            self::$figures['child gone to claim re-queued (automatic, heartbeat 1 s)'] = sprintf('%.1f s', $requeuedAt - $childEnd);
+            self::$figures['kill -9 to claim re-queued'] = sprintf('%.1f s', $requeuedAt - $killedAt);
+
+            $code2 = proc_close($run2);
+            $run2 = null;
+            $out = (string) file_get_contents($out2);
+            unlink($out2);
+            $this->assertSame(0, $code2, $out);
+            $this->assertStringNotContainsString('Archived website id ' . self::HEAVY_SITE . ', period = day', $out);
+        } finally {
+            foreach (array_keys(self::processes('climulti:request', 'idSite=' . self::HEAVY_SITE . '&')) as $pid) {
+                posix_kill($pid, SIGKILL);
+            }
+            if ($run2) {
+                proc_terminate($run2, SIGKILL);
+                proc_close($run2);
+            }
+            proc_terminate($watcher, SIGKILL);
+            proc_close($watcher);
+            self::m()->pdo()->exec('DELETE FROM matomo_archive_invalidations WHERE idsite = ' . self::HEAVY_SITE);
+        }
+    }
+
+    /**
+     * Two archiving servers (own host name and pid namespace each) share the Matomo tree and
+     * database and drain one queue; server A loses power mid-run. Its claims go back to the
+     * queue once its heartbeats are older than the lease, and server B finishes the work.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     */
+    public function testTwoServersDrainOneQueueAndOneLosesPower(): void
+    {
+        if (!SimulatedServer::canIsolate()) {
+            $this->markTestSkipped('needs root and unshare --uts --pid --fork --mount-proc for servers with their own host name and pids');
+        }
+        $m = self::m();
+        [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=2024-01-01,2024-01-03', '--sites=1,2']);
+        $this->assertSame(0, $code, $out);
+        $server = fn (string $host, string $outFile) => $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $outFile,
+            ['unshare', '--uts', '--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', 'hostname "$0" && exec "$@"', $host]);
+        $outA = tempnam(sys_get_temp_dir(), 'e2e-a');
+        $outB = tempnam(sys_get_temp_dir(), 'e2e-b');
+        $a = $server('e2e-server-a', $outA);
+        $b = $server('e2e-server-b', $outB);
+        $heldByA = [];
+        $doubleClaims = [];
+        $sample = function () use (&$doubleClaims): array {
+            $rows = $this->invalidations('status = 1');
+            $byArchive = [];
+            foreach ($rows as $r) {
+                $byArchive["{$r['idsite']}/{$r['period']}/{$r['date1']}/{$r['name']}/{$r['report']}"][] = "{$r['processing_host']}:{$r['process_id']}";
+            }
+            foreach ($byArchive as $key => $owners) {
+                if (count($owners) > 1) {
+                    $doubleClaims[$key] = $owners;
+                }
+            }
+            return $rows;
+        };
+        try {
+            for ($i = 0; $i < 3000 && !$heldByA; $i++) {
+                $heldByA = array_column(array_filter($sample(), fn ($r) => $r['processing_host'] === 'e2e-server-a'), 'idinvalidation');
+                usleep(2000);
+            }
+            $this->assertNotEmpty($heldByA, 'server A claimed work (with its own host name)');
+            // Power loss: unshare dies, --kill-child takes the namespace's init, and with it every process of server A.
+            posix_kill(proc_get_status($a)['pid'], SIGKILL);
+            $lostAt = microtime(true);
+            proc_close($a);
+            $back = null;
+            $codeB = null;
+            $runsB = 1;
+            while (microtime(true) - $lostAt < 90) {
+                $sample();
+                $back ??= $this->invalidations('status = 1 AND idinvalidation IN (' . implode(',', $heldByA) . ')') ? null : microtime(true);
+                if ($b !== null && !($st = proc_get_status($b))['running']) {
+                    $codeB = $st['exitcode'];
+                    proc_close($b);
+                    $b = null;
+                    $this->assertSame(0, $codeB, (string) file_get_contents($outB));
+                }
+                if ($b === null && !$this->invalidations('idsite IN (1, 2)')) {
+                    break; // all done
+                }
+                if ($b === null) {
+                    // Work is left (A's share of the site queue, A's claims): cron starts B's next run.
+                    usleep(500000);
+                    $b = $server('e2e-server-b', $outB);
+                    $runsB++;
+                }
+                usleep(20000);
+            }
+            $this->assertNotNull($back, "server A's claims went back to the queue:\n" . json_encode($this->invalidations())
+                . "\nB:\n" . file_get_contents($outB) . json_encode(self::m()->pdo()->query('SELECT *, NOW(6) FROM matomo_archive_claim_process')->fetchAll(\PDO::FETCH_ASSOC)));
+            self::$figures['server A powered off to its claims re-queued (lease 3 s)'] = sprintf('%.1f s', $back - $lostAt);
+            self::$figures['server B finished the queue'] = sprintf('%.1f s after the power loss, in %d core:archive run(s)', microtime(true) - $lostAt, $runsB);
+            $this->assertSame([], $this->invalidations('idsite IN (1, 2)'), 'server B archived everything, A\'s share included');
+            $this->assertSame([], $doubleClaims, 'no archive was claimed twice at once');
+        } finally {
+            foreach ([$a, $b] as $proc) {
+                if (is_resource($proc)) {
+                    proc_terminate($proc, SIGKILL);
+                    proc_close($proc);
+                }
+            }
+            @unlink($outA);
+            @unlink($outB);
+        }
     }
 }

@@ -9,7 +9,8 @@
  * Usage: php [-d extension=...] matomo-model.php MATOMO_DIR STEPS_JSON
  *   STEPS_JSON: {"config": {"General_2": {"archive_failure_recovery_timeout": 60}},
  *                "steps": [["startArchive", ID], ["deleteInvalidations", [ID, ...]],
- *                          ["releaseInProgressInvalidation", ID], ["resetFailedArchivingJobs"], ["sql", SQL]]}
+ *                          ["releaseInProgressInvalidation", ID], ["releaseInProgressInvalidations", [ID, ...]],
+ *                          ["resetFailedArchivingJobs"], ["sql", SQL]]}
  * Prints JSON: {"model": class, "results": [...], "log": [[level, message], ...]}.
  */
 
@@ -36,6 +37,8 @@ $env = new \Piwik\Application\Environment('cli');
 $env->init();
 \Piwik\Plugin\Manager::getInstance()->loadActivatedPlugins();
 
+// Connect first, so a config override (say, settings the extension refuses) does not stop Matomo's own connection.
+Db::get();
 foreach ($input['config'] ?? [] as $section => $values) {
     $config = Config::getInstance();
     $config->$section = array_merge($config->$section ?: [], $values);
@@ -68,6 +71,7 @@ foreach ($input['steps'] as $step) {
         'startArchive' => $model->startArchive($row($step[1])),
         'deleteInvalidations' => $model->deleteInvalidations(array_map($row, $step[1])),
         'releaseInProgressInvalidation' => $model->releaseInProgressInvalidation($step[1]),
+        'releaseInProgressInvalidations' => $model->releaseInProgressInvalidations($step[1]),
         'resetFailedArchivingJobs' => $model->resetFailedArchivingJobs(),
         // What other processes do meanwhile, through Matomo's connection; a SELECT returns one value.
         'sql' => str_starts_with($step[1], 'SELECT') ? Db::fetchOne($step[1]) : Db::query($step[1])->rowCount(),
