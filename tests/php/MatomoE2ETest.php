@@ -23,6 +23,7 @@ final class MatomoE2ETest extends TestCase
     private const INI = ['heartbeat_interval' => 1, 'lease' => 3, 'auto_reap' => 1];
     private const HEAVY_SITE = 3;
     private const HEAVY_DAY = '2024-01-15';
+    private const LIGHT_DAY = '2024-01-16';
 
     private static ?RealMatomo $matomo = null;
     private static string $skip = '';
@@ -457,7 +458,11 @@ final class MatomoE2ETest extends TestCase
         $m->trackVisits(self::HEAVY_SITE, self::HEAVY_DAY, 500);
         $visits = $m->multiplyVisits(self::HEAVY_SITE, self::HEAVY_DAY, 7);
         self::$figures['heavy day'] = sprintf('%d visits on %s (500 tracked, copied in SQL), ready in %.1f s', $visits, self::HEAVY_DAY, microtime(true) - $t);
-        [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=' . self::HEAVY_DAY, '--periods=day', '--sites=' . self::HEAVY_SITE]);
+        // And a light day beside it: CliMulti runs a batch of one request synchronously (no
+        // runid), a batch of several as detached children; two days make one batch of two.
+        $m->copyVisits(self::HEAVY_SITE, self::HEAVY_DAY, self::LIGHT_DAY, 20);
+        [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=' . self::HEAVY_DAY . ',' . self::LIGHT_DAY,
+            '--periods=day', '--sites=' . self::HEAVY_SITE]);
         $this->assertSame(0, $code, $out);
         $dayRow = "idsite = " . self::HEAVY_SITE . " AND period = 1 AND date1 = '" . self::HEAVY_DAY . "'";
         $ids = array_column($this->invalidations($dayRow), 'idinvalidation');
@@ -473,12 +478,14 @@ final class MatomoE2ETest extends TestCase
             $out1 = tempnam(sys_get_temp_dir(), 'e2e-run1');
             $run1 = $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $out1);
             $parent = proc_get_status($run1)['pid'];
-            for ($i = 0; $i < 600 && !$child; $i++) {
+            $seen = [];
+            for ($i = 0; $i < 600 && !$child && proc_get_status($run1)['running']; $i++) {
+                $seen += self::processes('climulti:request');
                 $child = (int) array_key_first(self::processes('climulti:request', $dayChild, "runid=$parent"));
                 usleep(20000);
             }
             $this->assertGreaterThan(0, $child, "core:archive started a child for the heavy day:\n" . file_get_contents($out1)
-                . json_encode($this->invalidations('idsite = ' . self::HEAVY_SITE)));
+                . json_encode($this->invalidations('idsite = ' . self::HEAVY_SITE)) . "\nchildren seen:\n" . implode("\n", $seen));
             usleep(500000);
             $held = $this->invalidations("$dayRow AND status = 1");
             $this->assertSame([[gethostname(), (string) $parent]], array_map(fn ($r) => [$r['processing_host'], $r['process_id']], $held),

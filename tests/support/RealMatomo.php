@@ -210,4 +210,17 @@ final class RealMatomo
         return (int) $pdo->query("SELECT COUNT(*) FROM matomo_log_visit WHERE idsite = $idSite
             AND visit_last_action_time >= '$day' AND visit_last_action_time < '$day' + INTERVAL 1 DAY")->fetchColumn();
     }
+
+    /** Copies up to $limit of a site's visits from one day onto another (both action times moved). */
+    public function copyVisits(int $idSite, string $from, string $to, int $limit): void
+    {
+        $pdo = $this->pdo();
+        $cols = $pdo->query("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
+            AND TABLE_NAME = 'matomo_log_visit' AND COLUMN_NAME <> 'idvisit' ORDER BY ORDINAL_POSITION")->fetchAll(PDO::FETCH_COLUMN);
+        $select = array_map(fn ($c) => in_array($c, ['visit_last_action_time', 'visit_first_action_time'], true)
+            ? "`$c` + INTERVAL DATEDIFF('$to', '$from') DAY" : "`$c`", $cols);
+        $pdo->exec('INSERT INTO matomo_log_visit (`' . implode('`, `', $cols) . '`) SELECT ' . implode(', ', $select)
+            . " FROM matomo_log_visit WHERE idsite = $idSite AND visit_last_action_time >= '$from'
+            AND visit_last_action_time < '$from' + INTERVAL 1 DAY LIMIT $limit");
+    }
 }
