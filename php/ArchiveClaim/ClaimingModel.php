@@ -85,7 +85,7 @@ class ClaimingModel extends Model
         ) {
             return false; // someone else is on it, within the time Matomo gives them
         }
-        $report = Native\reap_orphans(['idsites' => [$idSite], 'timeout' => $timeout, 'site_timeouts' => [$idSite => $timeout]]);
+        $report = Native\reap_orphans(['idsites' => [$idSite], 'timeout' => $timeout]);
         ReleaseLog::rows($this->log, $report['rows'], 'the take-over of invalidation ' . $invalidation['idinvalidation'] . ' by pid ' . getmypid());
         if (!Native\claim_invalidation((int) $invalidation['idinvalidation'])) {
             return false;
