@@ -688,4 +688,35 @@ final class MatomoE2ETest extends TestCase
             @unlink($outB);
         }
     }
+
+    /**
+     * An operator who ran 0.1.0 (no install(), on Matomo 5.3 with the columns) gets the registry
+     * and the index from Matomo's updater; uninstalling drops them again, never Matomo's columns.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     */
+    public function testUpdateFrom010AndUninstall(): void
+    {
+        $pdo = self::m()->pdo();
+        $pdo->exec('DROP TABLE matomo_archive_claim_process');
+        $pdo->exec('ALTER TABLE matomo_archive_invalidations DROP INDEX index_archive_claim_status_host');
+        $pdo->exec("UPDATE matomo_option SET option_value = '0.1.0' WHERE option_name = 'version_ArchiveClaim'");
+        $this->assertSame(1, (int) $pdo->query("SELECT COUNT(*) FROM matomo_option WHERE option_name = 'version_ArchiveClaim'")->fetchColumn());
+
+        [$code, $out] = self::m()->console(['core:update', '--yes']);
+        $this->assertSame(0, $code, $out);
+        $this->assertTrue($this->hasTable('matomo_archive_claim_process'), "the update created the registry:\n$out");
+        $this->assertContains('index_archive_claim_status_host', $this->indexes('matomo_archive_invalidations'));
+        $this->assertSame('0.2.0', $pdo->query("SELECT option_value FROM matomo_option WHERE option_name = 'version_ArchiveClaim'")->fetchColumn());
+        $this->assertSame(self::$checksum, self::m()->coreChecksum(), 'no file of Matomo was edited');
+
+        [$code, $out] = self::m()->console(['plugin:deactivate', 'ArchiveClaim']);
+        $this->assertSame(0, $code, $out);
+        [$code, $out] = self::m()->console(['plugin:uninstall', 'ArchiveClaim']);
+        $this->assertSame(0, $code, $out);
+        $this->assertFalse($this->hasTable('matomo_archive_claim_process'), 'the registry is dropped');
+        $this->assertNotContains('index_archive_claim_status_host', $this->indexes('matomo_archive_invalidations'));
+        $this->assertContains('processing_host', $this->columns('matomo_archive_invalidations'), 'Matomo\'s columns stay');
+        $this->assertContains('process_id', $this->columns('matomo_archive_invalidations'));
+    }
 }
