@@ -254,6 +254,39 @@ final class MatomoE2ETest extends TestCase
     }
 
     /**
+     * Activation creates everything the extension writes to, so an archiver whose database user
+     * may only read and write rows (no CREATE, no ALTER) still claims natively.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     */
+    public function testArchiversNeedNoCreatePrivilege(): void
+    {
+        $m = self::m();
+        $admin = TestDatabase::admin();
+        $user = 'e2e_archiver_' . getmypid();
+        $admin->exec("CREATE USER '$user'@'%' IDENTIFIED BY 'archiver-pw'");
+        // What archiving needs from Matomo's side for months whose archive tables exist.
+        $admin->exec("GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES, LOCK TABLES ON `{$m->db}`.* TO '$user'@'%'");
+        $config = "$m->root/config/config.ini.php";
+        $original = file_get_contents($config);
+        try {
+            $m->setConfig('database', 'username', "\"$user\"");
+            $m->setConfig('database', 'password', '"archiver-pw"');
+            $m->console(['core:invalidate-report-data', '--dates=2024-01-03', '--sites=1,2', '--periods=day']);
+            $run = $this->archiveWatched(true);
+        } finally {
+            file_put_contents($config, $original);
+            $admin->exec("DROP USER '$user'@'%'");
+        }
+        $this->assertSame(0, $run['code'], $run['output']);
+        $this->assertSame([], $this->failures($run['output']));
+        $this->assertStringNotContainsString('ArchiveClaim: cannot register', $run['output']);
+        $this->assertStringNotContainsString('claiming through the extension failed', $run['output']);
+        $this->assertSame([gethostname() . " pid {$run['pid']}"], array_keys($run['claims']), 'claims recorded natively');
+        $this->assertSame([], $this->invalidations('idsite IN (1, 2)'));
+    }
+
+    /**
      * Runs tests/support/matomo-model.php: the Model Matomo's container hands to core:archive,
      * driven step by step.
      */
@@ -607,14 +640,14 @@ final class MatomoE2ETest extends TestCase
             $this->markTestSkipped('needs root and unshare --uts --pid --fork --mount-proc for servers with their own host name and pids');
         }
         $m = self::m();
-        [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=2024-01-01,2024-01-03', '--sites=1,2']);
+        [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=2024-01-01,2024-01-03', '--sites=1,2,3']);
         $this->assertSame(0, $code, $out);
         $server = fn (string $host, string $outFile) => $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $outFile,
             ['unshare', '--uts', '--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', 'hostname "$0" && exec "$@"', $host]);
         $outA = tempnam(sys_get_temp_dir(), 'e2e-a');
         $outB = tempnam(sys_get_temp_dir(), 'e2e-b');
         $a = $server('e2e-server-a', $outA);
-        $b = $server('e2e-server-b', $outB);
+        $b = null;
         $heldByA = [];
         $doubleClaims = [];
         $sample = function () use (&$doubleClaims): array {
@@ -631,11 +664,22 @@ final class MatomoE2ETest extends TestCase
             return $rows;
         };
         try {
+            // A first, B as soon as A works on its first site (the shared site queue gives B the other).
             for ($i = 0; $i < 3000 && !$heldByA; $i++) {
                 $heldByA = array_column(array_filter($sample(), fn ($r) => $r['processing_host'] === 'e2e-server-a'), 'idinvalidation');
                 usleep(2000);
             }
             $this->assertNotEmpty($heldByA, 'server A claimed work (with its own host name)');
+            $b = $server('e2e-server-b', $outB);
+            for ($i = 0; $i < 1500 && !array_filter($sample(), fn ($r) => $r['processing_host'] === 'e2e-server-b'); $i++) {
+                usleep(2000);
+            }
+            // Both at work: cut A's power the moment it holds claims.
+            $heldByA = [];
+            for ($i = 0; $i < 1500 && !$heldByA; $i++) {
+                $heldByA = array_column(array_filter($sample(), fn ($r) => $r['processing_host'] === 'e2e-server-a'), 'idinvalidation');
+            }
+            $this->assertNotEmpty($heldByA, 'server A still had work when B joined');
             // Power loss: unshare dies, --kill-child takes the namespace's init, and with it every process of server A.
             posix_kill(proc_get_status($a)['pid'], SIGKILL);
             $lostAt = microtime(true);
@@ -652,7 +696,7 @@ final class MatomoE2ETest extends TestCase
                     $b = null;
                     $this->assertSame(0, $codeB, (string) file_get_contents($outB));
                 }
-                if ($b === null && !$this->invalidations('idsite IN (1, 2)')) {
+                if ($b === null && !$this->invalidations('idsite IN (1, 2, 3)')) {
                     break; // all done
                 }
                 if ($b === null) {
@@ -667,7 +711,7 @@ final class MatomoE2ETest extends TestCase
                 . "\nB:\n" . file_get_contents($outB) . json_encode(self::m()->pdo()->query('SELECT *, NOW(6) FROM matomo_archive_claim_process')->fetchAll(\PDO::FETCH_ASSOC)));
             self::$figures['server A powered off to its claims re-queued (lease 3 s)'] = sprintf('%.1f s', $back - $lostAt);
             self::$figures['server B finished the queue'] = sprintf('%.1f s after the power loss, in %d core:archive run(s)', microtime(true) - $lostAt, $runsB);
-            $this->assertSame([], $this->invalidations('idsite IN (1, 2)'), 'server B archived everything, A\'s share included');
+            $this->assertSame([], $this->invalidations('idsite IN (1, 2, 3)'), 'server B archived everything, A\'s share included');
             $this->assertSame([], $doubleClaims, 'no archive was claimed twice at once');
             // Who released A's claims (B's run at its start, or a heartbeat thread on B, whose
             // releases the plugin fetches with background_releases()) is in Matomo's log.

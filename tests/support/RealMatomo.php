@@ -161,7 +161,7 @@ final class RealMatomo
         $ini = file_get_contents($file);
         $line = "$key = $value";
         if (preg_match('/^\[' . preg_quote($section, '/') . '\]$/m', $ini)) {
-            $pattern = '/(^\[' . preg_quote($section, '/') . '\]$(?:(?!^\[).)*?)^' . preg_quote($key, '/') . ' = .*$\n?/ms';
+            $pattern = '/(^\[' . preg_quote($section, '/') . '\]$(?:(?!^\[).)*?)^' . preg_quote($key, '/') . ' = [^\n]*\n?/ms';
             $ini = preg_replace($pattern, '$1', $ini);
             $ini = preg_replace('/^\[' . preg_quote($section, '/') . '\]$/m', "[$section]\n$line", $ini);
         } else {
