@@ -53,6 +53,7 @@ final class RealMatomo
         [$code, $out] = self::run([self::sharedDir() . '/install.sh', $m->dir],
             ['MATOMO_DB_URL' => $url, 'DB' => $m->db, 'PATH' => getenv('PATH'), 'HOME' => getenv('HOME') ?: '/tmp'] + $env);
         if ($code !== 0) {
+            $m->remove();
             throw new \RuntimeException("install.sh failed ($code):\n$out");
         }
         return $m;
