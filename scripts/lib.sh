@@ -16,6 +16,17 @@ declare -A needed=(
   # A real php-fpm worker driven over FastCGI (tests/php/RequestScopeTest.php).
   [php-fpm]=php-fpm
   [libfcgi-bin]=/usr/bin/cgi-fcgi
+  # The end-to-end tests: what ../shared/matomo/install.sh and Matomo 5.2 itself need.
+  [php-mbstring]=phpmod:mbstring
+  [php-xml]=phpmod:dom
+  [php-curl]=phpmod:curl
+  [php-gd]=phpmod:gd
+  [php-zip]=phpmod:zip
+  [php-intl]=phpmod:intl
+  [php-bcmath]=phpmod:bcmath
+  [xz-utils]=/usr/bin/xz
+  [curl]=/usr/bin/curl
+  [python3]=/usr/bin/python3
 )
 
 missing_packages() {
@@ -26,6 +37,7 @@ missing_packages() {
       /*) [[ -e "$probe" ]] || echo "$pkg" ;;
       pdo_mysql) php -m 2>/dev/null | grep -qx pdo_mysql || echo "$pkg" ;;
       php-fpm) compgen -G "/usr/sbin/php-fpm*" >/dev/null || echo "$pkg" ;;
+      phpmod:*) php -m 2>/dev/null | grep -qix "${probe#phpmod:}" || echo "$pkg" ;;
       libclang) compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || echo "$pkg" ;;
     esac
   done | sort

@@ -13,12 +13,12 @@ use Matomo\ArchiveClaim as Claim;
 use Matomo\ArchiveClaim\Tests\SimulatedServer;
 use Matomo\ArchiveClaim\Tests\TestDatabase;
 use PDO;
-use Piwik\Plugins\ArchiveClaim\Lib\InvalidationClaimer;
+use Matomo\ArchiveClaim\Tests\StockMatomo;
 
 require __DIR__ . '/../../tests/support/TestDatabase.php';
 require __DIR__ . '/../../tests/support/SimulatedServer.php';
 require __DIR__ . '/../../php/ArchiveClaim/Lib/Extension.php';
-require __DIR__ . '/../../php/ArchiveClaim/Lib/InvalidationClaimer.php';
+require __DIR__ . '/../../tests/support/StockMatomo.php';
 
 $quick = in_array('--quick', $argv, true);
 // --only=claim,reap,... runs some sections: claim, drain, reap, release, recovery, overheads.
@@ -277,7 +277,7 @@ if ($wanted('reap')) {
             }
             return [median($times), $result];
         };
-        $matomo = InvalidationClaimer::forPdo($pdo, PREFIX, false);
+        $matomo = new StockMatomo($pdo, '`' . PREFIX . 'archive_invalidations`');
         $matomoReset = function () use ($pdo, $matomo) {
             $rows = $pdo->query('SELECT idinvalidation, idsite, ts_started FROM matomo_archive_invalidations WHERE status = 1 AND ts_started IS NOT NULL')->fetchAll(PDO::FETCH_ASSOC);
             $cutoff = (int) $pdo->query('SELECT UNIX_TIMESTAMP(NOW())')->fetchColumn() - 86400;
@@ -330,7 +330,7 @@ if ($wanted('release')) {
                 WHERE idinvalidation IN (' . implode(',', $chunk) . ')')->execute([gethostname(), (string) getmypid()]);
         }
     };
-    $matomo = InvalidationClaimer::forPdo($pdo, PREFIX, false);
+    $matomo = new StockMatomo($pdo, '`' . PREFIX . 'archive_invalidations`');
     $out = [];
     foreach ($quick ? [10000] : [20000, 100000] as $n) {
         $pdo->exec('TRUNCATE matomo_archive_invalidations');

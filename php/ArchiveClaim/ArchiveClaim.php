@@ -1,10 +1,16 @@
 <?php
 /**
- * ArchiveClaim: hooks Matomo's core:archive so that each run configures the
- * matomo_archive_claim extension from Matomo's own [database] settings, registers the archiving
- * process (heartbeat), and re-queues the invalidations of crashed archivers before archiving
- * starts, with Matomo's archive_failure_recovery_timeout as the backstop. Without the extension,
- * it says so once and Matomo archives as before.
+ * ArchiveClaim: with the matomo_archive_claim extension, every claim core:archive makes records
+ * this host and process natively (ClaimingModel, put in place by config/config.php), and the
+ * invalidations of crashed archivers go back to the queue on proof of death instead of after
+ * archive_failure_recovery_timeout. Without the extension Matomo archives exactly as before.
+ *
+ * Events:
+ * - CronArchive.init.start / CronArchive.end: the archiving run registers (its heartbeat starts)
+ *   and unregisters; whatever its heartbeat thread released is logged.
+ * - API.CoreAdminHome.archiveReports (+ .end): fires in each `climulti:request` child that
+ *   archives for core:archive; the child registers, so the extension knows that the parent's
+ *   claim is being worked on even if the parent is gone.
  */
 
 declare(strict_types=1);
@@ -17,54 +23,96 @@ use Piwik\Config\GeneralConfig;
 use Piwik\Container\StaticContainer;
 use Piwik\Log\LoggerInterface;
 use Piwik\Plugins\ArchiveClaim\Lib\Extension;
-
+use Piwik\Plugins\ArchiveClaim\Lib\ReleaseLog;
+use Piwik\Plugins\ArchiveClaim\Lib\Schema;
 
 class ArchiveClaim extends \Piwik\Plugin
 {
-    private static bool $toldMissing = false;
-
     public function registerEvents()
     {
         return [
             'CronArchive.init.start' => 'onCronArchiveStart',
             'CronArchive.end' => 'onCronArchiveEnd',
+            'API.CoreAdminHome.archiveReports' => 'onArchivingRequestStart',
+            'API.CoreAdminHome.archiveReports.end' => 'onArchivingRequestEnd',
         ];
     }
 
-    /** Before Matomo's own timeout-based reset runs: release what is proven orphaned now. */
+    /**
+     * Adds what claims need: Matomo 5.3's processing_host/process_id where missing (5.0-5.2),
+     * the process registry, and (unless [ArchiveClaim] index = 0) an index on (status,
+     * processing_host). Done here, by whoever activates the plugin, so archivers never need
+     * CREATE or ALTER privileges.
+     */
+    public function install()
+    {
+        $logger = self::logger();
+        $index = (bool) (Config::getInstance()->ArchiveClaim['index'] ?? true);
+        $changes = null;
+        if (Extension::ready($logger)) {
+            try {
+                $changes = Native\install_schema(['index' => $index])['changes'];
+            } catch (Native\Exception $e) {
+                $logger->info('ArchiveClaim: install_schema() failed ({message}); installing through Matomo\'s connection', ['message' => $e->getMessage()]);
+            }
+        }
+        $changes ??= Schema::forMatomo()->install($index);
+        $logger->info('ArchiveClaim: schema {changes}', ['changes' => $changes ? implode('; ', $changes) : 'already complete']);
+    }
+
+    /** Drops the registry and the index; Matomo's own columns stay. */
+    public function uninstall()
+    {
+        $changes = Schema::forMatomo()->uninstall();
+        self::logger()->info('ArchiveClaim: uninstalled: {changes}', ['changes' => $changes ? implode('; ', $changes) : 'nothing to drop']);
+    }
+
+    /** The archiving run registers before Matomo's own reset (resetFailedArchivingJobs) runs. */
     public function onCronArchiveStart(): void
     {
-        $logger = StaticContainer::get(LoggerInterface::class);
-        if (!self::extensionReady($logger)) {
+        $logger = self::logger();
+        if (!Extension::ready($logger, true)) {
             return;
         }
         try {
-            Native\configure(Config::getInstance()->database);
             $me = Native\register_process();
-            $report = Native\reap_orphans(self::timeouts());
-            foreach ($report['rows'] as $r) {
-                if (in_array($r['action'], ['reset', 'deleted_duplicate'], true)) {
-                    $logger->info('ArchiveClaim: {action} invalidation {id} (site {idsite}, period {period}, {date1}) '
-                        . 'held by {host} pid {pid} for {age} s: {reason}', [
-                            'action' => $r['action'] === 'reset' ? 're-queued' : 'deleted duplicate',
-                            'id' => $r['idinvalidation'], 'idsite' => $r['idsite'], 'period' => $r['period'],
-                            'date1' => $r['date1'], 'host' => $r['processing_host'], 'pid' => $r['process_id'],
-                            'age' => $r['age_seconds'], 'reason' => $r['reason'],
-                        ]);
-                }
-            }
-            $logger->info('ArchiveClaim: process {pid} on {host} registered; {released} orphaned invalidations released, {kept} in progress kept.', [
-                'pid' => $me['pid'], 'host' => $me['host'], 'released' => $report['released'], 'kept' => $report['kept'],
-            ]);
-        } catch (Native\Exception | \ValueError | \TypeError $e) {
-            // Never stop Matomo from archiving: without us it archives as it always did.
-            $logger->error('ArchiveClaim: {message} (archiving continues without orphan reaping)', ['message' => $e->getMessage()]);
+            $logger->info('ArchiveClaim: core:archive pid {pid} on {host} registered; its claims are recorded natively', [
+                'pid' => $me['pid'], 'host' => $me['host']]);
+        } catch (Native\Exception $e) {
+            // Never stop Matomo from archiving: claims fall back to Matomo's statement if the
+            // extension cannot reach the database.
+            Extension::once($logger, 'ArchiveClaim: cannot register this archiver: ' . $e->getMessage());
         }
     }
 
     public function onCronArchiveEnd(): void
     {
         if (Extension::loaded()) {
+            ReleaseLog::background(self::logger());
+            Native\unregister_process();
+        }
+    }
+
+    /**
+     * In a `climulti:request` child, before it archives: register, so the extension records that
+     * this process works for its parent (runid=<parent pid> on its command line).
+     */
+    public function onArchivingRequestStart(): void
+    {
+        if (PHP_SAPI !== 'cli' || !Extension::ready(self::logger())) {
+            return; // web requests to this API method are not archiving children
+        }
+        try {
+            Native\register_process();
+        } catch (Native\Exception $e) {
+            Extension::once(self::logger(), 'ArchiveClaim: an archiving child cannot register: ' . $e->getMessage());
+        }
+    }
+
+    public function onArchivingRequestEnd(): void
+    {
+        if (PHP_SAPI === 'cli' && Extension::loaded()) {
+            ReleaseLog::background(self::logger());
             Native\unregister_process();
         }
     }
@@ -86,16 +134,8 @@ class ArchiveClaim extends \Piwik\Plugin
         return $options;
     }
 
-    /** False (said once per process) when the extension is missing. */
-    public static function extensionReady(LoggerInterface $logger): bool
+    private static function logger(): LoggerInterface
     {
-        if (Extension::loaded()) {
-            return true;
-        }
-        if (!self::$toldMissing) {
-            self::$toldMissing = true;
-            $logger->warning(Extension::missingMessage());
-        }
-        return false;
+        return StaticContainer::get(LoggerInterface::class);
     }
 }

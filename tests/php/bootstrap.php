@@ -11,5 +11,5 @@ require __DIR__ . '/../support/TestDatabase.php';
 require __DIR__ . '/../support/SimulatedServer.php';
 require __DIR__ . '/../support/WorkLog.php';
 require __DIR__ . '/../support/FpmPool.php';
-require __DIR__ . '/../support/matomo-stand-ins.php';
+require __DIR__ . '/../support/RealMatomo.php';
 require __DIR__ . '/ExtensionTestCase.php';

@@ -2,10 +2,10 @@
 /**
  * A simulated Matomo archiver: takes queued invalidations, claims one, "archives" it for a
  * while and deletes it as done (or, every Nth, fails and gives it back), until the queue is
- * empty and nothing is in progress anywhere. Claims go through the plugin's
- * InvalidationClaimer: with the extension (mode "ext"), or with Matomo's own statements through
- * PDO as a server without the extension would (mode "pdo"). Every start and end goes to a
- * shared log (WorkLog) so overlaps can be checked afterwards.
+ * empty and nothing is in progress anywhere. Claims go through the extension (mode "ext"), or
+ * through Matomo 5.3's own statements on PDO as a server without the extension would (mode
+ * "pdo", StockMatomo). Every start and end goes to a shared log (WorkLog) so
+ * overlaps can be checked afterwards.
  *
  * It rides out database restarts: a failed statement is retried on a new connection, and a
  * claim whose outcome is unknown is given back (a fenced release changes nothing if the claim
@@ -22,12 +22,38 @@
 
 declare(strict_types=1);
 
+use Matomo\ArchiveClaim as Native;
+use Matomo\ArchiveClaim\Tests\StockMatomo;
 use Matomo\ArchiveClaim\Tests\WorkLog;
-use Piwik\Plugins\ArchiveClaim\Lib\InvalidationClaimer;
 
 require __DIR__ . '/WorkLog.php';
-require __DIR__ . '/../../php/ArchiveClaim/Lib/Extension.php';
-require __DIR__ . '/../../php/ArchiveClaim/Lib/InvalidationClaimer.php';
+require __DIR__ . '/StockMatomo.php';
+
+/** The extension's three steps, or stock Matomo's (StockMatomo). */
+final class Claimer
+{
+    private StockMatomo $stock;
+
+    public function __construct(PDO $pdo, string $table, private bool $native)
+    {
+        $this->stock = new StockMatomo($pdo, $table);
+    }
+
+    public function claim(int $id): bool
+    {
+        return $this->native ? Native\claim_invalidation($id) : $this->stock->claim($id);
+    }
+
+    public function complete(int $id): int
+    {
+        return $this->native ? Native\complete_invalidations([$id]) : $this->stock->complete([$id]);
+    }
+
+    public function release(int $id): int
+    {
+        return $this->native ? Native\release_invalidations([$id]) : $this->stock->release([$id]);
+    }
+}
 
 [, $configJson, $logFile, $workMs] = $argv;
 $mode = $argv[4] ?? 'ext';
@@ -68,7 +94,7 @@ function persist(callable $step, ?PDO &$pdo, array $c)
 
 $pdo = null;
 $handled = 0;
-$claimer = fn (PDO $pdo) => InvalidationClaimer::forPdo($pdo, $c['tables_prefix'], $mode === 'ext');
+$claimer = fn (PDO $pdo) => new Claimer($pdo, $table, $mode === 'ext');
 
 while (true) {
     $queued = persist(fn ($pdo) => $pdo->query("SELECT idinvalidation, idsite FROM $table WHERE status = 0
@@ -85,14 +111,14 @@ while (true) {
         $id = (int) $invalidation['idinvalidation'];
         try {
             $pdo ??= connect($c);
-            $claimed = $claimer($pdo)->claim($invalidation);
+            $claimed = $claimer($pdo)->claim($id);
         } catch (\PDOException | \Matomo\ArchiveClaim\Exception $e) {
             if ($mode !== 'ext') {
                 throw $e; // stock Matomo's release is not fenced: it would crash here too
             }
             // Did it commit before the connection died? Unknown: give it back, fenced.
             $pdo = null;
-            persist(fn ($pdo) => $claimer($pdo)->release([$id]), $pdo, $c);
+            persist(fn ($pdo) => $claimer($pdo)->release($id), $pdo, $c);
             continue;
         }
         if (!$claimed) {
@@ -124,10 +150,10 @@ while (true) {
         usleep($ms * 1000);
         if ($releaseEvery > 0 && ++$handled % $releaseEvery === 0) {
             $log->end($id, 'released');
-            persist(fn ($pdo) => $claimer($pdo)->release([$id]), $pdo, $c);
+            persist(fn ($pdo) => $claimer($pdo)->release($id), $pdo, $c);
         } else {
             $log->end($id, 'done');
-            $deleted = persist(fn ($pdo) => $claimer($pdo)->complete([$id]), $pdo, $c);
+            $deleted = persist(fn ($pdo) => $claimer($pdo)->complete($id), $pdo, $c);
             if ($deleted === 0 && $mode === 'ext') {
                 $log->end($id, 'lost');
             }

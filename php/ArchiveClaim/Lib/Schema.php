@@ -1,0 +1,140 @@
+<?php
+/**
+ * The plugin's schema, for when the extension cannot install it itself (it is not loaded in the
+ * PHP that activates the plugin, e.g. the web server's), and the uninstall, which the extension
+ * does not offer. With the extension, install_schema() is used instead; these definitions must
+ * stay identical to src/schema.rs (OWNER_COLUMNS, OWNER_INDEX) and src/registry.rs
+ * (create_table_sql): tests/php/MatomoE2ETest.php compares what both create.
+ *
+ * This is the only place in PHP that writes this SQL.
+ */
+
+declare(strict_types=1);
+
+namespace Piwik\Plugins\ArchiveClaim\Lib;
+
+final class Schema
+{
+    /** Matomo 5.3.0's two columns, with Matomo's exact definitions. */
+    public const OWNER_COLUMNS = [
+        'processing_host' => 'VARCHAR(100) NULL DEFAULT NULL',
+        'process_id' => 'VARCHAR(15) NULL DEFAULT NULL',
+    ];
+
+    /** Serves "status = 1 AND processing_host = ?" (each host's reap, the operator view). */
+    public const OWNER_INDEX = 'index_archive_claim_status_host';
+
+    public const REGISTRY = 'archive_claim_process';
+
+    /**
+     * @param \Closure(string): list<string> $column runs a query, returns its first column
+     * @param \Closure(string): void $execute runs a statement
+     */
+    public function __construct(private \Closure $column, private \Closure $execute, private string $prefix)
+    {
+    }
+
+    /** Through Matomo's own connection (inside a Matomo process). */
+    public static function forMatomo(): self
+    {
+        return new self(
+            fn (string $sql): array => array_map('current', \Piwik\Db::fetchAll($sql)),
+            function (string $sql): void {
+                \Piwik\Db::exec($sql);
+            },
+            (string) \Piwik\Config::getInstance()->database['tables_prefix'],
+        );
+    }
+
+    /**
+     * Adds what is missing; idempotent; never drops or rewrites anything.
+     *
+     * @return list<string> what it changed, worded as install_schema() words it
+     */
+    public function install(bool $index = true): array
+    {
+        $table = $this->prefix . 'archive_invalidations';
+        $has = array_map('strtolower', $this->names('COLUMN_NAME', 'COLUMNS', $table));
+        $clauses = $changes = [];
+        foreach (self::OWNER_COLUMNS as $name => $definition) {
+            if (!in_array($name, $has, true)) {
+                $clauses[] = "ADD COLUMN `$name` $definition";
+                $changes[] = "added column $name $definition";
+            }
+        }
+        if ($index && !in_array(self::OWNER_INDEX, $this->names('INDEX_NAME', 'STATISTICS', $table), true)) {
+            $clauses[] = 'ADD INDEX `' . self::OWNER_INDEX . '` (`status`, `processing_host`)';
+            $changes[] = 'added index ' . self::OWNER_INDEX . ' (status, processing_host)';
+        }
+        if ($clauses) {
+            ($this->execute)("ALTER TABLE `$table` " . implode(', ', $clauses));
+        }
+        $registry = $this->prefix . self::REGISTRY;
+        if (!$this->names('TABLE_NAME', 'TABLES', $registry)) {
+            ($this->execute)($this->registrySql());
+            $changes[] = "created table $registry (the process registry)";
+        } elseif (!in_array('start_ticks', array_map('strtolower', $this->names('COLUMN_NAME', 'COLUMNS', $registry)), true)) {
+            // 0.1's registry (heartbeats as DATETIME in a session's time zone) holds only live
+            // processes' registrations, which they make again.
+            ($this->execute)("DROP TABLE `$registry`");
+            ($this->execute)($this->registrySql());
+            $changes[] = "rebuilt table $registry (the process registry) with heartbeats in UTC epoch seconds";
+        }
+        return $changes;
+    }
+
+    /**
+     * Drops what only the plugin uses: the registry and the index. Matomo's own columns stay
+     * (5.3 creates them itself, and its startArchive writes them).
+     *
+     * @return list<string>
+     */
+    public function uninstall(): array
+    {
+        $changes = [];
+        $table = $this->prefix . 'archive_invalidations';
+        if (in_array(self::OWNER_INDEX, $this->names('INDEX_NAME', 'STATISTICS', $table), true)) {
+            ($this->execute)("ALTER TABLE `$table` DROP INDEX `" . self::OWNER_INDEX . '`');
+            $changes[] = 'dropped index ' . self::OWNER_INDEX;
+        }
+        $registry = $this->prefix . self::REGISTRY;
+        if ($this->names('TABLE_NAME', 'TABLES', $registry)) {
+            ($this->execute)("DROP TABLE `$registry`");
+            $changes[] = "dropped table $registry";
+        }
+        return $changes;
+    }
+
+    /** The registry as src/registry.rs create_table_sql() creates it. */
+    public function registrySql(): string
+    {
+        return 'CREATE TABLE IF NOT EXISTS `' . $this->prefix . self::REGISTRY . '` (
+          idprocess BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+          host VARCHAR(100) NULL,
+          pid INT UNSIGNED NOT NULL,
+          boot_id VARCHAR(64) NULL,
+          pid_namespace BIGINT UNSIGNED NULL,
+          start_ticks BIGINT UNSIGNED NULL,
+          started_at DOUBLE NULL,
+          time_zone VARCHAR(64) NULL,
+          works_for INT UNSIGNED NULL,
+          reaps TINYINT(1) NOT NULL DEFAULT 0,
+          registered_at DOUBLE NOT NULL,
+          heartbeat_at DOUBLE NOT NULL,
+          PRIMARY KEY (idprocess),
+          INDEX index_host_pid (host, pid),
+          INDEX index_heartbeat_at (heartbeat_at)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4';
+    }
+
+    /** @return list<string> names from information_schema for one table of this database */
+    private function names(string $column, string $view, string $table): array
+    {
+        // Table names are prefix + a constant; the prefix is Matomo's (letters, digits, _).
+        if (!preg_match('/^\w+$/', $table)) {
+            throw new \InvalidArgumentException("unexpected table name '$table'");
+        }
+        return array_values(array_unique(($this->column)("SELECT $column FROM information_schema.$view
+            WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '$table'")));
+    }
+}

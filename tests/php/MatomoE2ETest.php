@@ -1,0 +1,766 @@
+<?php
+declare(strict_types=1);
+
+namespace Matomo\ArchiveClaim\Tests;
+
+use PHPUnit\Framework\TestCase;
+
+use function Matomo\ArchiveClaim\configure;
+use function Matomo\ArchiveClaim\install_schema;
+
+/**
+ * The plugin inside a real Matomo 5.2 (../shared/matomo beside the repository), end to end:
+ * installed by Matomo's own installer code on the throwaway MariaDB, the plugin copied in and
+ * activated with `console plugin:activate`, no file of Matomo edited, and core:archive run for
+ * real, with and without the extension. Tests run in order and share the installation.
+ *
+ * Every PHP "with the extension" gets it the way php.ini would give it (RealMatomo::env), so
+ * the climulti:request children Matomo spawns have it too; with heartbeat 1 s and lease 3 s so
+ * the crash tests finish quickly.
+ */
+final class MatomoE2ETest extends TestCase
+{
+    private const INI = ['heartbeat_interval' => 1, 'lease' => 3, 'auto_reap' => 1];
+    private const HEAVY_SITE = 3;
+    private const HEAVY_DAY = '2024-01-15';
+    private const LIGHT_DAY = '2024-01-16';
+
+    private static ?RealMatomo $matomo = null;
+    private static string $skip = '';
+    private static string $checksum = '';
+    private static string $table52 = '';
+    /** @var array<string, string> figures for the README, printed at the end */
+    private static array $figures = [];
+
+    public static function setUpBeforeClass(): void
+    {
+        if (RealMatomo::sharedDir() === null) {
+            self::$skip = 'no real Matomo: ' . dirname(__DIR__, 3) . '/shared/matomo (install.sh, matomo-5.2.0-b5.tar.xz) '
+                . 'is not beside the repository';
+            return;
+        }
+        $t = microtime(true);
+        self::$matomo = RealMatomo::install(['SITES' => 3, 'DAYS' => 3, 'VISITS_PER_DAY' => 3, 'START' => '2024-01-01'], self::INI);
+        self::$figures['install (unpack, install, 3 sites x 3 days of visits)'] = sprintf('%.1f s', microtime(true) - $t);
+        self::$checksum = self::$matomo->coreChecksum();
+        self::$table52 = self::createTable('matomo_archive_invalidations');
+        self::$matomo->copyPlugin();
+    }
+
+    public static function tearDownAfterClass(): void
+    {
+        if (self::$figures) {
+            fwrite(STDERR, "\nMatomo end-to-end figures:\n");
+            foreach (self::$figures as $what => $value) {
+                fwrite(STDERR, "  $what: $value\n");
+            }
+        }
+        self::$matomo?->remove();
+        self::$matomo = null;
+    }
+
+    protected function setUp(): void
+    {
+        if (self::$skip !== '') {
+            $this->markTestSkipped(self::$skip);
+        }
+    }
+
+    private static function m(): RealMatomo
+    {
+        return self::$matomo;
+    }
+
+    private static function createTable(string $table): string
+    {
+        $ddl = self::m()->pdo()->query("SHOW CREATE TABLE `$table`")->fetch(\PDO::FETCH_NUM)[1];
+        return preg_replace('/ AUTO_INCREMENT=\d+/', '', $ddl);
+    }
+
+    private function columns(string $table): array
+    {
+        return self::m()->pdo()->query("SELECT COLUMN_NAME FROM information_schema.COLUMNS
+            WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '$table'")->fetchAll(\PDO::FETCH_COLUMN);
+    }
+
+    private function indexes(string $table): array
+    {
+        return array_values(array_unique(self::m()->pdo()->query("SELECT INDEX_NAME FROM information_schema.STATISTICS
+            WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '$table'")->fetchAll(\PDO::FETCH_COLUMN)));
+    }
+
+    private function hasTable(string $table): bool
+    {
+        return (bool) self::m()->pdo()->query("SELECT 1 FROM information_schema.TABLES
+            WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '$table'")->fetchColumn();
+    }
+
+    /** @return array<int, array<string, mixed>> */
+    private function invalidations(string $where = '1'): array
+    {
+        return self::m()->pdo()->query("SELECT * FROM matomo_archive_invalidations WHERE $where ORDER BY idinvalidation")
+            ->fetchAll(\PDO::FETCH_ASSOC);
+    }
+
+    private function queueRow(array $row): int
+    {
+        $row += ['idarchive' => null, 'name' => 'done', 'idsite' => 2, 'date1' => '2024-02-05', 'date2' => '2024-02-05',
+            'period' => 1, 'status' => 0, 'report' => null];
+        $cols = implode(', ', array_map(fn ($c) => "`$c`", array_keys($row)));
+        $marks = implode(', ', array_fill(0, count($row), '?'));
+        self::m()->pdo()->prepare("INSERT INTO matomo_archive_invalidations ($cols, ts_invalidated) VALUES ($marks, NOW())")
+            ->execute(array_values($row));
+        return (int) self::m()->pdo()->lastInsertId();
+    }
+
+    private function claimAs(int $id, string $host, string $pid, string $started = 'NOW()'): void
+    {
+        self::m()->pdo()->prepare("UPDATE matomo_archive_invalidations SET status = 1, processing_host = ?, process_id = ?,
+            ts_started = $started WHERE idinvalidation = ?")->execute([$host, $pid, $id]);
+    }
+
+    /** A pid that no process holds right now. */
+    private function goneLocalPid(): int
+    {
+        $proc = proc_open(['true'], [], $pipes);
+        $pid = proc_get_status($proc)['pid'];
+        proc_close($proc);
+        return $pid;
+    }
+
+    /** Matomo console output lines at WARNING or ERROR (what makes core:archive exit 1). */
+    private function failures(string $output): array
+    {
+        return array_values(preg_grep('/^(WARNING|ERROR|CRITICAL|ALERT|EMERGENCY)\b/', explode("\n", $output)));
+    }
+
+    /**
+     * Runs core:archive in the background and samples the invalidations in progress and the
+     * process registry every few milliseconds until it ends.
+     *
+     * @return array{code: int, output: string, pid: int, seconds: float, claims: array<string, int>, registered: array<int, true>}
+     */
+    private function archiveWatched(bool $withExtension): array
+    {
+        $out = tempnam(sys_get_temp_dir(), 'e2e-archive');
+        $t = microtime(true);
+        $proc = proc_open(self::m()->consoleCommand(['core:archive', '--url=http://localhost/']),
+            [0 => ['file', '/dev/null', 'r'], 1 => ['file', $out, 'w'], 2 => ['redirect', 1]], $pipes, null, self::m()->env($withExtension));
+        $pid = proc_get_status($proc)['pid'];
+        $claims = $registered = [];
+        $pdo = self::m()->pdo();
+        $hasRegistry = $this->hasTable('matomo_archive_claim_process');
+        while (($status = proc_get_status($proc))['running']) {
+            foreach ($pdo->query('SELECT processing_host, process_id FROM matomo_archive_invalidations WHERE status = 1') as $r) {
+                $key = ($r['processing_host'] ?? 'NULL') . ' pid ' . ($r['process_id'] ?? 'NULL');
+                $claims[$key] = ($claims[$key] ?? 0) + 1;
+            }
+            if ($hasRegistry) {
+                foreach ($pdo->query('SELECT pid FROM matomo_archive_claim_process')->fetchAll(\PDO::FETCH_COLUMN) as $p) {
+                    $registered[(int) $p] = true;
+                }
+            }
+            usleep(3000);
+        }
+        $code = $status['exitcode'];
+        proc_close($proc);
+        $output = (string) file_get_contents($out);
+        unlink($out);
+        return ['code' => $code, 'output' => $output, 'pid' => $pid, 'seconds' => microtime(true) - $t, 'claims' => $claims,
+            'registered' => $registered];
+    }
+
+    public function testThePluginActivatesOnMatomo52AndInstallsItsSchema(): void
+    {
+        $this->assertStringNotContainsString('processing_host', self::$table52, 'Matomo 5.2 lacks 5.3\'s columns');
+        // Activated with a PHP that lacks the extension (say, the web server's): the plugin's
+        // own SQL installs the schema.
+        [$code, $out] = self::m()->console(['plugin:activate', 'ArchiveClaim'], false);
+        $this->assertSame(0, $code, $out);
+        $this->assertStringContainsString('Activated plugin ArchiveClaim', $out);
+        $this->assertSame([], $this->failures($out));
+
+        $this->assertContains('processing_host', $this->columns('matomo_archive_invalidations'));
+        $this->assertContains('process_id', $this->columns('matomo_archive_invalidations'));
+        $this->assertContains('index_archive_claim_status_host', $this->indexes('matomo_archive_invalidations'));
+        $this->assertTrue($this->hasTable('matomo_archive_claim_process'), 'the process registry');
+        $this->assertStringContainsString('ArchiveClaim: schema added column processing_host VARCHAR(100) NULL DEFAULT NULL; '
+            . 'added column process_id VARCHAR(15) NULL DEFAULT NULL; added index index_archive_claim_status_host (status, processing_host); '
+            . 'created table matomo_archive_claim_process (the process registry)', self::m()->log());
+
+        // What the plugin's SQL made is exactly what the extension's install_schema() makes
+        // from the same 5.2 table (the definitions live in two languages: this keeps them one).
+        $twin = 'e2e_twin_' . getmypid();
+        $admin = TestDatabase::admin();
+        $admin->exec("CREATE DATABASE `$twin`");
+        try {
+            TestDatabase::admin($twin)->exec(self::$table52);
+            configure(['dbname' => $twin] + self::m()->database());
+            $report = install_schema(['index' => true]);
+            $this->assertCount(4, $report['changes'], implode('; ', $report['changes']));
+            foreach (['matomo_archive_invalidations', 'matomo_archive_claim_process'] as $table) {
+                $theirs = preg_replace('/ AUTO_INCREMENT=\d+/', '', TestDatabase::admin($twin)->query("SHOW CREATE TABLE `$table`")->fetch(\PDO::FETCH_NUM)[1]);
+                $this->assertSame($theirs, self::createTable($table), "$table: the plugin's SQL and install_schema() differ");
+            }
+        } finally {
+            $admin->exec("DROP DATABASE `$twin`");
+        }
+
+        // Activating again (with the extension this time) changes nothing and says so.
+        [$code] = self::m()->console(['plugin:deactivate', 'ArchiveClaim']);
+        $this->assertSame(0, $code);
+        [$code, $out] = self::m()->console(['plugin:activate', 'ArchiveClaim']);
+        $this->assertSame(0, $code, $out);
+        $this->assertSame(self::$checksum, self::m()->coreChecksum(), 'no file of Matomo was edited');
+    }
+
+    /** @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema */
+    public function testCoreArchiveClaimsNativelyWithNoCoreFileEdited(): void
+    {
+        [$code, $out] = self::m()->console(['core:invalidate-report-data', '--dates=2024-01-01,2024-01-03', '--sites=1,2']);
+        $this->assertSame(0, $code, $out);
+        $queued = count($this->invalidations('idsite IN (1, 2)'));
+        $this->assertGreaterThan(6, $queued);
+
+        $run = $this->archiveWatched(true);
+        self::$figures['core:archive with the extension, 2 sites x 3 days'] = sprintf('%.1f s', $run['seconds']);
+        $this->assertSame(0, $run['code'], $run['output']);
+        $this->assertSame([], $this->failures($run['output']), 'nothing logged a warning or an error');
+        $this->assertStringContainsString("ArchiveClaim: core:archive pid {$run['pid']} on " . gethostname() . ' registered', $run['output']);
+        $this->assertSame([], $this->invalidations('idsite IN (1, 2)'), 'every invalidation archived and deleted');
+        // Matomo 5.2's own claim writes neither column: what we saw was written by the extension.
+        $this->assertSame([gethostname() . " pid {$run['pid']}"], array_keys($run['claims']),
+            'every claim seen in progress carried this host and the core:archive pid');
+        $children = array_diff(array_keys($run['registered']), [$run['pid']]);
+        $this->assertNotEmpty($children, 'climulti:request children registered while they archived');
+        $this->assertSame([], self::m()->pdo()->query('SELECT pid FROM matomo_archive_claim_process')->fetchAll(\PDO::FETCH_COLUMN),
+            'core:archive and its children unregistered when done');
+        $this->assertSame(self::$checksum, self::m()->coreChecksum(), 'no file of Matomo was edited');
+    }
+
+    /** @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema */
+    public function testWithoutTheExtensionCoreArchiveIsMatomosOwnAndExitsZero(): void
+    {
+        self::m()->console(['core:invalidate-report-data', '--dates=2024-01-02', '--sites=1,2']);
+        $run = $this->archiveWatched(false);
+        self::$figures['core:archive without the extension, 2 sites x 1 day'] = sprintf('%.1f s', $run['seconds']);
+        $this->assertSame(0, $run['code'], $run['output']);
+        $this->assertSame([], $this->failures($run['output']));
+        $notes = preg_grep('/matomo_archive_claim PHP extension is not loaded/', explode("\n", $run['output']));
+        $this->assertCount(1, $notes, 'said once');
+        $this->assertMatchesRegularExpression('/^NOTICE\b/', (string) current($notes), 'a notice, not a warning');
+        $this->assertSame(['NULL pid NULL'], array_keys($run['claims']), 'Matomo 5.2\'s own claim statement (no owner columns written)');
+        $this->assertSame([], $this->invalidations('idsite IN (1, 2)'));
+    }
+
+    /**
+     * Activation creates everything the extension writes to, so an archiver whose database user
+     * may only read and write rows (no CREATE, no ALTER) still claims natively.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     */
+    public function testArchiversNeedNoCreatePrivilege(): void
+    {
+        $m = self::m();
+        $admin = TestDatabase::admin();
+        $user = 'e2e_archiver_' . getmypid();
+        $admin->exec("CREATE USER '$user'@'%' IDENTIFIED BY 'archiver-pw'");
+        // What archiving needs from Matomo's side for months whose archive tables exist.
+        $admin->exec("GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES, LOCK TABLES ON `{$m->db}`.* TO '$user'@'%'");
+        $config = "$m->root/config/config.ini.php";
+        $original = file_get_contents($config);
+        try {
+            $m->setConfig('database', 'username', "\"$user\"");
+            $m->setConfig('database', 'password', '"archiver-pw"');
+            $m->console(['core:invalidate-report-data', '--dates=2024-01-03', '--sites=1,2', '--periods=day']);
+            $run = $this->archiveWatched(true);
+        } finally {
+            file_put_contents($config, $original);
+            $admin->exec("DROP USER '$user'@'%'");
+        }
+        $this->assertSame(0, $run['code'], $run['output']);
+        $this->assertSame([], $this->failures($run['output']));
+        $this->assertStringNotContainsString('ArchiveClaim: cannot register', $run['output']);
+        $this->assertStringNotContainsString('claiming through the extension failed', $run['output']);
+        $this->assertSame([gethostname() . " pid {$run['pid']}"], array_keys($run['claims']), 'claims recorded natively');
+        $this->assertSame([], $this->invalidations('idsite IN (1, 2)'));
+    }
+
+    /**
+     * Runs tests/support/matomo-model.php: the Model Matomo's container hands to core:archive,
+     * driven step by step.
+     */
+    private function model(array $steps, array $config = [], bool $withExtension = true): array
+    {
+        [$code, $out] = self::m()->php([__DIR__ . '/../support/matomo-model.php', self::m()->root,
+            json_encode(['steps' => $steps, 'config' => (object) $config])], $withExtension);
+        $this->assertSame(0, $code, $out);
+        $lines = explode("\n", trim($out));
+        return json_decode(end($lines), true, flags: JSON_THROW_ON_ERROR);
+    }
+
+    /** @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema */
+    public function testTheModelClaimsNativelyAndTreatsRowsNotOursAsMatomoDoes(): void
+    {
+        $host = gethostname();
+        $finished = $this->queueRow([]);
+        $duplicate = $this->queueRow(['date1' => '2024-02-06', 'date2' => '2024-02-06']);
+        $stock = $this->queueRow(['date1' => '2024-02-07', 'date2' => '2024-02-07']);
+        $failed = $this->queueRow(['date1' => '2024-02-08', 'date2' => '2024-02-08']);
+        $stolen = $this->queueRow(['date1' => '2024-02-09', 'date2' => '2024-02-09']);
+        $this->claimAs($stock, 'server9', '77');
+
+        $r = $this->model([
+            ['startArchive', $finished], ['sql', "SELECT CONCAT(processing_host, ' ', process_id) FROM matomo_archive_invalidations WHERE idinvalidation = $finished"],
+            ['deleteInvalidations', [$finished]],
+            ['deleteInvalidations', [$duplicate]],
+            ['releaseInProgressInvalidation', $stock],
+            ['startArchive', $failed], ['releaseInProgressInvalidation', $failed],
+            ['startArchive', $stolen],
+            // A reaper released it meanwhile and another archiver claimed it:
+            ['sql', "UPDATE matomo_archive_invalidations SET processing_host = 'server9', process_id = '5', ts_started = NOW() WHERE idinvalidation = $stolen"],
+            ['deleteInvalidations', [$stolen]],
+            ['startArchive', $stolen],
+        ]);
+        $this->assertSame('Piwik\Plugins\ArchiveClaim\ClaimingModel', $r['model'], 'Matomo\'s container hands out our Model');
+        $this->assertTrue($r['results'][0]);
+        $this->assertSame("$host {$r['pid']}", $r['results'][1], 'the claim recorded this host and pid');
+        $rows = array_column($this->invalidations("idinvalidation IN ($finished, $duplicate, $stock, $failed, $stolen)"), null, 'idinvalidation');
+        $this->assertArrayNotHasKey($finished, $rows, 'finished: deleted');
+        $this->assertArrayNotHasKey($duplicate, $rows, 'a queued duplicate: deleted, as Matomo deletes it');
+        $this->assertSame([0, null], [(int) $rows[$stock]['status'], $rows[$stock]['ts_started']], 'not ours: Matomo 5.2\'s own release');
+        $this->assertSame([0, null, null], [(int) $rows[$failed]['status'], $rows[$failed]['processing_host'], $rows[$failed]['ts_started']],
+            'our failed request: released');
+        $this->assertSame([1, 'server9', '5'], [(int) $rows[$stolen]['status'], $rows[$stolen]['processing_host'], $rows[$stolen]['process_id']],
+            'no longer ours: left to its new owner');
+        $this->assertFalse(end($r['results']), 'and not claimed over it');
+        $log = implode("\n", array_column($r['log'], 1));
+        $this->assertStringContainsString("1 of invalidations $stolen finished by pid {$r['pid']} were no longer its claims", $log);
+        $this->assertStringContainsString("pid {$r['pid']} gave back invalidations $failed after a failed archiving request (1 released)", $log);
+        self::m()->pdo()->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation IN ($stock, $failed, $stolen)");
+
+        // Matomo 5.3's releaseInProgressInvalidations() (5.2 has only the singular): ours fenced, the rest Matomo's.
+        [$mine, $theirs] = [$this->queueRow([]), $this->queueRow(['date1' => '2024-02-06', 'date2' => '2024-02-06'])];
+        $this->claimAs($theirs, 'server9', '77');
+        $r = $this->model([['startArchive', $mine], ['releaseInProgressInvalidations', [$mine, $theirs]]]);
+        $this->assertSame([true, 2], $r['results']);
+        $this->assertSame([0, 0], array_map('intval', array_column($this->invalidations("idinvalidation IN ($mine, $theirs)"), 'status')));
+        self::m()->pdo()->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation IN ($mine, $theirs)");
+    }
+
+    /** @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema */
+    public function testSettingsTheExtensionRefusesLeaveMatomoArchivingAsBefore(): void
+    {
+        $id = $this->queueRow([]);
+        // This build speaks no TLS: it refuses enable_ssl. Matomo's own connection is already open.
+        $r = $this->model([['startArchive', $id], ['deleteInvalidations', [$id]]], ['database' => ['enable_ssl' => 1]]);
+        $this->assertSame([true, null], $r['results'], 'claimed and finished by Matomo\'s own statements');
+        $this->assertSame([], $this->invalidations("idinvalidation = $id"));
+        $this->assertSame([], array_filter($r['log'], fn ($l) => in_array($l[0], ['warning', 'error'], true)), 'nothing that fails a run');
+        $notes = array_filter($r['log'], fn ($l) => str_contains($l[1], "cannot use Matomo's [database] settings"));
+        $this->assertCount(1, $notes, 'said once');
+        $this->assertSame('notice', current($notes)[0]);
+        $this->assertStringContainsString('archiving continues with Matomo\'s own claims', current($notes)[1]);
+    }
+
+    /** @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema */
+    public function testTakeOverPastTheRecoveryTimeoutAndTheRunsResetUseMatomosTimeouts(): void
+    {
+        $host = gethostname();
+        $old = $this->queueRow([]);
+        $recent = $this->queueRow(['date1' => '2024-02-06', 'date2' => '2024-02-06']);
+        $this->claimAs($old, 'server9', '78', 'NOW() - INTERVAL 2 HOUR');
+        $this->claimAs($recent, 'server9', '79', 'NOW() - INTERVAL 10 MINUTE');
+        $r = $this->model([['startArchive', $old], ['startArchive', $recent]], ['General_2' => ['archive_failure_recovery_timeout' => 3600]]);
+        $this->assertSame([true, false], $r['results'], 'taken over past [General_2] archive_failure_recovery_timeout only');
+        $rows = array_column($this->invalidations("idinvalidation IN ($old, $recent)"), null, 'idinvalidation');
+        $this->assertSame([$host, (string) $r['pid']], [$rows[$old]['processing_host'], $rows[$old]['process_id']], 'taken over natively');
+        $this->assertSame('server9', $rows[$recent]['processing_host']);
+        self::m()->pdo()->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation IN ($old, $recent)");
+
+        // resetFailedArchivingJobs(), at the start of each run: proof of death now, Matomo's timeouts as the backstop.
+        $dead = $this->queueRow(['idsite' => 1]);
+        $pastTimeout = $this->queueRow(['idsite' => 2]);
+        $slowSite = $this->queueRow(['idsite' => 3]);
+        $live = $this->queueRow(['idsite' => 2, 'date1' => '2024-02-06', 'date2' => '2024-02-06']);
+        $this->claimAs($dead, $host, (string) $this->goneLocalPid());
+        $this->claimAs($pastTimeout, 'server9', '80', 'NOW() - INTERVAL 2 HOUR');
+        $this->claimAs($slowSite, 'server9', '81', 'NOW() - INTERVAL 2 HOUR');
+        $this->claimAs($live, 'server9', '82');
+        $r = $this->model([['resetFailedArchivingJobs']], ['General' => ['archive_failure_recovery_timeout' => 3600],
+            'General_3' => ['archive_failure_recovery_timeout' => 10800]]);
+        $this->assertSame([2], $r['results']);
+        $status = array_column($this->invalidations("idinvalidation IN ($dead, $pastTimeout, $slowSite, $live)"), 'status', 'idinvalidation');
+        $this->assertSame([$dead => 0, $pastTimeout => 0, $slowSite => 1, $live => 1], array_map('intval', $status));
+        $log = implode("\n", array_column($r['log'], 1));
+        $this->assertMatchesRegularExpression("/ArchiveClaim: core:archive pid {$r['pid']} re-queued invalidation $dead \\(site 1, period 1, 2024-02-05..2024-02-05\\) held by "
+            . preg_quote($host, '/') . ' pid \d+ for \d+ s: dead, pid_gone/', $log);
+        $this->assertStringContainsString("re-queued invalidation $pastTimeout (site 2", $log);
+        self::m()->pdo()->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation IN ($dead, $pastTimeout, $slowSite, $live)");
+    }
+
+    /** @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema */
+    public function testStatusAndReapCommands(): void
+    {
+        $host = gethostname();
+        $dead = $this->queueRow(['idsite' => 1, 'report' => 'Goals']);
+        $remote = $this->queueRow(['idsite' => 2]);
+        $this->claimAs($dead, $host, (string) $this->goneLocalPid(), 'NOW() - INTERVAL 10 MINUTE');
+        $this->claimAs($remote, 'server2', '42');
+
+        [$code, $out] = self::m()->console(['archiveclaim:status']);
+        $this->assertSame(3, $code, "exit code 3: some rows are dead\n$out");
+        $this->assertStringContainsString("$host: 1 in progress (0 alive, 1 dead, 0 unknown)", $out);
+        $this->assertStringContainsString('server2: 1 in progress (0 alive, 0 dead, 1 unknown)', $out);
+        $this->assertMatchesRegularExpression("/#$dead\\s+site 1\\s+day\\s+2024-02-05..2024-02-05\\s+done \\(Goals\\)\\s+pid \\d+\\s+10m\\s+dead\\s+pid_gone/", $out);
+
+        [$code, $out] = self::m()->console(['archiveclaim:status', '--json', '--processing-host=server2']);
+        $this->assertSame(0, $code, $out);
+        $data = json_decode($out, true, flags: JSON_THROW_ON_ERROR);
+        $this->assertSame(['server2' => ['in_progress' => 1, 'dead' => 0, 'alive' => 0, 'unknown' => 1]], $data['hosts']);
+
+        [$code, $out] = self::m()->console(['archiveclaim:reap', '--dry-run']);
+        $this->assertSame(3, $code, $out);
+        $this->assertStringContainsString('Dry run: 1 of 2 in-progress invalidations would be released', $out);
+        $this->assertSame(1, (int) $this->invalidations("idinvalidation = $dead")[0]['status'], 'a dry run changes nothing');
+
+        [$code, $out] = self::m()->console(['archiveclaim:reap', '--newer-than=not a time']);
+        $this->assertSame(2, $code, $out);
+        $this->assertStringContainsString('--newer-than', $out);
+
+        [$code, $out] = self::m()->console(['archiveclaim:reap']);
+        $this->assertSame(0, $code, $out);
+        $this->assertStringContainsString('(dead, pid_gone): reset', $out);
+        $this->assertStringContainsString('1 of 2 in-progress invalidations released (1 re-queued, 0 deleted as duplicates); 1 kept.', $out);
+        $this->assertSame(1, (int) $this->invalidations("idinvalidation = $remote")[0]['status'], 'server2 proves nothing from here');
+
+        [$code, $out] = self::m()->console(['archiveclaim:reap', '--processing-host=server2', '--force']);
+        $this->assertSame(0, $code, $out);
+        $this->assertStringContainsString('(dead, host_declared_dead): reset', $out);
+        $this->assertSame(0, (int) $this->invalidations("idinvalidation = $remote")[0]['status']);
+
+        [$code, $out] = self::m()->console(['archiveclaim:status'], false);
+        $this->assertSame(1, $code, 'without the extension the operator commands cannot work, and say why');
+        $this->assertStringContainsString('matomo_archive_claim PHP extension is not loaded', $out);
+        self::m()->pdo()->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation IN ($dead, $remote)");
+    }
+
+    /**
+     * PHP processes whose command line contains all of $needles (the `sh -c` wrappers CliMulti
+     * starts them with are left out).
+     *
+     * @return array<int, string> pid => command line
+     */
+    private static function processes(string ...$needles): array
+    {
+        $found = [];
+        foreach (glob('/proc/[0-9]*/cmdline') as $file) {
+            $argv = explode("\0", rtrim((string) @file_get_contents($file), "\0"));
+            $cmd = implode(' ', $argv);
+            if (!str_starts_with(basename($argv[0]), 'php')) {
+                continue;
+            }
+            foreach ($needles as $needle) {
+                if (!str_contains($cmd, $needle)) {
+                    continue 2;
+                }
+            }
+            $found[(int) basename(dirname($file))] = $cmd;
+        }
+        return $found;
+    }
+
+    private function startConsole(array $args, array $env, ?string $outFile = null, array $prefix = [])
+    {
+        return proc_open(array_merge($prefix, self::m()->consoleCommand($args)),
+            [0 => ['file', '/dev/null', 'r'], 1 => ['file', $outFile ?? '/dev/null', 'w'], 2 => ['redirect', 1]], $pipes, null, $env);
+    }
+
+    public static function childModes(): array
+    {
+        return [
+            // A batch of several requests: detached children, `... runid=<parent pid> &`.
+            'detached children (runid)' => [true],
+            // A batch of one request: CliMulti::executeSyncCli, shell_exec without "&" and no
+            // pid/runid in the query; the child's parent is the sh that core:archive started.
+            'a batch of one, run synchronously' => [false],
+        ];
+    }
+
+    /** @return list<int> the ancestors of a process, nearest first */
+    private static function ancestors(int $pid): array
+    {
+        $chain = [];
+        while ($pid > 1 && count($chain) < 20) {
+            $stat = (string) @file_get_contents("/proc/$pid/stat");
+            $pid = (int) (explode(' ', substr($stat, (int) strrpos($stat, ')') + 2))[1] ?? 0);
+            $chain[] = $pid;
+        }
+        return $chain;
+    }
+
+    /**
+     * The rule (design section 4): Matomo's claim is the core:archive parent's, but the work runs
+     * in its climulti:request child. While that child lives the claim is alive, even with the
+     * parent killed; when it ends, the claim is an orphan and is re-queued. Meanwhile no second
+     * run may archive the same day.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     * @dataProvider childModes
+     */
+    public function testKillingCoreArchiveWhileItsChildArchivesKeepsTheClaimUntilTheChildEnds(bool $detached): void
+    {
+        $m = self::m();
+        if (!isset(self::$figures['heavy day'])) {
+            $t = microtime(true);
+            $m->trackVisits(self::HEAVY_SITE, self::HEAVY_DAY, 500);
+            $visits = $m->multiplyVisits(self::HEAVY_SITE, self::HEAVY_DAY, 7);
+            $m->copyVisits(self::HEAVY_SITE, self::HEAVY_DAY, self::LIGHT_DAY, 20);
+            self::$figures['heavy day'] = sprintf('%d visits on %s (500 tracked, copied in SQL), ready in %.1f s', $visits, self::HEAVY_DAY, microtime(true) - $t);
+        }
+        // With the light day beside it, the heavy day is archived in a batch of two.
+        [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=' . self::HEAVY_DAY . ($detached ? ',' . self::LIGHT_DAY : ''),
+            '--periods=day', '--sites=' . self::HEAVY_SITE]);
+        $this->assertSame(0, $code, $out);
+        $mode = $detached ? 'detached child' : 'synchronous child';
+        $dayRow = "idsite = " . self::HEAVY_SITE . " AND period = 1 AND date1 = '" . self::HEAVY_DAY . "'";
+        $ids = array_column($this->invalidations($dayRow), 'idinvalidation');
+        $this->assertNotEmpty($ids);
+        $dayChild = 'idSite=' . self::HEAVY_SITE . '&period=day&date=' . self::HEAVY_DAY;
+
+        // Another archiver on this host, idle: its heartbeat thread reaps on its own.
+        $watcher = proc_open([PHP_BINARY, '-r', 'Matomo\ArchiveClaim\configure(json_decode($argv[1], true)); Matomo\ArchiveClaim\register_process(); sleep(120);',
+            json_encode($m->database())], [0 => ['file', '/dev/null', 'r'], 1 => ['file', '/dev/null', 'w'], 2 => ['file', '/dev/null', 'w']], $p, null, $m->env(true));
+        $run2 = null;
+        $child = 0;
+        try {
+            $out1 = tempnam(sys_get_temp_dir(), 'e2e-run1');
+            $run1 = $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $out1);
+            $parent = proc_get_status($run1)['pid'];
+            $seen = [];
+            for ($i = 0; $i < 600 && !$child && proc_get_status($run1)['running']; $i++) {
+                $seen += self::processes('climulti:request');
+                foreach (self::processes('climulti:request', $dayChild) as $pid => $cmd) {
+                    // A detached child's sh is gone at once (no ancestry left); a synchronous one runs under it.
+                    if (str_contains($cmd, "runid=$parent") || in_array($parent, self::ancestors($pid), true)) {
+                        $child = $pid;
+                    }
+                }
+                usleep(20000);
+            }
+            $this->assertGreaterThan(0, $child, "core:archive started a child for the heavy day:\n" . file_get_contents($out1)
+                . json_encode($this->invalidations('idsite = ' . self::HEAVY_SITE)) . "\nchildren seen:\n" . implode("\n", $seen));
+            $this->assertSame($detached, str_contains(self::processes('climulti:request', $dayChild)[$child] ?? '', "runid=$parent"),
+                "CliMulti ran the heavy day as a $mode");
+            usleep(500000);
+            $held = $this->invalidations("$dayRow AND status = 1");
+            $this->assertSame([[gethostname(), (string) $parent]], array_map(fn ($r) => [$r['processing_host'], $r['process_id']], $held),
+                'the day is claimed by the core:archive parent');
+            posix_kill($parent, SIGKILL);
+            $killedAt = microtime(true);
+            proc_close($run1);
+
+            // A second run right away: it must not archive the day while the child does.
+            $out2 = tempnam(sys_get_temp_dir(), 'e2e-run2');
+            $run2 = $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $out2);
+            $released = $statusChecked = null;
+            $dayChildren = [];
+            $mostAtOnce = 0;
+            $childEnd = null;
+            while (microtime(true) - $killedAt < 60) {
+                $now = self::processes('climulti:request', $dayChild);
+                $dayChildren += $now;
+                $mostAtOnce = max($mostAtOnce, count($now));
+                $alive = file_exists("/proc/$child") && !str_contains((string) @file_get_contents("/proc/$child/stat"), ') Z ');
+                $rows = $this->invalidations("idinvalidation IN (" . implode(',', $ids) . ') AND status = 1');
+                if ($alive && $statusChecked === null && microtime(true) - $killedAt > 1) {
+                    [$code, $statusOut] = $m->console(['archiveclaim:status', '--json', '--idsite=' . self::HEAVY_SITE]);
+                    $statusChecked = [$code, $statusOut];
+                }
+                if ($alive) {
+                    if (count($rows) !== count($held)) {
+                        $released ??= sprintf('%.1f s after the kill, while the child was still archiving', microtime(true) - $killedAt);
+                    }
+                } else {
+                    $childEnd ??= microtime(true);
+                    if (!$rows) {
+                        break;
+                    }
+                }
+                usleep(50000);
+            }
+            $requeuedAt = microtime(true);
+            $this->assertNotNull($childEnd, 'the child ended within a minute');
+            $childLived = $childEnd - $killedAt;
+            self::$figures["kill -9 of core:archive: its $mode archived on for"] = sprintf('%.1f s', $childLived);
+            $this->assertGreaterThan(1.0, $childLived, 'the heavy day keeps the child busy after the kill (else this test proves nothing)');
+            $this->assertNull($released, 'the claim was released ' . $released);
+            $this->assertNotNull($statusChecked);
+            // (Only the heavy day's: the light day's child is done, so that claim of the dead parent is an orphan.)
+            $status = array_filter(json_decode($statusChecked[1], true)['rows'] ?? [], fn ($r) => in_array($r['idinvalidation'], $ids));
+            $this->assertSame(['alive'], array_values(array_unique(array_column($status, 'verdict'))),
+                "the operator view calls the parent's claim alive while its child works:\n" . $statusChecked[1]);
+            $this->assertSame(1, $mostAtOnce, 'never two archivers on the day at once');
+            $this->assertSame([$child], array_keys($dayChildren), 'no second run archived the day meanwhile');
+            $this->assertSame([], $this->invalidations("idinvalidation IN (" . implode(',', $ids) . ') AND status = 1'),
+                'once the child is gone, the orphan goes back to the queue');
+            self::$figures["$mode gone to claim re-queued (automatic, heartbeat 1 s)"] = sprintf('%.1f s', $requeuedAt - $childEnd);
+            self::$figures["kill -9 to claim re-queued ($mode)"] = sprintf('%.1f s', $requeuedAt - $killedAt);
+
+            $code2 = proc_close($run2);
+            $run2 = null;
+            $out = (string) file_get_contents($out2);
+            unlink($out2);
+            $this->assertSame(0, $code2, $out);
+            $this->assertStringNotContainsString('Archived website id ' . self::HEAVY_SITE . ', period = day', $out);
+        } finally {
+            foreach (array_keys(self::processes('climulti:request', 'idSite=' . self::HEAVY_SITE . '&')) as $pid) {
+                posix_kill($pid, SIGKILL);
+            }
+            if ($run2) {
+                proc_terminate($run2, SIGKILL);
+                proc_close($run2);
+            }
+            proc_terminate($watcher, SIGKILL);
+            proc_close($watcher);
+            self::m()->pdo()->exec('DELETE FROM matomo_archive_invalidations WHERE idsite = ' . self::HEAVY_SITE);
+        }
+    }
+
+    /**
+     * Two archiving servers (own host name and pid namespace each) share the Matomo tree and
+     * database and drain one queue; server A loses power mid-run. Its claims go back to the
+     * queue once its heartbeats are older than the lease, and server B finishes the work.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     */
+    public function testTwoServersDrainOneQueueAndOneLosesPower(): void
+    {
+        if (!SimulatedServer::canIsolate()) {
+            $this->markTestSkipped('needs root and unshare --uts --pid --fork --mount-proc for servers with their own host name and pids');
+        }
+        $m = self::m();
+        [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=2024-01-01,2024-01-03', '--sites=1,2,3']);
+        $this->assertSame(0, $code, $out);
+        $server = fn (string $host, string $outFile) => $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $outFile,
+            ['unshare', '--uts', '--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', 'hostname "$0" && exec "$@"', $host]);
+        $outA = tempnam(sys_get_temp_dir(), 'e2e-a');
+        $outB = tempnam(sys_get_temp_dir(), 'e2e-b');
+        $a = $server('e2e-server-a', $outA);
+        $b = null;
+        $heldByA = [];
+        $doubleClaims = [];
+        $sample = function () use (&$doubleClaims): array {
+            $rows = $this->invalidations('status = 1');
+            $byArchive = [];
+            foreach ($rows as $r) {
+                $byArchive["{$r['idsite']}/{$r['period']}/{$r['date1']}/{$r['name']}/{$r['report']}"][] = "{$r['processing_host']}:{$r['process_id']}";
+            }
+            foreach ($byArchive as $key => $owners) {
+                if (count($owners) > 1) {
+                    $doubleClaims[$key] = $owners;
+                }
+            }
+            return $rows;
+        };
+        try {
+            // A first, B as soon as A works on its first site (the shared site queue gives B the other).
+            for ($i = 0; $i < 3000 && !$heldByA; $i++) {
+                $heldByA = array_column(array_filter($sample(), fn ($r) => $r['processing_host'] === 'e2e-server-a'), 'idinvalidation');
+                usleep(2000);
+            }
+            $this->assertNotEmpty($heldByA, 'server A claimed work (with its own host name)');
+            $b = $server('e2e-server-b', $outB);
+            for ($i = 0; $i < 1500 && !array_filter($sample(), fn ($r) => $r['processing_host'] === 'e2e-server-b'); $i++) {
+                usleep(2000);
+            }
+            // Both at work: cut A's power the moment it holds claims.
+            $heldByA = [];
+            for ($i = 0; $i < 1500 && !$heldByA; $i++) {
+                $heldByA = array_column(array_filter($sample(), fn ($r) => $r['processing_host'] === 'e2e-server-a'), 'idinvalidation');
+            }
+            $this->assertNotEmpty($heldByA, 'server A still had work when B joined');
+            // Power loss: unshare dies, --kill-child takes the namespace's init, and with it every process of server A.
+            posix_kill(proc_get_status($a)['pid'], SIGKILL);
+            $lostAt = microtime(true);
+            proc_close($a);
+            $back = null;
+            $codeB = null;
+            $runsB = 1;
+            while (microtime(true) - $lostAt < 90) {
+                $sample();
+                $back ??= $this->invalidations('status = 1 AND idinvalidation IN (' . implode(',', $heldByA) . ')') ? null : microtime(true);
+                if ($b !== null && !($st = proc_get_status($b))['running']) {
+                    $codeB = $st['exitcode'];
+                    proc_close($b);
+                    $b = null;
+                    $this->assertSame(0, $codeB, (string) file_get_contents($outB));
+                }
+                if ($b === null && !$this->invalidations('idsite IN (1, 2, 3)')) {
+                    break; // all done
+                }
+                if ($b === null) {
+                    // Work is left (A's share of the site queue, A's claims): cron starts B's next run.
+                    usleep(500000);
+                    $b = $server('e2e-server-b', $outB);
+                    $runsB++;
+                }
+                usleep(20000);
+            }
+            $this->assertNotNull($back, "server A's claims went back to the queue:\n" . json_encode($this->invalidations())
+                . "\nB:\n" . file_get_contents($outB) . json_encode(self::m()->pdo()->query('SELECT *, NOW(6) FROM matomo_archive_claim_process')->fetchAll(\PDO::FETCH_ASSOC)));
+            self::$figures['server A powered off to its claims re-queued (lease 3 s)'] = sprintf('%.1f s', $back - $lostAt);
+            self::$figures['server B finished the queue'] = sprintf('%.1f s after the power loss, in %d core:archive run(s)', microtime(true) - $lostAt, $runsB);
+            $this->assertSame([], $this->invalidations('idsite IN (1, 2, 3)'), 'server B archived everything, A\'s share included');
+            $this->assertSame([], $doubleClaims, 'no archive was claimed twice at once');
+            // Who released A's claims (B's run at its start, or a heartbeat thread on B, whose
+            // releases the plugin fetches with background_releases()) is in Matomo's log.
+            if (function_exists('Matomo\ArchiveClaim\background_releases')) {
+                foreach ($heldByA as $id) {
+                    $this->assertMatchesRegularExpression("/ArchiveClaim: .*(re-queued|deleted \\(a duplicate of queued work\\)) invalidation $id "
+                        . '\\(site \\d+, .*\\) held by e2e-server-a pid \\d+ for \\d+ s: dead, /', self::m()->log());
+                }
+            }
+        } finally {
+            foreach ([$a, $b] as $proc) {
+                if (is_resource($proc)) {
+                    proc_terminate($proc, SIGKILL);
+                    proc_close($proc);
+                }
+            }
+            @unlink($outA);
+            @unlink($outB);
+        }
+    }
+
+    /**
+     * An operator who ran 0.1.0 (no install(), on Matomo 5.3 with the columns) gets the registry
+     * and the index from Matomo's updater; uninstalling drops them again, never Matomo's columns.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     */
+    public function testUpdateFrom010AndUninstall(): void
+    {
+        $pdo = self::m()->pdo();
+        $pdo->exec('DROP TABLE matomo_archive_claim_process');
+        $pdo->exec('ALTER TABLE matomo_archive_invalidations DROP INDEX index_archive_claim_status_host');
+        $pdo->exec("UPDATE matomo_option SET option_value = '0.1.0' WHERE option_name = 'version_ArchiveClaim'");
+        $this->assertSame(1, (int) $pdo->query("SELECT COUNT(*) FROM matomo_option WHERE option_name = 'version_ArchiveClaim'")->fetchColumn());
+
+        [$code, $out] = self::m()->console(['core:update', '--yes']);
+        $this->assertSame(0, $code, $out);
+        $this->assertTrue($this->hasTable('matomo_archive_claim_process'), "the update created the registry:\n$out");
+        $this->assertContains('index_archive_claim_status_host', $this->indexes('matomo_archive_invalidations'));
+        $this->assertSame('0.2.0', $pdo->query("SELECT option_value FROM matomo_option WHERE option_name = 'version_ArchiveClaim'")->fetchColumn());
+        $this->assertSame(self::$checksum, self::m()->coreChecksum(), 'no file of Matomo was edited');
+
+        [$code, $out] = self::m()->console(['plugin:deactivate', 'ArchiveClaim']);
+        $this->assertSame(0, $code, $out);
+        [$code, $out] = self::m()->console(['plugin:uninstall', 'ArchiveClaim']);
+        $this->assertSame(0, $code, $out);
+        $this->assertFalse($this->hasTable('matomo_archive_claim_process'), 'the registry is dropped');
+        $this->assertNotContains('index_archive_claim_status_host', $this->indexes('matomo_archive_invalidations'));
+        $this->assertContains('processing_host', $this->columns('matomo_archive_invalidations'), 'Matomo\'s columns stay');
+        $this->assertContains('process_id', $this->columns('matomo_archive_invalidations'));
+    }
+}
