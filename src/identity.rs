@@ -41,9 +41,7 @@ impl Identity {
             start_ticks: status.map(|s| s.start_ticks),
             boot_id: boot_id(),
             pid_namespace: pid_namespace("self"),
-            works_for: fs::read("/proc/self/cmdline")
-                .ok()
-                .and_then(|c| archiving_child_of(&c)),
+            works_for: works_for(pid),
         }
     }
 
@@ -108,11 +106,49 @@ pub fn process_status(pid: &str) -> Option<ProcessStatus> {
     })
 }
 
+/// Whether a command line (NUL separated) is a Matomo archiving child's.
+fn is_archiving_child(cmdline: &[u8]) -> bool {
+    cmdline.split(|b| *b == 0).any(|a| a == b"climulti:request")
+}
+
+/// The pid the calling process works for, if it is a Matomo archiving child: the `runid` on
+/// its command line, or, for a batch of one request (which Matomo runs in the foreground and
+/// without `runid`), its nearest ancestor that is not a shell: the `core:archive` process.
+fn works_for(me: u32) -> Option<u32> {
+    let cmdline = fs::read("/proc/self/cmdline").ok()?;
+    if !is_archiving_child(&cmdline) {
+        return None;
+    }
+    archiving_child_of(&cmdline).or_else(|| {
+        let mut pid = parent_of(me)?;
+        for _ in 0..4 {
+            let argv0 = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let name = argv0.split(|b| *b == 0).next()?;
+            let base = name.rsplit(|b| *b == b'/').next()?;
+            if !matches!(base, b"sh" | b"bash" | b"dash" | b"zsh" | b"busybox") {
+                return (pid > 1).then_some(pid);
+            }
+            pid = parent_of(pid)?;
+        }
+        None
+    })
+}
+
+/// Field 4 of /proc/<pid>/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// The `core:archive` pid a Matomo archiving child works for, from its command line (NUL
 /// separated): `php console climulti:request ... 'module=API&...&pid=..&runid=<pid>'`.
 pub fn archiving_child_of(cmdline: &[u8]) -> Option<u32> {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    if !args.iter().any(|a| *a == b"climulti:request") {
+    if !is_archiving_child(cmdline) {
         return None;
     }
     args.iter().find_map(|arg| {
@@ -226,6 +262,15 @@ mod tests {
             None
         );
         assert_eq!(archiving_child_of(b""), None);
+    }
+
+    #[test]
+    fn a_process_has_a_parent() {
+        assert_eq!(
+            parent_of(std::process::id()),
+            Some(std::os::unix::process::parent_id())
+        );
+        assert_eq!(parent_of(u32::MAX - 1), None);
     }
 
     #[test]
