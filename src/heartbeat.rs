@@ -37,6 +37,10 @@ use crate::settings::HeartbeatSettings;
 /// How long shutdown waits for the thread to delete its registration.
 const STOP_WAIT: Duration = Duration::from_secs(3);
 
+/// How often the host's reaper reads which local processes to watch (a small read of the
+/// registry, not of the invalidations): a process that registered since is watched from then.
+const WATCH_REFRESH: Duration = Duration::from_secs(1);
+
 /// Stale registrations that no row names any more are pruned after this many leases.
 const PRUNE_AFTER_LEASES: u32 = 60;
 
@@ -361,6 +365,10 @@ struct Heartbeat {
     /// A watched local owner died: reap this host now.
     local_death: bool,
     watch: pidfd::Watch,
+    /// Local pids that owned rows at the last look (stock claimers among them).
+    row_owners: Vec<u32>,
+    /// Pids already found gone, so a registration kept as evidence wakes nobody twice.
+    gone: std::collections::HashSet<u32>,
 }
 
 impl Heartbeat {
@@ -377,15 +385,18 @@ impl Heartbeat {
             last_prune: Instant::now(),
             local_death: false,
             watch: pidfd::Watch::default(),
+            row_owners: Vec::new(),
+            gone: std::collections::HashSet::new(),
         }
     }
 
     fn run(mut self, stop: pidfd::StopSignal) {
         let interval = self.registered.settings.interval;
-        let mut next_beat = Instant::now() + interval;
+        // The first beat at once: it takes the reaper locks while the registration is new.
+        let mut next_beat = Instant::now();
         loop {
             let until_beat = next_beat.saturating_duration_since(Instant::now());
-            match self.watch.wait(&stop, until_beat) {
+            match self.watch.wait(&stop, until_beat.min(WATCH_REFRESH)) {
                 pidfd::Wake::Stop => break,
                 pidfd::Wake::Died => self.local_death = true,
                 pidfd::Wake::Timeout => {}
@@ -432,6 +443,9 @@ impl Heartbeat {
         }
         if beat_due {
             self.take_locks()?;
+        }
+        if self.host_reaper {
+            self.refresh_watch()?;
         }
         if self.host_reaper && self.local_reap_due()? {
             self.reap_this_host()?;
@@ -518,8 +532,7 @@ impl Heartbeat {
         self.last_local_reap = Some(Instant::now());
         let host = self.registered.identity.host.clone();
         let report = self.reap(host.clone().into_iter().collect())?;
-        // Watch every local process that owns a row or is registered here: its death wakes us.
-        let mut pids: Vec<u32> = report
+        self.row_owners = report
             .iter()
             .flat_map(|r| &r.entries)
             .filter(|e| e.action == Action::Kept && e.row.processing_host == host)
@@ -530,10 +543,25 @@ impl Heartbeat {
                     .and_then(liveness::plausible_pid)
             })
             .collect();
+        self.refresh_watch()
+    }
+
+    /// Watches every local process that owns a row or is registered on this machine (a cheap
+    /// read of the registry, every beat): its death wakes the thread. One that is already gone
+    /// when first seen asks for a look now.
+    fn refresh_watch(&mut self) -> std::result::Result<(), mysql::Error> {
         let (config, me) = (self.config.clone(), self.registered.identity.clone());
-        pids.extend(registry::pids_on_machine(self.conn()?, &config, &me)?);
+        let mut pids = registry::pids_on_machine(self.conn()?, &config, &me)?;
+        pids.extend(&self.row_owners);
         pids.retain(|p| *p != me.pid);
-        self.watch.watch_only(&pids);
+        pids.sort_unstable();
+        pids.dedup();
+        self.gone.retain(|p| pids.contains(p));
+        for pid in self.watch.watch_only(&pids) {
+            if self.gone.insert(pid) {
+                self.local_death = true;
+            }
+        }
         Ok(())
     }
 

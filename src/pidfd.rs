@@ -51,12 +51,13 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Watches exactly these pids from now on (a pid already gone is simply not watched: the
-    /// look that listed it will be followed by another).
-    pub fn watch_only(&mut self, pids: &[u32]) {
+    /// Watches exactly these pids from now on; returns those already gone (no such process),
+    /// which are not watched.
+    pub fn watch_only(&mut self, pids: &[u32]) -> Vec<u32> {
         self.fds.retain(|pid, _| pids.contains(pid));
+        let mut gone = Vec::new();
         if self.unsupported {
-            return;
+            return gone;
         }
         for &pid in pids {
             if self.fds.contains_key(&pid) {
@@ -71,11 +72,18 @@ impl Watch {
                 // SAFETY: a new descriptor that nothing else owns.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
                 self.fds.insert(pid, owned);
-            } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-                self.unsupported = true;
-                return;
+            } else {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::ENOSYS) => {
+                        self.unsupported = true;
+                        return gone;
+                    }
+                    Some(libc::ESRCH) => gone.push(pid),
+                    _ => {}
+                }
             }
         }
+        gone
     }
 
     pub fn watched(&self) -> usize {
@@ -162,7 +170,15 @@ mod tests {
     #[test]
     fn pids_that_do_not_exist_are_not_watched() {
         let mut watch = Watch::default();
-        watch.watch_only(&[u32::MAX - 5, 0]);
+        assert_eq!(
+            watch.watch_only(&[u32::MAX - 5]),
+            Vec::<u32>::new(),
+            "not a pid at all"
+        );
         assert_eq!(watch.watched(), 0);
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let pid = child.id();
+        let _ = child.wait();
+        assert_eq!(watch.watch_only(&[pid]), vec![pid], "reaped: gone");
     }
 }

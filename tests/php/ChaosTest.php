@@ -81,6 +81,7 @@ final class ChaosTest extends ExtensionTestCase
                 exec(escapeshellarg($restart) . ' 2>&1', $out, $code);
                 $this->assertSame(0, $code, implode("\n", $out));
                 $story['database restarts']++;
+                $story['last restart at'] = sprintf('%.3f', microtime(true));
                 $nextRestart = microtime(true) + 15;
             } elseif ($roll <= 45 && $names) {
                 $server = $this->servers[$names[$rand->getInt(0, count($names) - 1)]];

@@ -100,6 +100,24 @@ final class MultiHostTest extends ExtensionTestCase
         $this->assertSame(['dead', 'pid_gone', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
     }
 
+    public function testTheHostsReaperLearnsOfALocalDeathFromTheKernelNotAtItsNextLook(): void
+    {
+        // Beats every 30 s: a periodic look could not see this death for half a minute.
+        [$id, $own] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
+        $server = $this->server('server1', ['heartbeat_interval' => 30, 'lease' => 90, 'auto_reap' => 1]);
+        $this->assertSame([$own], $server->send(['cmd' => 'claim', 'ids' => [$own]])['won'], 'the agent: this host\'s reaper');
+        $victim = $server->send(['cmd' => 'spawn', 'ids' => [$id]]);
+        sleep(2); // the reaper reads which local processes to watch every second
+        $server->send(['cmd' => 'kill', 'pid' => $victim['pid']]);
+        $killed = microtime(true);
+        while ((int) $this->row($id)['status'] !== 0 && microtime(true) - $killed < 15) {
+            usleep(20000);
+        }
+        $this->assertSame(0, (int) $this->row($id)['status'], 'released by the reaper thread, woken by the kernel');
+        $this->assertLessThan(15, microtime(true) - $killed);
+        $this->assertSame(1, (int) $this->row($own)['status'], 'the live reaper keeps its own claim');
+    }
+
     public function testAPidReusedInANewPidNamespaceIsProofOfDeathOnceNoTimeZoneCanExplainIt(): void
     {
         // A stock Matomo archiver on "reuse-host" claimed as pid 1 and died; the server

@@ -80,7 +80,8 @@ final class WorkLog
             usort($list, fn ($a, $b) => $a[0] <=> $b[0]);
             for ($i = 1; $i < count($list); $i++) {
                 if ($list[$i][0] < $list[$i - 1][1]) {
-                    $overlaps[] = "#$id: {$list[$i - 1][2]} and {$list[$i][2]}";
+                    $overlaps[] = sprintf('#%d: %s [%.3f..%.3f] and %s [%.3f..%.3f]', $id, $list[$i - 1][2],
+                        $list[$i - 1][0], $list[$i - 1][1], $list[$i][2], $list[$i][0], $list[$i][1]);
                 }
             }
         }
