@@ -13,6 +13,9 @@ declare -A needed=(
   [clang]=/usr/bin/clang
   [libclang-dev]=libclang
   [util-linux]=/usr/bin/unshare
+  # A database clock across a DST change (tests/php/DstTest.php).
+  [faketime]=/usr/bin/faketime
+  [tzdata]=/usr/share/zoneinfo/Europe/Berlin
   # A real php-fpm worker driven over FastCGI (tests/php/RequestScopeTest.php).
   [php-fpm]=php-fpm
   [libfcgi-bin]=/usr/bin/cgi-fcgi

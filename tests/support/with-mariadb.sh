@@ -8,6 +8,8 @@
 # may create databases and users, and can restart it (same port, same data) by running
 # $MATOMO_ARCHIVE_CLAIM_TEST_DB_RESTART. If MATOMO_ARCHIVE_CLAIM_TEST_DSN is already set, no
 # server is started and the command runs against the one it names (and cannot restart it).
+# MATOMO_ARCHIVE_CLAIM_TEST_DB_FAKETIME='@2026-03-29 01:59:55' starts the server's clock there
+# (libfaketime; the clock runs on from it), in the time zone TZ names: a DST change on demand.
 set -euo pipefail
 
 if [[ -n "${MATOMO_ARCHIVE_CLAIM_TEST_DSN:-}" ]]; then
@@ -47,6 +49,7 @@ mariadb-install-db --no-defaults --datadir="$dir/data" $user_flag \
 cat >"$dir/start" <<START
 #!/usr/bin/env bash
 set -e
+${MATOMO_ARCHIVE_CLAIM_TEST_DB_FAKETIME:+FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f '$MATOMO_ARCHIVE_CLAIM_TEST_DB_FAKETIME'} \\
 mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mysqld.sock" --port="$port" \\
   --bind-address=127.0.0.1 $user_flag --skip-name-resolve --pid-file="$dir/mysqld.pid" \\
   --log-error="$dir/error.log" --max-connections=400 --innodb-buffer-pool-size=256M \\
