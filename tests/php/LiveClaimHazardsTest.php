@@ -10,75 +10,39 @@ namespace Matomo\ArchiveClaim\Tests;
  * reused after a registered owner died, one host name in two pid namespaces, work running in a
  * child), and checks that a real death is still recovered.
  */
-final class LiveClaimHazardsTest extends ExtensionTestCase
+final class LiveClaimHazardsTest extends SimulatedServersTestCase
 {
-    /** @var SimulatedServer[] */
-    private array $servers = [];
-
-    protected function setUp(): void
-    {
-        if (!SimulatedServer::canIsolate()) {
-            $this->markTestSkipped('needs root for unshare --uts --pid (separate host names and pid spaces)');
-        }
-        parent::setUp();
-    }
-
     protected function tearDown(): void
     {
-        foreach ($this->servers as $s) {
-            $s->stop();
-        }
-        TestDatabase::admin()->exec("SET GLOBAL time_zone = 'SYSTEM'");
         parent::tearDown();
-    }
-
-    private function server(string $key, string $name, array $ini = [], ?array $config = null): SimulatedServer
-    {
-        return $this->servers[$key] = SimulatedServer::start($name, $config ?? $this->config, $ini);
-    }
-
-    /** Reaps from $server every 250 ms for $seconds; returns every entry seen for $id. */
-    private function reapFor(SimulatedServer $server, int $id, float $seconds): array
-    {
-        $seen = [];
-        $deadline = microtime(true) + $seconds;
-        do {
-            $entry = self::byId($server->send(['cmd' => 'reap']))[$id] ?? null;
-            $seen[] = $entry === null ? 'gone' : "{$entry['verdict']}/{$entry['reason']}/{$entry['action']}";
-            usleep(250000);
-        } while (microtime(true) < $deadline);
-        return array_values(array_unique($seen));
+        TestDatabase::admin()->exec("SET GLOBAL time_zone = 'SYSTEM'");
     }
 
     public function testAChangeOfTheDatabaseTimeZoneReleasesNoLiveClaim(): void
     {
         [$id] = $this->queue([[]]);
-        $archiver = $this->server('archiver', 'tz-archiver');
+        $archiver = $this->server('archiver', [], 'tz-archiver');
         $this->assertSame([$id], $archiver->send(['cmd' => 'claim', 'ids' => [$id]])['won']);
         // Sessions opened from now on read local times an hour (then thirteen) apart from the
         // archiver's: its heartbeats, written as DATETIME, used to look an hour stale.
         TestDatabase::admin()->exec("SET GLOBAL time_zone = '+01:00'");
-        $reaper = $this->server('reaper', 'tz-reaper');
+        $reaper = $this->server('reaper', [], 'tz-reaper');
         $this->assertSame(['alive/heartbeat_fresh/kept'], $this->reapFor($reaper, $id, 4.0), 'lease 3 s');
         TestDatabase::admin()->exec("SET GLOBAL time_zone = '-12:00'");
-        $late = $this->server('late', 'tz-late-reaper');
+        $late = $this->server('late', [], 'tz-late-reaper');
         $this->assertSame(['alive/heartbeat_fresh/kept'], $this->reapFor($late, $id, 2.0));
 
         // A real death is still found through the lease, whatever the zone.
         $this->servers['archiver']->killWhole();
         unset($this->servers['archiver']);
-        $deadline = microtime(true) + 10;
-        do {
-            $entry = self::byId($late->send(['cmd' => 'reap']))[$id];
-            usleep(250000);
-        } while ($entry['action'] === 'kept' && microtime(true) < $deadline);
+        $entry = $this->reapUntilReleased($late, $id, 10);
         $this->assertSame(['dead', 'heartbeat_stale', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
     }
 
     public function testAClockStepCannotMakeARegisteredOwnerLookReused(): void
     {
         [$id] = $this->queue([[]]);
-        $server = $this->server('s', 'clock-host');
+        $server = $this->server('s', [], 'clock-host');
         $owner = $server->send(['cmd' => 'spawn', 'ids' => [$id]]);
         $this->assertSame([$id], $owner['won']);
         foreach ([5, 3600, -3600] as $step) {
@@ -100,7 +64,7 @@ final class LiveClaimHazardsTest extends ExtensionTestCase
         $admin->exec("GRANT ALL ON `{$this->config['dbname']}`.* TO '$user'@'%'");
         try {
             [$id] = $this->queue([[]]);
-            $limited = $this->server('limited', 'limited-host', [], ['username' => $user, 'password' => 'pw'] + $this->config);
+            $limited = $this->server('limited', [], 'limited-host', ['username' => $user, 'password' => 'pw'] + $this->config);
             // Its one connection claims; the heartbeat's would be the second: it says so.
             $this->assertSame([$id], $limited->send(['cmd' => 'claim', 'ids' => [$id]])['won']);
             try {
@@ -115,7 +79,7 @@ final class LiveClaimHazardsTest extends ExtensionTestCase
                 ? (int) $this->pdo->query("SELECT COUNT(*) FROM $registry WHERE host = 'limited-host'")->fetchColumn() : 0;
             $this->assertSame(0, $registered, 'no registration that would go stale');
 
-            $reaper = $this->server('reaper', 'watching-host');
+            $reaper = $this->server('reaper', [], 'watching-host');
             $this->assertSame(['unknown/remote_unregistered/kept'], $this->reapFor($reaper, $id, 4.0), 'lease 3 s');
             $this->assertSame(1, (int) $this->row($id)['status']);
         } finally {
@@ -130,7 +94,7 @@ final class LiveClaimHazardsTest extends ExtensionTestCase
     public function testAStockClaimerThatGotTheDeadOwnersPidKeepsItsClaim(): void
     {
         [$orphan, $live] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
-        $server = $this->server('s', 'reuse-host');
+        $server = $this->server('s', [], 'reuse-host');
         $owner = $server->send(['cmd' => 'spawn', 'ids' => [$orphan]]);
         $this->assertSame([$orphan], $owner['won']);
         $server->send(['cmd' => 'kill', 'pid' => $owner['pid']]);
@@ -149,8 +113,8 @@ final class LiveClaimHazardsTest extends ExtensionTestCase
     public function testPidsOfAHostNameUsedByTwoPidNamespacesProveNothing(): void
     {
         [$id] = $this->queue([[]]);
-        $a = $this->server('a', 'shared-name');
-        $b = $this->server('b', 'shared-name');
+        $a = $this->server('a', [], 'shared-name');
+        $b = $this->server('b', [], 'shared-name');
         $b->send(['cmd' => 'register']);
         $stock = $b->send(['cmd' => 'spawn', 'ids' => [$id], 'extension' => false]);
         $this->assertSame([$id], $stock['won']);
@@ -166,11 +130,11 @@ final class LiveClaimHazardsTest extends ExtensionTestCase
     public function testAnOperatorCanDeclareAHostNameSharedWhenNoOtherNamespaceRegisters(): void
     {
         [$id] = $this->queue([[]]);
-        $b = $this->server('b', 'compose-replica');
+        $b = $this->server('b', [], 'compose-replica');
         $stock = $b->send(['cmd' => 'spawn', 'ids' => [$id], 'extension' => false]);
         $this->assertSame([$id], $stock['won']);
-        $plain = $this->server('plain', 'compose-replica');
-        $declared = $this->server('declared', 'compose-replica', ['host_name_shared' => 1]);
+        $plain = $this->server('plain', [], 'compose-replica');
+        $declared = $this->server('declared', ['host_name_shared' => 1], 'compose-replica');
 
         $entry = self::byId($declared->send(['cmd' => 'reap']))[$id];
         $this->assertSame(['unknown', 'host_name_shared', 'kept'], [$entry['verdict'], $entry['reason'], $entry['action']]);
@@ -183,7 +147,7 @@ final class LiveClaimHazardsTest extends ExtensionTestCase
     public function testAnArchivingChildKeepsItsDeadParentsClaimOnItsHost(): void
     {
         [$id] = $this->queue([[]]);
-        $server = $this->server('s', 'child-host');
+        $server = $this->server('s', [], 'child-host');
         $parent = $server->send(['cmd' => 'spawn', 'ids' => [$id]]);
         $this->assertSame([$id], $parent['won']);
         // A stock child, as Matomo starts it: its command line names the parent.
@@ -201,20 +165,16 @@ final class LiveClaimHazardsTest extends ExtensionTestCase
     public function testARegisteredChildKeepsItsDeadParentsClaimSeenFromAnotherHost(): void
     {
         [$id] = $this->queue([[]]);
-        $server = $this->server('s', 'child-host');
+        $server = $this->server('s', [], 'child-host');
         $parent = $server->send(['cmd' => 'spawn', 'ids' => [$id]]);
         $child = $server->send(['cmd' => 'spawn', 'ids' => [], 'register' => true,
             'argv' => ['climulti:request', "module=API&runid={$parent['pid']}"]]);
         $server->send(['cmd' => 'kill', 'pid' => $parent['pid']]);
-        $remote = $this->server('r', 'other-host');
+        $remote = $this->server('r', [], 'other-host');
 
         $this->assertSame(['alive/child_working/kept'], $this->reapFor($remote, $id, 4.0), 'lease 3 s, the parent is silent');
         $server->send(['cmd' => 'kill', 'pid' => $child['pid']]);
-        $deadline = microtime(true) + 10;
-        do {
-            $entry = self::byId($remote->send(['cmd' => 'reap']))[$id];
-            usleep(250000);
-        } while ($entry['action'] === 'kept' && microtime(true) < $deadline);
+        $entry = $this->reapUntilReleased($remote, $id, 10);
         $this->assertSame(['dead', 'heartbeat_stale', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
     }
 }

@@ -8,46 +8,8 @@ namespace Matomo\ArchiveClaim\Tests;
  * (`unshare --uts --pid --fork --mount-proc`): real distinct host names, pid spaces where one
  * server cannot see another's processes, and a power loss that kills a whole server at once.
  */
-final class MultiHostTest extends ExtensionTestCase
+final class MultiHostTest extends SimulatedServersTestCase
 {
-    /** @var SimulatedServer[] */
-    private array $servers = [];
-
-    protected function setUp(): void
-    {
-        if (!SimulatedServer::canIsolate()) {
-            $this->markTestSkipped('needs root for unshare --uts --pid (separate host names and pid spaces)');
-        }
-        parent::setUp();
-    }
-
-    protected function tearDown(): void
-    {
-        foreach ($this->servers as $s) {
-            $s->stop();
-        }
-        parent::tearDown();
-    }
-
-    private function server(string $name, array $ini = []): SimulatedServer
-    {
-        return $this->servers[$name] = SimulatedServer::start($name, $this->config, $ini);
-    }
-
-    /** Reaps from $server until $id is released or $seconds pass; returns that reap's entry. */
-    private function reapUntilReleased(SimulatedServer $server, int $id, float $seconds): array
-    {
-        $deadline = microtime(true) + $seconds;
-        do {
-            $entry = self::byId($server->send(['cmd' => 'reap']))[$id] ?? null;
-            if ($entry === null || $entry['action'] !== 'kept') {
-                return $entry ?? [];
-            }
-            usleep(200000);
-        } while (microtime(true) < $deadline);
-        $this->fail("row $id was not released within $seconds s: " . json_encode($entry));
-    }
-
     public function testServer2LosesPowerAndOnlyItsRowsAreReleasedOnceItsHeartbeatsAreStale(): void
     {
         $ids = $this->queue(array_map(fn ($i) => ['idsite' => $i], range(1, 9)));

@@ -13,3 +13,4 @@ require __DIR__ . '/../support/WorkLog.php';
 require __DIR__ . '/../support/FpmPool.php';
 require __DIR__ . '/../support/RealMatomo.php';
 require __DIR__ . '/ExtensionTestCase.php';
+require __DIR__ . '/SimulatedServersTestCase.php';
