@@ -361,6 +361,7 @@ struct Heartbeat {
     /// Whether `status` is indexed (None: not looked yet, or looked too long ago).
     indexed: Option<bool>,
     last_local_reap: Option<Instant>,
+    last_stale_reap: Option<Instant>,
     last_prune: Instant,
     /// A watched local owner died: reap this host now.
     local_death: bool,
@@ -382,6 +383,7 @@ impl Heartbeat {
             fleet_reaper: false,
             indexed: None,
             last_local_reap: None,
+            last_stale_reap: None,
             last_prune: Instant::now(),
             local_death: false,
             watch: pidfd::Watch::default(),
@@ -509,9 +511,10 @@ impl Heartbeat {
         Ok(())
     }
 
-    /// Where `status` is not indexed, every look is a scan of the whole table: back off to
-    /// once per lease (and say so), instead of once per interval.
-    fn local_reap_due(&mut self) -> std::result::Result<bool, mysql::Error> {
+    /// How often to look for orphans in the invalidations table: every interval where an
+    /// index starts with `status`; where none does, every look is a scan of the whole table, so
+    /// once per lease (and phpinfo() says why).
+    fn look_period(&mut self) -> std::result::Result<Duration, mysql::Error> {
         if self.indexed.is_none() {
             let config = self.config.clone();
             let indexed = schema::status_is_indexed(self.conn()?, &config)?;
@@ -519,12 +522,16 @@ impl Heartbeat {
             self.lease.note_index(indexed);
         }
         let settings = self.registered.settings;
-        let period = if self.indexed == Some(true) {
+        Ok(if self.indexed == Some(true) {
             settings.interval
         } else {
             settings.lease
-        };
-        Ok(self.local_death || self.last_local_reap.is_none_or(|at| at.elapsed() >= period))
+        })
+    }
+
+    fn local_reap_due(&mut self) -> std::result::Result<bool, mysql::Error> {
+        let period = self.look_period()?;
+        Ok(self.local_death || due(self.last_local_reap, period))
     }
 
     fn reap_this_host(&mut self) -> std::result::Result<(), mysql::Error> {
@@ -566,12 +573,16 @@ impl Heartbeat {
     }
 
     fn reap_stale_hosts(&mut self) -> std::result::Result<(), mysql::Error> {
+        if !due(self.last_stale_reap, self.look_period()?) {
+            return Ok(());
+        }
         let lease = self.registered.settings.lease.as_secs_f64();
         let config = self.config.clone();
         let mut hosts = registry::hosts_with_stale_heartbeats(self.conn()?, &config, lease)?;
         // This host is the host reaper's, which can look at its processes.
         hosts.retain(|h| Some(h) != self.registered.identity.host.as_ref());
-        if !hosts.is_empty() && (self.indexed != Some(false) || self.local_reap_due()?) {
+        if !hosts.is_empty() {
+            self.last_stale_reap = Some(Instant::now());
             self.reap(hosts)?;
         }
         Ok(())
@@ -609,6 +620,11 @@ impl Heartbeat {
             Err(reap::ReapError::Sql(e)) => Err(e),
         }
     }
+}
+
+/// Whether a duty last done at `last` (never: None) is due again.
+fn due(last: Option<Instant>, period: Duration) -> bool {
+    last.is_none_or(|at| at.elapsed() >= period)
 }
 
 /// Keeps this shared library mapped until the process ends: PHP unloads extensions after

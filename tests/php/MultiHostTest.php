@@ -62,6 +62,23 @@ final class MultiHostTest extends SimulatedServersTestCase
         $this->assertSame(['dead', 'pid_gone', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
     }
 
+    public function testTheFleetsReaperReleasesAPoweredOffServersRowsWithNobodyRunningACommand(): void
+    {
+        // No index on status here: the reaper looks once per lease, not every beat.
+        [$survivor, $victim] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
+        $ini = ['heartbeat_interval' => 1, 'lease' => 3, 'auto_reap' => 1];
+        $this->server('server1', $ini)->send(['cmd' => 'claim', 'ids' => [$survivor]]);
+        $this->server('server2', $ini)->send(['cmd' => 'claim', 'ids' => [$victim]]);
+        $this->servers['server2']->killWhole();
+        unset($this->servers['server2']);
+        $killed = microtime(true);
+        while ((int) $this->row($victim)['status'] !== 0 && microtime(true) - $killed < 20) {
+            usleep(100000);
+        }
+        $this->assertSame(0, (int) $this->row($victim)['status'], 'released by server1\'s heartbeat thread');
+        $this->assertSame(1, (int) $this->row($survivor)['status']);
+    }
+
     public function testTheHostsReaperLearnsOfALocalDeathFromTheKernelNotAtItsNextLook(): void
     {
         // Beats every 30 s: a periodic look could not see this death for half a minute.
