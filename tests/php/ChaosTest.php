@@ -10,7 +10,9 @@ use function Matomo\ArchiveClaim\reap_orphans;
  * drain a queue while archivers are killed with SIGKILL, whole servers lose power and are
  * replaced, the database restarts, its time zone changes under running sessions, and reapers
  * run concurrently (every server's heartbeat threads, plus this process). One archiver per
- * server works as Matomo's do, in climulti:request children that outlive a killed parent. Invariants, checked at the end from the archivers' log and the
+ * server works as Matomo's do, in climulti:request children that outlive a killed parent. The
+ * first server's archivers connect as a user at its connection limit: their heartbeats cannot
+ * connect, so they claim unregistered, and only their own host may release what they leave. Invariants, checked at the end from the archivers' log and the
  * table: every invalidation was completed, no row was lost or invented, none was worked on by
  * two live processes at once, no live claim was taken away, and nothing is left in progress.
  *
@@ -22,6 +24,9 @@ final class ChaosTest extends ExtensionTestCase
     /** @var array<string, SimulatedServer> */
     private array $servers = [];
     private int $serverCount = 0;
+    /** The server whose archivers are at their user's connection limit (never powered off). */
+    private ?string $limited = null;
+    private ?string $limitedUser = null;
 
     protected function tearDown(): void
     {
@@ -29,21 +34,37 @@ final class ChaosTest extends ExtensionTestCase
             $s->killWhole();
         }
         $this->setGlobalTimeZone('SYSTEM');
+        if ($this->limitedUser !== null) {
+            TestDatabase::admin()->exec("DROP USER '{$this->limitedUser}'@'%'");
+        }
         parent::tearDown();
     }
 
-    private function startServer(string $log, int $archivers): void
+    private function startServer(string $log, int $archivers, bool $atConnectionLimit = false): void
     {
         $name = 's' . (++$this->serverCount);
         $server = SimulatedServer::start($name, $this->config, ['heartbeat_interval' => 1, 'lease' => 5, 'auto_reap' => 1]);
         $this->servers[$name] = $server;
+        $config = $this->config;
+        if ($atConnectionLimit) {
+            // Two connections per archiver (its PDO and the extension's): none left for a
+            // heartbeat. Their claims are unregistered; this server's agent, registered as
+            // another user, is the host's reaper that can see their pids.
+            $this->limitedUser = 'mac_chaos_' . bin2hex(random_bytes(3));
+            $admin = TestDatabase::admin();
+            $admin->exec("CREATE USER '{$this->limitedUser}'@'%' IDENTIFIED BY 'pw' WITH MAX_USER_CONNECTIONS " . (2 * $archivers));
+            $admin->exec("GRANT ALL ON `{$this->config['dbname']}`.* TO '{$this->limitedUser}'@'%'");
+            $config = ['username' => $this->limitedUser, 'password' => 'pw'] + $this->config;
+            $server->send(['cmd' => 'register']);
+            $this->limited = $name;
+        }
         for ($i = 0; $i < $archivers; $i++) {
             $server->send(['cmd' => 'run', 'script' => __DIR__ . '/../support/archiver.php',
                 // The child-mode archiver works for longer than a heartbeat interval, so a
                 // reaper sees its children outlive a killed parent.
-                'args' => $i === 0
-                    ? [json_encode($this->config), $log, '1500', 'ext', '0', '3000', 'child']
-                    : [json_encode($this->config), $log, '40', 'ext', '11', '120']]);
+                'args' => $i === 0 && !$atConnectionLimit
+                    ? [json_encode($config), $log, '1500', 'ext', '0', '3000', 'child']
+                    : [json_encode($config), $log, '40', 'ext', '11', '120']]);
         }
     }
 
@@ -63,7 +84,7 @@ final class ChaosTest extends ExtensionTestCase
         $rand = new \Random\Randomizer(new \Random\Engine\Mt19937((int) (getenv('MATOMO_ARCHIVE_CLAIM_CHAOS_SEED') ?: random_int(1, PHP_INT_MAX))));
 
         for ($i = 0; $i < 3; $i++) {
-            $this->startServer($log, 3);
+            $this->startServer($log, 3, $i === 0);
         }
         $deaths = [];
         $story = ['archivers killed' => 0, 'servers powered off' => 0, 'database restarts' => 0, 'time zone changes' => 0,
@@ -96,8 +117,11 @@ final class ChaosTest extends ExtensionTestCase
                 // archivers' open sessions write them in.
                 $this->setGlobalTimeZone($zones[$rand->getInt(0, count($zones) - 1)]);
                 $story['time zone changes']++;
-            } elseif ($roll <= 70 && $names) {
-                $name = $names[$rand->getInt(0, count($names) - 1)];
+            } elseif ($roll <= 70 && count($names) > 1) {
+                // Not the connection-limited server: its unregistered claims would wait for
+                // the recovery timeout, as a stock Matomo server's do.
+                $candidates = array_values(array_diff($names, [$this->limited]));
+                $name = $candidates[$rand->getInt(0, count($candidates) - 1)];
                 $host = $this->servers[$name]->host();
                 $this->servers[$name]->killWhole();
                 $deaths[$host] = microtime(true);
@@ -122,6 +146,7 @@ final class ChaosTest extends ExtensionTestCase
         $elapsed = microtime(true) - $started;
 
         $work = WorkLog::analyse($log, $deaths);
+        $story['done at the connection limit'] = count(preg_grep("/ done \\d+ {$this->limited} /", file($log) ?: []));
         unlink($log);
         fwrite(STDERR, sprintf("\nchaos (%s, %s): %d invalidations in %.1f s; %s\n",
             $long ? 'long' : 'short', SimulatedServer::canIsolate() ? 'servers in namespaces' : 'servers as process groups on one host',
@@ -136,6 +161,7 @@ final class ChaosTest extends ExtensionTestCase
         $this->assertSame(0, $this->remaining(), 'nothing left queued or in progress');
         $this->assertSame($ids, $work['done'], 'every invalidation was completed');
         $this->assertGreaterThan(0, $story['archivers killed'] + $story['servers powered off'], 'chaos happened');
+        $this->assertGreaterThan(0, $story['done at the connection limit'], 'the archivers without a heartbeat worked too');
         if ($restart) {
             $this->assertSame(true, $story['database restarts'] > 0, 'the database restarted during the run');
         }
