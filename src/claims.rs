@@ -265,6 +265,8 @@ pub fn datetime(o: &Options, key: &str) -> Result<Option<String>> {
     }
 }
 
+/// 'YYYY-MM-DD' or 'YYYY-MM-DD HH:MM:SS' naming a real calendar time: '2026-13-45 99:99:99' has
+/// the shape but MariaDB would compare it as a string and match every row.
 fn is_datetime(s: &str) -> bool {
     let shape = |pattern: &str| {
         s.len() == pattern.len()
@@ -273,7 +275,25 @@ fn is_datetime(s: &str) -> bool {
                 other => c == other,
             })
     };
-    shape("9999-99-99") || shape("9999-99-99 99:99:99")
+    if !(shape("9999-99-99") || shape("9999-99-99 99:99:99")) {
+        return false;
+    }
+    let field = |range: std::ops::Range<usize>| s.get(range).and_then(|f| f.parse::<u32>().ok());
+    let (Some(year), Some(month), Some(day)) = (field(0..4), field(5..7), field(8..10)) else {
+        return false;
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    let time_ok = s.len() == 10
+        || matches!((field(11..13), field(14..16), field(17..19)),
+            (Some(h), Some(m), Some(sec)) if h < 24 && m < 60 && sec < 60);
+    year >= 1000 && (1..=days).contains(&day) && time_ok
 }
 
 #[cfg(test)]
@@ -296,6 +316,7 @@ mod tests {
         .expect("valid");
         assert_eq!(f.idsites, Some(vec![3]));
         assert_eq!(f.started_before.as_deref(), Some("2026-11-29 03:00:00"));
+        assert!(is_datetime("2024-02-29") && is_datetime("2026-12-31 23:59:59"));
 
         for bad in [
             vec![s("idsite", Value::Int(1))],
@@ -304,6 +325,12 @@ mod tests {
             vec![s(
                 "started_after",
                 Value::Str("2026-11-29' OR 1=1 --".into()),
+            )],
+            vec![s("started_after", Value::Str("2026-13-45 99:99:99".into()))],
+            vec![s("started_before", Value::Str("2026-02-29".into()))],
+            vec![s(
+                "started_before",
+                Value::Str("2026-11-29 24:00:00".into()),
             )],
             vec![s(
                 "hosts",

@@ -59,6 +59,8 @@ final class BadInputTest extends ExtensionTestCase
             'reap: site_timeouts zero' => ['reap_orphans', [['site_timeouts' => [1 => 0]]], \ValueError::class, 'site_timeouts'],
             'reap: only_hosts empty string' => ['reap_orphans', [['only_hosts' => ['']]], \ValueError::class, 'only_hosts'],
             'reap: started_after sql' => ['reap_orphans', [['started_after' => "0' OR '1'='1"]], \ValueError::class, 'started_after'],
+            'reap: impossible date' => ['reap_orphans', [['started_after' => '2026-13-45 99:99:99']], \ValueError::class, 'started_after'],
+            'in_progress: impossible date' => ['in_progress', [['started_before' => '2026-02-30']], \ValueError::class, 'started_before'],
             // install_schema()
             'install_schema: unknown key' => ['install_schema', [['idx' => true]], \ValueError::class, "'idx'"],
             'install_schema: index string' => ['install_schema', [['index' => 'yes']], \TypeError::class, 'index'],
