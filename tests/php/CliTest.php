@@ -143,4 +143,28 @@ final class CliTest extends ExtensionTestCase
         $this->assertSame(1, $code);
         $this->assertStringContainsString('nosuch_archive_invalidations', $err);
     }
+
+    public function testThePasswordComesFromAFileOrTheEnvironmentNeverOnlyFromTheCommandLine(): void
+    {
+        $env = $this->envConnection();
+        unset($env['MATOMO_DB_PASSWORD']);
+        $file = tempnam(sys_get_temp_dir(), 'pw');
+        file_put_contents($file, $this->config['password'] . "\n");
+        try {
+            [$code, $out, $err] = $this->tool(['--password-file=' . $file, 'status'], $env);
+            $this->assertSame(0, $code, $err);
+            $this->assertStringContainsString('No invalidation is in progress', $out);
+            [$code, , $err] = $this->tool(['status'], $env + ['MATOMO_DB_PASSWORD_FILE' => $file]);
+            $this->assertSame(0, $code, $err);
+            [$code, , $err] = $this->tool(['--password-file=/nonexistent/pw', 'status'], $env);
+            $this->assertSame(2, $code);
+            $this->assertStringContainsString('cannot read the password file', $err);
+            // Still accepted on the command line, with a word about ps.
+            [$code, , $err] = $this->tool(['--password=' . $this->config['password'], 'status'], $env);
+            $this->assertSame(0, $code, $err);
+            $this->assertStringContainsString('visible to every user of this machine in ps', $err);
+        } finally {
+            unlink($file);
+        }
+    }
 }
