@@ -33,14 +33,16 @@ declare -A needed=(
 )
 
 missing_packages() {
-  local pkg probe
+  local pkg probe modules
+  # Read once: `php -m | grep -q` under pipefail fails whenever grep stops reading first.
+  modules=$(php -m 2>/dev/null || true)
   for pkg in "${!needed[@]}"; do
     probe=${needed[$pkg]}
     case "$probe" in
       /*) [[ -e "$probe" ]] || echo "$pkg" ;;
-      pdo_mysql) php -m 2>/dev/null | grep -qx pdo_mysql || echo "$pkg" ;;
+      pdo_mysql) grep -qx pdo_mysql <<<"$modules" || echo "$pkg" ;;
       php-fpm) compgen -G "/usr/sbin/php-fpm*" >/dev/null || echo "$pkg" ;;
-      phpmod:*) php -m 2>/dev/null | grep -qix "${probe#phpmod:}" || echo "$pkg" ;;
+      phpmod:*) grep -qix "${probe#phpmod:}" <<<"$modules" || echo "$pkg" ;;
       libclang) compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || echo "$pkg" ;;
     esac
   done | sort
