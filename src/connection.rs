@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::mem::ManuallyDrop;
 use std::rc::Rc;
 
+use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder};
 
 use crate::config::DbConfig;
@@ -111,9 +112,16 @@ pub fn run<T>(
         }
 
         let mut attempt = Attempt::First;
+        // The session we gave up on, whose last statement may still be running on the server.
+        let mut abandoned: Option<u32> = None;
         loop {
             if state.conn.is_none() {
-                let conn = connect(&config)?;
+                let mut conn = connect(&config)?;
+                if let Some(id) = abandoned.take() {
+                    // Its statement must not commit after we decided: stop it and wait until
+                    // it has, so what the work reads next is the final outcome.
+                    settle_abandoned(&mut conn, id, &config);
+                }
                 state.conn = Some(ProcessConn {
                     opened_by: std::process::id(),
                     conn: ManuallyDrop::new(conn),
@@ -122,15 +130,21 @@ pub fn run<T>(
             let Some(pc) = state.conn.as_mut() else {
                 continue;
             };
+            let session = pc.conn.connection_id();
             match work(&mut pc.conn, &config, attempt) {
                 Ok(v) => return Ok(v),
                 Err(e) if is_connection_lost(&e) && attempt == Attempt::First => {
                     state.conn = None;
+                    abandoned = Some(session);
                     attempt = Attempt::AfterReconnect;
                 }
                 Err(e) => {
                     if is_connection_lost(&e) {
                         state.conn = None;
+                        // Nothing runs on after we give up, either.
+                        if let Ok(mut conn) = connect(&config) {
+                            settle_abandoned(&mut conn, session, &config);
+                        }
                     }
                     return Err(classify(during, &config, e));
                 }
@@ -139,9 +153,39 @@ pub fn run<T>(
     })
 }
 
+/// Stops whatever statement the abandoned session `id` still runs (a read timeout left it
+/// waiting on a lock, say) and waits, at most a connect timeout, until it has stopped. A
+/// restarted server no longer knows the id: nothing to stop.
+fn settle_abandoned(conn: &mut Conn, id: u32, config: &DbConfig) {
+    if conn.query_drop(format!("KILL QUERY {id}")).is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + config.connect_timeout;
+    while std::time::Instant::now() < deadline {
+        let running: std::result::Result<Option<u8>, _> = conn.exec_first(
+            "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = ? AND COMMAND = 'Query'",
+            (id,),
+        );
+        if !matches!(running, Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Opens a connection of its own (the heartbeat thread's, tests).
 pub fn connect(config: &DbConfig) -> Result<Conn> {
-    let mut init = vec!["SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'".to_owned()];
+    // The server gives up on a lock before we give up on the server: a statement that waits
+    // on a row (or a table) ends with an error and commits nothing, instead of running on
+    // after our read_timeout left its outcome unknown.
+    let read = config.read_timeout.as_secs();
+    let lock_wait = read.saturating_sub((read / 4).max(1)).max(1);
+    let mut init = vec![
+        "SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'".to_owned(),
+        format!(
+            "SET SESSION innodb_lock_wait_timeout = {lock_wait}, lock_wait_timeout = {lock_wait}"
+        ),
+    ];
     if let Some(charset) = &config.charset {
         // Checked to be [A-Za-z0-9_]+ by DbConfig.
         init.push(format!("SET NAMES {charset}"));
@@ -159,7 +203,36 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
         .write_timeout(Some(config.write_timeout))
         .tcp_nodelay(true)
         .init(init);
-    Conn::new(opts).map_err(|e| connection_error(config, &e))
+    // The handshake reads with read_timeout, not connect_timeout: a server that accepts but
+    // never greets would hold the caller (and PHP, whose time limit cannot interrupt us) for
+    // read_timeout. Connect on a thread and give up after connect_timeout; a late connection
+    // is dropped by that thread when it arrives.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("archive-claim-connect".into())
+        .spawn(move || {
+            let _ = tx.send(Conn::new(opts));
+        });
+    if spawned.is_err() {
+        return Err(Error::Connection {
+            target: config.target(),
+            detail: "could not start a thread to connect".into(),
+            code: 2002,
+        });
+    }
+    let allowed = config.connect_timeout + std::time::Duration::from_millis(500);
+    match rx.recv_timeout(allowed) {
+        Ok(result) => result.map_err(|e| connection_error(config, &e)),
+        Err(_) => Err(Error::Connection {
+            target: format!("{} as '{}'", config.target(), config.username),
+            detail: format!(
+                "the server accepted the connection but did not complete the handshake within \
+                 connect_timeout ({} s): is something else listening there, or is the server hung?",
+                config.connect_timeout.as_secs()
+            ),
+            code: 2013,
+        }),
+    }
 }
 
 fn connection_error(config: &DbConfig, e: &mysql::Error) -> Error {

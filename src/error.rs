@@ -53,6 +53,8 @@ pub enum Error {
 pub mod errno {
     /// ER_BAD_FIELD_ERROR: unknown column (a pre-5.3 table without processing_host/process_id).
     pub const UNKNOWN_COLUMN: u16 = 1054;
+    /// ER_LOCK_WAIT_TIMEOUT: a row lock held by another transaction outlasted our wait.
+    pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
     /// ER_NO_SUCH_TABLE.
     pub const NO_SUCH_TABLE: u16 = 1146;
     /// ER_SERVER_SHUTDOWN: the server is going down and told us so.

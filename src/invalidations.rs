@@ -100,8 +100,11 @@ pub struct RowFilter {
 
 /// Matomo's claim: one autocommit compare-and-set from queued to in progress.
 ///
-/// After a reconnect we cannot know whether the first attempt committed before the connection
-/// died; if the row is now in progress under our own host and pid, it was that attempt.
+/// Our sessions give up on a row lock before they give up on the server (see
+/// `connection::connect`): a row another transaction holds longer than that is not claimed,
+/// and nothing of the attempt commits later. After a reconnect the first attempt's statement
+/// has been stopped and has finished (`connection::run`): if the row is now in progress under
+/// our own host and pid, that attempt committed and the claim is ours.
 pub fn claim(
     conn: &mut Conn,
     config: &DbConfig,
@@ -110,22 +113,6 @@ pub fn claim(
     attempt: Attempt,
 ) -> SqlResult<bool> {
     let t = config.table(TABLE);
-    conn.exec_drop(
-        format!(
-            "UPDATE {t} SET status = ?, processing_host = ?, process_id = ?, ts_started = NOW() \
-             WHERE idinvalidation = ? AND status = ?"
-        ),
-        (
-            STATUS_IN_PROGRESS,
-            &owner.processing_host,
-            &owner.process_id,
-            idinvalidation,
-            STATUS_QUEUED,
-        ),
-    )?;
-    if conn.affected_rows() > 0 {
-        return Ok(true);
-    }
     if attempt == Attempt::AfterReconnect {
         let ours: Option<u8> = conn.exec_first(
             format!(
@@ -139,9 +126,30 @@ pub fn claim(
                 &owner.process_id,
             ),
         )?;
-        return Ok(ours.is_some());
+        if ours.is_some() {
+            return Ok(true);
+        }
     }
-    Ok(false)
+    let updated = conn.exec_drop(
+        format!(
+            "UPDATE {t} SET status = ?, processing_host = ?, process_id = ?, ts_started = NOW() \
+             WHERE idinvalidation = ? AND status = ?"
+        ),
+        (
+            STATUS_IN_PROGRESS,
+            &owner.processing_host,
+            &owner.process_id,
+            idinvalidation,
+            STATUS_QUEUED,
+        ),
+    );
+    match updated {
+        Err(mysql::Error::MySqlError(e)) if e.code == crate::error::errno::LOCK_WAIT_TIMEOUT => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(conn.affected_rows() > 0),
+    }
 }
 
 /// Ids per statement when a set of rows is read, locked or written: large enough that a reap of

@@ -110,6 +110,17 @@ fn a_retry_after_reconnect_recognises_a_claim_that_already_committed() {
         !invalidations::claim(&mut conn, &db.config, id, &other, Attempt::AfterReconnect)
             .expect("claim")
     );
+
+    // A first attempt that did not commit (its statement was stopped): the retry claims.
+    let queued = insert_queued(&mut db, 2);
+    assert!(invalidations::claim(
+        &mut conn,
+        &db.config,
+        queued,
+        &me(),
+        Attempt::AfterReconnect
+    )
+    .expect("claim"));
 }
 
 #[test]

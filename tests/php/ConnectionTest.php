@@ -158,4 +158,40 @@ final class ConnectionTest extends ExtensionTestCase
         $this->assertContains("SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'", $statements);
         $this->assertContains('SET NAMES utf8mb4', $statements);
     }
+
+    public function testAClaimThatOutlastsReadTimeoutReturnsItsSettledOutcomeAndNothingCommitsLater(): void
+    {
+        [$id] = $this->queue([[]]);
+        configure(['read_timeout' => 3] + $this->config);
+        $locker = TestDatabase::matomoPdo($this->config);
+        $locker->beginTransaction();
+        $locker->query("SELECT * FROM {$this->table()} WHERE idinvalidation = $id FOR UPDATE")->fetchAll();
+        $started = microtime(true);
+        // Matomo's own transaction holds the row longer than read_timeout allows: the server
+        // ends the claim's lock wait first (nothing of it commits), and the claim is lost.
+        $this->assertFalse(claim_invalidation($id));
+        $this->assertLessThan(15, microtime(true) - $started);
+        $locker->commit();
+        usleep(500000);
+        $this->assertSame(0, (int) $this->row($id)['status'], 'the abandoned UPDATE did not commit after the lock went');
+        $this->assertTrue(claim_invalidation($id), 'and the row can be claimed now');
+    }
+
+    public function testAListenerThatNeverGreetsFailsWithinConnectTimeout(): void
+    {
+        // The kernel completes the TCP handshake for a socket nobody accepts on: a silent server.
+        $silent = stream_socket_server('tcp://127.0.0.1:0');
+        $port = (int) explode(':', stream_socket_get_name($silent, false))[1];
+        configure(['host' => '127.0.0.1', 'port' => $port, 'connect_timeout' => 2, 'read_timeout' => 60] + $this->config);
+        $started = microtime(true);
+        try {
+            claim_invalidation(1);
+            $this->fail('a silent listener was taken for a database');
+        } catch (\Matomo\ArchiveClaim\ConnectionException $e) {
+            $this->assertStringContainsString('did not complete the handshake within connect_timeout (2 s)', $e->getMessage());
+        } finally {
+            fclose($silent);
+        }
+        $this->assertLessThan(10, microtime(true) - $started, 'not read_timeout (60 s)');
+    }
 }
