@@ -205,9 +205,7 @@ pub fn in_progress(filter: &RowFilter) -> Result<Vec<(InvalidationRow, Decision)
         ..ReapOptions::proof_only(settings.lease.as_secs_f64())
     };
     connection::run("in_progress", |conn, config, _| {
-        let observer = reap::observe(conn, config, &me, &options)?;
-        let rows =
-            invalidations::in_progress(conn, config, filter, observer.registry_table.as_deref())?;
+        let (rows, observer) = reap::rows_then_registry(conn, config, &me, &options, filter)?;
         let decisions = reap::assess(&observer, &rows);
         Ok(rows.into_iter().zip(decisions).collect())
     })

@@ -267,7 +267,7 @@ pub fn fence_claim(conn: &mut Conn, config: &DbConfig) -> std::result::Result<bo
     }
     // Our row was pruned while we could not beat: register again before claiming.
     let me = with_beat(|b| b.registered.identity.clone()).unwrap_or_else(Identity::current);
-    let idprocess = registry::register(conn, config, &me, false)?;
+    let idprocess = registry::register(conn, config, &me, lease.reaping.load(Ordering::Relaxed))?;
     lease.idprocess.store(idprocess, Ordering::Release);
     lease.acknowledged();
     Ok(true)
@@ -365,6 +365,10 @@ struct Heartbeat {
     last_prune: Instant,
     /// A watched local owner died: reap this host now.
     local_death: bool,
+    /// After this thread itself could not beat for longer than a lease (its host cut off from
+    /// the database), every other host's heartbeat may look as stale as its own did: no
+    /// stale-host reaping until a lease has passed with beats flowing again.
+    quiet_until: Option<Instant>,
     watch: pidfd::Watch,
     /// Local pids that owned rows at the last look (stock claimers among them).
     row_owners: Vec<u32>,
@@ -386,6 +390,7 @@ impl Heartbeat {
             last_stale_reap: None,
             last_prune: Instant::now(),
             local_death: false,
+            quiet_until: None,
             watch: pidfd::Watch::default(),
             row_owners: Vec::new(),
             gone: std::collections::HashSet::new(),
@@ -481,6 +486,10 @@ impl Heartbeat {
         let idprocess = self.lease.idprocess();
         let reaps = self.host_reaper;
         let (config, identity) = (self.config.clone(), self.registered.identity.clone());
+        let lease = self.registered.settings.lease;
+        if self.lease.age() > lease {
+            self.quiet_until = Some(Instant::now() + lease);
+        }
         let conn = self.conn()?;
         if !registry::heartbeat(conn, &config, idprocess)? {
             // Pruned while we were frozen: register again (the rows we hold may have been
@@ -573,7 +582,9 @@ impl Heartbeat {
     }
 
     fn reap_stale_hosts(&mut self) -> std::result::Result<(), mysql::Error> {
-        if !due(self.last_stale_reap, self.look_period()?) {
+        if self.quiet_until.is_some_and(|t| Instant::now() < t)
+            || !due(self.last_stale_reap, self.look_period()?)
+        {
             return Ok(());
         }
         let lease = self.registered.settings.lease.as_secs_f64();

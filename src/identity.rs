@@ -134,6 +134,16 @@ fn works_for(me: u32) -> Option<u32> {
     })
 }
 
+/// Field 5 of /proc/<pid>/stat: the process group.
+fn process_group_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
 /// Field 4 of /proc/<pid>/stat.
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -168,7 +178,13 @@ pub fn archiving_children() -> Vec<(u32, u32)> {
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
-            let owner = archiving_child_of(&fs::read(format!("/proc/{pid}/cmdline")).ok()?)?;
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            if !is_archiving_child(&cmdline) {
+                return None;
+            }
+            // A batch of one runs in the foreground without runid: it stays in the process
+            // group of the core:archive that started it, even after that process died.
+            let owner = archiving_child_of(&cmdline).or_else(|| process_group_of(pid))?;
             let status = process_status(&pid.to_string())?;
             (!is_dead_state(status.state)).then_some((pid, owner))
         })
@@ -190,9 +206,49 @@ fn state_from_stat(stat: &str) -> Option<char> {
         .next()
 }
 
-/// Whether a pid exists in the caller's pid namespace.
+/// Whether a pid exists in the caller's pid namespace. Asks the kernel, not /proc: a /proc
+/// mounted with hidepid hides other users' processes, which must not read as gone.
 pub fn pid_exists(pid: u32) -> bool {
-    fs::metadata(format!("/proc/{pid}")).is_ok()
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let found = unsafe { libc::kill(pid, 0) } == 0;
+    found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether /proc hides other users' processes from us (hidepid, or systemd's ProtectProc):
+/// then a process we cannot see may still run.
+pub fn proc_hides_other_users() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return false;
+    }
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| mount_hides_processes(&m))
+        .unwrap_or(true)
+}
+
+/// From /proc/self/mountinfo: the /proc mount's options hide processes (hidepid=1, 2,
+/// invisible or noaccess).
+fn mount_hides_processes(mountinfo: &str) -> bool {
+    mountinfo
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some("/proc"))
+        .filter_map(|l| l.split(" - ").nth(1))
+        .any(|fs| {
+            fs.split_whitespace().nth(2).is_some_and(|options| {
+                options.split(',').any(|o| {
+                    matches!(
+                        o.strip_prefix("hidepid="),
+                        Some("1" | "2" | "invisible" | "noaccess")
+                    )
+                })
+            })
+        })
 }
 
 /// Field 22 of /proc/<pid>/stat: start time in clock ticks after boot. Field 2 (the command)
@@ -271,6 +327,19 @@ mod tests {
             Some(std::os::unix::process::parent_id())
         );
         assert_eq!(parent_of(u32::MAX - 1), None);
+    }
+
+    #[test]
+    fn sees_when_proc_hides_processes() {
+        let plain = "22 28 0:20 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw\n";
+        let hidden = "22 28 0:20 / /proc rw,nosuid shared:12 - proc proc rw,hidepid=2\n";
+        let invisible = "22 28 0:20 / /proc rw - proc proc rw,hidepid=invisible,subset=pid\n";
+        let elsewhere = "30 28 0:20 / /mnt/proc rw - proc proc rw,hidepid=2\n";
+        assert!(!mount_hides_processes(plain));
+        assert!(mount_hides_processes(hidden));
+        assert!(mount_hides_processes(invisible));
+        assert!(!mount_hides_processes(elsewhere));
+        assert!(pid_exists(std::process::id()) && pid_exists(1));
     }
 
     #[test]

@@ -223,8 +223,9 @@ pub enum LocalProcess {
 /// Looks at this machine's processes.
 pub trait LocalView {
     fn process(&self, pid: u32) -> LocalProcess;
-    /// Whether a Matomo archiving child (`climulti:request ... runid=<owner>`) of `owner` runs.
-    fn has_child_working_for(&self, owner: u32) -> bool;
+    /// Whether a Matomo archiving child (`climulti:request ... runid=<owner>`) of `owner` runs;
+    /// None when /proc hides other users' processes, so a child could run unseen.
+    fn has_child_working_for(&self, owner: u32) -> Option<bool>;
 }
 
 /// Who is deciding, and with what policy.
@@ -243,9 +244,9 @@ pub struct Context {
     pub clock_uncertainty: f64,
     /// A heartbeat older than this is stale.
     pub lease_seconds: f64,
-    /// Pids of this host name name no process of ours: another pid namespace uses the name
-    /// (seen in the registry, or declared by the operator).
-    pub host_name_shared: bool,
+    /// Host names several pid namespaces use (containers): seen in the registry, or this
+    /// host's name declared by the operator. A pid on them names no single process.
+    pub shared_host_names: Vec<String>,
     /// Machines where a process with a fresh heartbeat reaps for its host.
     pub machines_with_live_reaper: Vec<Machine>,
     /// Recovery timeout (None: no backstop, as in automatic reaping).
@@ -264,6 +265,10 @@ impl Context {
 
     fn is_this_host(&self, host: &str) -> bool {
         self.host.as_deref() == Some(host)
+    }
+
+    fn is_shared(&self, host: &str) -> bool {
+        self.shared_host_names.iter().any(|h| h == host)
     }
 
     fn has_live_reaper(&self, r: &Registration) -> bool {
@@ -371,9 +376,26 @@ pub fn liveness(
     let this_host = ctx.is_this_host(host);
 
     // 0. A child working for the owner keeps the claim alive.
-    if this_host && local.has_child_working_for(pid) {
-        return Decision::of(Alive, ChildWorking);
-    }
+    let children_unseen = if this_host {
+        match local.has_child_working_for(pid) {
+            Some(true) => return Decision::of(Alive, ChildWorking),
+            Some(false) => false,
+            None => true,
+        }
+    } else {
+        false
+    };
+    // A death seen here proves nothing where a child may work unseen, or where another pid
+    // namespace uses the host name (the row may be a process's there, with the same pid).
+    let local_death = |reason: Reason| {
+        if children_unseen {
+            Decision::of(Unknown, ProcUnreadable)
+        } else if ctx.is_shared(host) {
+            Decision::of(Unknown, HostNameShared)
+        } else {
+            Decision::of(Dead, reason)
+        }
+    };
     let child_alive = registrations
         .iter()
         .filter(of_host)
@@ -414,20 +436,22 @@ pub fn liveness(
                 <= r.last_heartbeat + ctx.lease_seconds
         })
         .collect();
-    if let Some((r, _)) = speaking.first() {
-        let local_death = speaking.iter().find_map(|(_, s)| match s {
+    if !speaking.is_empty() {
+        let dead_here = speaking.iter().find_map(|(_, s)| match s {
             OwnerState::DeadHere(reason) => Some(*reason),
             _ => None,
         });
-        match local_death {
-            Some(PidGone) => return Decision::of(Dead, PidGone),
+        match dead_here {
+            Some(PidGone) => return local_death(PidGone),
             Some(_) => {
                 // The pid names a later process. Had that process claimed the row, the claim
-                // would be younger than its start: a claim older than the start was the owner's.
+                // would be younger than its start; it may have written ts_started in any time
+                // zone, so the start must be later than any reading of the claim.
                 if let LocalProcess::Running { started_at, .. } = local.process(pid) {
-                    let uncertainty = ctx.claim_time_uncertainty(row, r.time_zone.as_deref());
-                    if started_at + ctx.clock_offset > claimed_at + uncertainty {
-                        return Decision::of(Dead, PidReused);
+                    if started_at + ctx.clock_offset
+                        > claimed_at + ctx.claim_time_uncertainty(row, None)
+                    {
+                        return local_death(PidReused);
                     }
                 }
                 // The later process may have claimed it: judge it as unregistered, below.
@@ -435,6 +459,9 @@ pub fn liveness(
             None => {
                 if speaking.iter().any(|(r, _)| ctx.has_live_reaper(r)) {
                     return Decision::of(Unknown, OwnerHostAlive);
+                }
+                if ctx.is_shared(host) {
+                    return Decision::of(Unknown, HostNameShared);
                 }
                 return Decision::of(Dead, HeartbeatStale);
             }
@@ -445,15 +472,15 @@ pub fn liveness(
     if !this_host {
         return Decision::of(Unknown, RemoteUnregistered);
     }
-    if ctx.host_name_shared {
+    if ctx.is_shared(host) {
         return Decision::of(Unknown, HostNameShared);
     }
     match local.process(pid) {
-        LocalProcess::Gone => Decision::of(Dead, PidGone),
+        LocalProcess::Gone => local_death(PidGone),
         LocalProcess::Running { started_at, .. } => {
             let uncertainty = ctx.claim_time_uncertainty(row, None);
             if started_at + ctx.clock_offset > claimed_at + uncertainty {
-                Decision::of(Dead, PidReused)
+                local_death(PidReused)
             } else {
                 Decision::of(Alive, PidAlive)
             }
@@ -502,7 +529,7 @@ mod tests {
             clock_offset: 0.0,
             clock_uncertainty: 0.001,
             lease_seconds: 60.0,
-            host_name_shared: false,
+            shared_host_names: Vec::new(),
             machines_with_live_reaper: Vec::new(),
             timeout_seconds: Some(86400),
             site_timeouts: HashMap::new(),
@@ -550,6 +577,8 @@ mod tests {
     struct Procs {
         processes: HashMap<u32, LocalProcess>,
         children_of: Vec<u32>,
+        /// /proc hides other users' processes.
+        hidden: bool,
     }
 
     impl LocalView for Procs {
@@ -559,8 +588,11 @@ mod tests {
                 .copied()
                 .unwrap_or(LocalProcess::Gone)
         }
-        fn has_child_working_for(&self, owner: u32) -> bool {
-            self.children_of.contains(&owner)
+        fn has_child_working_for(&self, owner: u32) -> Option<bool> {
+            if self.hidden {
+                return None;
+            }
+            Some(self.children_of.contains(&owner))
         }
     }
 
@@ -568,6 +600,7 @@ mod tests {
         Procs {
             processes: HashMap::new(),
             children_of: Vec::new(),
+            hidden: false,
         }
     }
 
@@ -582,6 +615,7 @@ mod tests {
                 },
             )]),
             children_of: Vec::new(),
+            hidden: false,
         }
     }
 
@@ -619,9 +653,19 @@ mod tests {
     }
 
     #[test]
-    fn a_registered_local_owner_whose_pid_names_a_later_process_is_dead() {
+    fn a_registered_local_owner_whose_pid_names_a_later_process_is_dead_beyond_any_zone() {
+        // The later process may have claimed the row itself, in a session of any time zone:
+        // only a start later than any reading of the claim proves it did not.
         let later = pid_100(TICKS + 20_000, CLAIMED + 50.0);
         let d = decide(&row("server1", "100"), &[registration(2.0)], &later, &ctx());
+        check(d, Verdict::Alive, Reason::PidAlive);
+        let much_later = pid_100(TICKS + 20_000, CLAIMED + TIME_ZONE_SPREAD_SECONDS + 10.0);
+        let d = decide(
+            &row("server1", "100"),
+            &[registration(2.0)],
+            &much_later,
+            &ctx(),
+        );
         check(d, Verdict::Dead, Reason::PidReused);
     }
 
@@ -662,6 +706,7 @@ mod tests {
         let hidden = Procs {
             processes: HashMap::from([(100, LocalProcess::Unreadable)]),
             children_of: Vec::new(),
+            hidden: false,
         };
         let d = decide(
             &row("server1", "100"),
@@ -711,16 +756,13 @@ mod tests {
             Verdict::Alive,
             Reason::PidAlive,
         );
-        // A process that started after the claim cannot have made it: the owner's row.
-        let later = pid_100(TICKS + 3_000, NOW - 5.0);
+        // Once that process is gone too, whoever claimed is dead.
         check(
-            decide(&r, &[dead], &later, &ctx()),
+            decide(&r, &[dead], &nothing_runs(), &ctx()),
             Verdict::Dead,
-            Reason::PidReused,
+            Reason::PidGone,
         );
     }
-
-    // --- registered owners elsewhere: heartbeats on the database clock --------------------
 
     #[test]
     fn a_registered_remote_owner_with_a_fresh_heartbeat_is_alive() {
@@ -880,6 +922,7 @@ mod tests {
         let children = Procs {
             processes: HashMap::new(),
             children_of: vec![100],
+            hidden: false,
         };
         for regs in [vec![], vec![registration(2.0)], vec![registration(600.0)]] {
             check(
@@ -892,6 +935,7 @@ mod tests {
         let others = Procs {
             processes: HashMap::new(),
             children_of: vec![101],
+            hidden: false,
         };
         check(
             decide(&row("server1", "100"), &[], &others, &ctx()),
@@ -999,13 +1043,14 @@ mod tests {
     #[test]
     fn pids_of_a_shared_host_name_prove_nothing() {
         let mut c = ctx();
-        c.host_name_shared = true;
+        c.shared_host_names = vec!["server1".into()];
         check(
             decide(&row("server1", "100"), &[], &nothing_runs(), &c),
             Verdict::Unknown,
             Reason::HostNameShared,
         );
-        // A registration of this very machine still speaks in the kernel's frame.
+        // Nor does a registration's death: the row may be a process's of another namespace
+        // that holds the same pid there. Its life still speaks.
         check(
             decide(
                 &row("server1", "100"),
@@ -1013,8 +1058,53 @@ mod tests {
                 &nothing_runs(),
                 &c,
             ),
-            Verdict::Dead,
-            Reason::PidGone,
+            Verdict::Unknown,
+            Reason::HostNameShared,
+        );
+        check(
+            decide(
+                &row("server1", "100"),
+                &[registration(1.0)],
+                &owner_runs(),
+                &c,
+            ),
+            Verdict::Alive,
+            Reason::HeartbeatFresh,
+        );
+        c.shared_host_names.push("server2".into());
+        check(
+            decide(
+                &row("server2", "100"),
+                &[on("server2", registration(90.0))],
+                &nothing_runs(),
+                &c,
+            ),
+            Verdict::Unknown,
+            Reason::HostNameShared,
+        );
+    }
+
+    #[test]
+    fn a_death_seen_through_a_proc_that_hides_other_users_proves_nothing() {
+        let hidden = Procs {
+            processes: HashMap::new(),
+            children_of: Vec::new(),
+            hidden: true,
+        };
+        check(
+            decide(&row("server1", "100"), &[], &hidden, &ctx()),
+            Verdict::Unknown,
+            Reason::ProcUnreadable,
+        );
+        check(
+            decide(
+                &row("server1", "100"),
+                &[registration(1.0)],
+                &hidden,
+                &ctx(),
+            ),
+            Verdict::Unknown,
+            Reason::ProcUnreadable,
         );
     }
 
@@ -1039,6 +1129,7 @@ mod tests {
         let hidden = Procs {
             processes: HashMap::from([(100, LocalProcess::Unreadable)]),
             children_of: Vec::new(),
+            hidden: false,
         };
         check(
             decide(&row("server1", "100"), &[], &hidden, &ctx()),

@@ -190,8 +190,6 @@ pub struct Observer {
     pub context: Context,
     /// Registrations by host name (a row names its owner's host).
     pub registrations: HashMap<Option<String>, Vec<Registration>>,
-    /// The registry's table, if it exists (rows are read in their registered claimer's zone).
-    pub registry_table: Option<String>,
 }
 
 fn now() -> f64 {
@@ -210,13 +208,16 @@ pub fn observe(
     options: &ReapOptions,
 ) -> SqlResult<Observer> {
     let before = now();
-    let clock: Option<(f64, Option<f64>)> = conn.query_first(format!(
-        "SELECT {}, (SELECT VARIABLE_VALUE + 0.0 FROM information_schema.GLOBAL_STATUS \
-                    WHERE VARIABLE_NAME = 'UPTIME')",
-        registry::DB_NOW
-    ))?;
+    let db_now: Option<f64> = conn.query_first(format!("SELECT {}", registry::DB_NOW))?;
     let after = now();
-    let (db_now, uptime) = clock.unwrap_or((after, None));
+    let db_now = db_now.unwrap_or(after);
+    // MySQL 8 has no information_schema.GLOBAL_STATUS; SHOW works on both. Without it, no
+    // allowance for a restart (ages count from the last beat, as before).
+    let uptime: Option<f64> = conn
+        .query_first::<(String, String), _>("SHOW GLOBAL STATUS LIKE 'Uptime'")
+        .ok()
+        .flatten()
+        .and_then(|(_, v)| v.parse().ok());
     // Only the registrations that can matter: of the hosts looked at, of hosts declared dead, and
     // of our own host name (another pid namespace using it).
     let wanted: Option<Vec<String>> = options.only_hosts.as_ref().map(|only| {
@@ -227,7 +228,6 @@ pub fn observe(
         hosts
     });
     let registry = registry::all(conn, config, wanted.as_deref())?;
-    let registry_table = registry.is_some().then(|| config.table(registry::TABLE));
     let registrations = registry.unwrap_or_default();
     let mut context = Context {
         host: me.host.clone(),
@@ -239,7 +239,7 @@ pub fn observe(
         clock_offset: db_now - (before + after) / 2.0,
         clock_uncertainty: (after - before) / 2.0,
         lease_seconds: options.lease_seconds,
-        host_name_shared: options.host_name_shared,
+        shared_host_names: Vec::new(),
         machines_with_live_reaper: Vec::new(),
         timeout_seconds: options.timeout,
         site_timeouts: options.site_timeouts.clone(),
@@ -247,17 +247,33 @@ pub fn observe(
     };
     let (database_started_at, lease) = (context.database_started_at, options.lease_seconds);
     let fresh = |r: &Registration| db_now - r.last_heartbeat.max(database_started_at) < lease;
-    for r in &registrations {
-        if r.host == me.host && !context.is_this_machine(r) {
-            // Our host name in another pid namespace of this kernel, or on another machine
-            // that heartbeats now: a pid of this name is no longer ours alone.
-            let same_boot = r.boot_id.is_some() && r.boot_id == me.boot_id;
-            if same_boot || fresh(r) {
-                context.host_name_shared = true;
-            }
-        }
+    if options.host_name_shared {
+        context.shared_host_names.extend(me.host.clone());
+    }
+    let mine = Machine {
+        host: me.host.clone(),
+        boot_id: me.boot_id.clone(),
+        pid_namespace: me.pid_namespace,
+    };
+    for (i, r) in registrations.iter().enumerate() {
         if r.reaps && fresh(r) && !context.is_this_machine(r) {
             context.machines_with_live_reaper.push(Machine::of(r));
+        }
+        // A host name is shared when two pid namespaces of one kernel use it (containers,
+        // even one restarted), or two machines heartbeat under it now: its pids then name no
+        // single process. Our own namespace counts even when we are not registered.
+        let Some(host) = &r.host else { continue };
+        let others = registrations[..i]
+            .iter()
+            .map(|o| (Machine::of(o), fresh(o)))
+            .chain((r.host == me.host).then(|| (mine.clone(), true)));
+        let shared = others.into_iter().any(|(m, m_fresh)| {
+            m.host == r.host
+                && m != Machine::of(r)
+                && ((m.boot_id.is_some() && m.boot_id == r.boot_id) || (m_fresh && fresh(r)))
+        });
+        if shared && !context.shared_host_names.contains(host) {
+            context.shared_host_names.push(host.clone());
         }
     }
     let mut by_host: HashMap<Option<String>, Vec<Registration>> = HashMap::new();
@@ -267,8 +283,23 @@ pub fn observe(
     Ok(Observer {
         context,
         registrations: by_host,
-        registry_table,
     })
+}
+
+/// The rows, then the registry: a process registers before its first claim, so every row read
+/// has its owner's registration in what is read after it (read the other way round, a process
+/// that registered and claimed in between would be judged as unregistered).
+pub fn rows_then_registry(
+    conn: &mut Conn,
+    config: &DbConfig,
+    me: &Identity,
+    options: &ReapOptions,
+    filter: &RowFilter,
+) -> SqlResult<(Vec<InvalidationRow>, Observer)> {
+    let registry_table =
+        registry::exists_table(conn, config)?.then(|| config.table(registry::TABLE));
+    let rows = invalidations::in_progress(conn, config, filter, registry_table.as_deref())?;
+    Ok((rows, observe(conn, config, me, options)?))
 }
 
 /// This machine's processes, through /proc. A zombie counts as gone: it has died and only
@@ -292,15 +323,20 @@ impl LocalView for ProcFs {
         }
     }
 
-    fn has_child_working_for(&self, owner: u32) -> bool {
-        self.children
-            .get_or_init(|| {
-                identity::archiving_children()
-                    .into_iter()
-                    .map(|(_, owner)| owner)
-                    .collect()
-            })
-            .contains(&owner)
+    fn has_child_working_for(&self, owner: u32) -> Option<bool> {
+        if identity::proc_hides_other_users() {
+            return None;
+        }
+        Some(
+            self.children
+                .get_or_init(|| {
+                    identity::archiving_children()
+                        .into_iter()
+                        .map(|(_, owner)| owner)
+                        .collect()
+                })
+                .contains(&owner),
+        )
     }
 }
 
@@ -394,8 +430,6 @@ pub fn reap(
     me: &Identity,
     options: &ReapOptions,
 ) -> std::result::Result<ReapReport, ReapError> {
-    let observer = observe(conn, config, me, options)?;
-    check_declared_hosts(&observer, options).map_err(ReapError::Refused)?;
     let filter = RowFilter {
         idsites: options.idsites.clone(),
         hosts: options.only_hosts.clone(),
@@ -405,8 +439,8 @@ pub fn reap(
         by_id: true,
     };
     let local = ProcFs::default();
-    let mut rows =
-        invalidations::in_progress(conn, config, &filter, observer.registry_table.as_deref())?;
+    let (mut rows, observer) = rows_then_registry(conn, config, me, options, &filter)?;
+    check_declared_hosts(&observer, options).map_err(ReapError::Refused)?;
     // Matomo releases row by row in id order; duplicates are judged against what came before.
     rows.sort_by_key(|r| r.idinvalidation);
 
@@ -601,6 +635,6 @@ mod tests {
             LocalProcess::Running { .. }
         ));
         assert_eq!(procs.process(u32::MAX - 7), LocalProcess::Gone);
-        assert!(!procs.has_child_working_for(std::process::id()));
+        assert_eq!(procs.has_child_working_for(std::process::id()), Some(false));
     }
 }

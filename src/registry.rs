@@ -176,6 +176,15 @@ pub fn all(
     ))
 }
 
+/// Whether the registry's table exists (nobody may have registered yet).
+pub fn exists_table(conn: &mut Conn, config: &DbConfig) -> SqlResult<bool> {
+    let found: Option<u8> = conn.exec_first(
+        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        (config.table_name(TABLE),),
+    )?;
+    Ok(found.is_some())
+}
+
 /// Pids registered on this very machine (host, boot, pid namespace): the local processes whose
 /// death the host's reaper watches for.
 pub fn pids_on_machine(conn: &mut Conn, config: &DbConfig, me: &Identity) -> SqlResult<Vec<u32>> {
