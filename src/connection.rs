@@ -54,6 +54,21 @@ struct State {
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
+    /// The session time zone this thread's connections use (the one its registration
+    /// recorded), so ts_started is written in one zone for the life of the registration.
+    static PINNED_TIME_ZONE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Keeps every later connection of this thread in `zone` (None: the server's default).
+pub fn pin_time_zone(zone: Option<String>) {
+    // A zone name the server reported; only characters zone names use are pasted into SQL.
+    let safe = zone.filter(|z| {
+        !z.is_empty()
+            && z.len() <= 64
+            && z.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/+-:_".contains(&b))
+    });
+    let _ = PINNED_TIME_ZONE.try_with(|p| *p.borrow_mut() = safe);
 }
 
 /// Replaces the settings; the next call connects with them. The same settings again (a Matomo
@@ -189,6 +204,13 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
     if let Some(charset) = &config.charset {
         // Checked to be [A-Za-z0-9_]+ by DbConfig.
         init.push(format!("SET NAMES {charset}"));
+    }
+    if let Some(zone) = PINNED_TIME_ZONE
+        .try_with(|p| p.borrow().clone())
+        .ok()
+        .flatten()
+    {
+        init.push(format!("SET SESSION time_zone = '{zone}'"));
     }
     let opts = OptsBuilder::new()
         .ip_or_hostname(Some(config.host.clone()))

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mysql::prelude::Queryable;
 use mysql::Conn;
 use once_cell::sync::Lazy;
 
@@ -53,6 +54,9 @@ pub struct Registered {
     pub idprocess: u64,
     pub identity: Identity,
     pub settings: HeartbeatSettings,
+    /// The session time zone this process's claims write ts_started in; its connection keeps
+    /// it across reconnects (see `connection::pin_time_zone`).
+    pub time_zone: Option<String>,
 }
 
 /// What the PHP thread and the heartbeat thread share about this registration.
@@ -202,12 +206,19 @@ pub fn ensure_registered(
     // lease from now while this process lives and claims.
     let beat_conn =
         connection::connect(&beat_config).map_err(RegisterError::HeartbeatCannotConnect)?;
-    let idprocess =
-        registry::register(conn, config, &identity, false).map_err(RegisterError::Sql)?;
+    // Claims write ts_started in this session's time zone; a reconnect after a SET GLOBAL
+    // time_zone would switch zones under the registration, so the connection keeps this one.
+    let time_zone: Option<String> = conn
+        .query_first("SELECT @@session.time_zone")
+        .map_err(RegisterError::Sql)?;
+    let idprocess = registry::register(conn, config, &identity, false, time_zone.as_deref())
+        .map_err(RegisterError::Sql)?;
+    connection::pin_time_zone(time_zone.clone());
     let registered = Registered {
         idprocess,
         identity,
         settings,
+        time_zone,
     };
     let lease = Arc::new(Lease::new(idprocess));
     let (stop, stop_rx) =
@@ -266,8 +277,16 @@ pub fn fence_claim(conn: &mut Conn, config: &DbConfig) -> std::result::Result<bo
         return Ok(true);
     }
     // Our row was pruned while we could not beat: register again before claiming.
-    let me = with_beat(|b| b.registered.identity.clone()).unwrap_or_else(Identity::current);
-    let idprocess = registry::register(conn, config, &me, lease.reaping.load(Ordering::Relaxed))?;
+    let Some((me, zone)) = with_beat(|b| {
+        (
+            b.registered.identity.clone(),
+            b.registered.time_zone.clone(),
+        )
+    }) else {
+        return Ok(false);
+    };
+    let reaps = lease.reaping.load(Ordering::Relaxed);
+    let idprocess = registry::register(conn, config, &me, reaps, zone.as_deref())?;
     lease.idprocess.store(idprocess, Ordering::Release);
     lease.acknowledged();
     Ok(true)
@@ -486,6 +505,7 @@ impl Heartbeat {
         let idprocess = self.lease.idprocess();
         let reaps = self.host_reaper;
         let (config, identity) = (self.config.clone(), self.registered.identity.clone());
+        let zone = self.registered.time_zone.clone();
         let lease = self.registered.settings.lease;
         if self.lease.age() > lease {
             self.quiet_until = Some(Instant::now() + lease);
@@ -494,7 +514,7 @@ impl Heartbeat {
         if !registry::heartbeat(conn, &config, idprocess)? {
             // Pruned while we were frozen: register again (the rows we hold may have been
             // reaped meanwhile; our fenced complete/release will then simply change nothing).
-            let id = registry::register(conn, &config, &identity, reaps)?;
+            let id = registry::register(conn, &config, &identity, reaps, zone.as_deref())?;
             self.lease.idprocess.store(id, Ordering::Release);
         }
         self.lease.acknowledged();

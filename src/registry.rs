@@ -46,14 +46,20 @@ pub fn create_table_sql(config: &DbConfig) -> String {
     )
 }
 
-/// Registers this process start; returns its row id. Runs on the connection that claims, so
-/// the registration records the time zone its claims' ts_started are written in. The table is
+/// Registers this process start; returns its row id. `time_zone` is the session time zone its
+/// claims write ts_started in (None: this session's, read by the INSERT itself). The table is
 /// created here only if nobody installed it (an archiver normally needs no CREATE privilege).
-pub fn register(conn: &mut Conn, config: &DbConfig, me: &Identity, reaps: bool) -> SqlResult<u64> {
+pub fn register(
+    conn: &mut Conn,
+    config: &DbConfig,
+    me: &Identity,
+    reaps: bool,
+    time_zone: Option<&str>,
+) -> SqlResult<u64> {
     let insert = format!(
         "INSERT INTO {} (host, pid, boot_id, pid_namespace, start_ticks, started_at, time_zone, \
          works_for, reaps, registered_at, heartbeat_at) \
-         VALUES (?, ?, ?, ?, ?, ?, @@session.time_zone, ?, ?, {DB_NOW}, {DB_NOW})",
+         VALUES (?, ?, ?, ?, ?, ?, COALESCE(?, @@session.time_zone), ?, ?, {DB_NOW}, {DB_NOW})",
         config.table(TABLE)
     );
     let params = (
@@ -63,6 +69,7 @@ pub fn register(conn: &mut Conn, config: &DbConfig, me: &Identity, reaps: bool) 
         me.pid_namespace,
         me.start_ticks,
         me.started_at,
+        time_zone,
         me.works_for,
         reaps,
     );
