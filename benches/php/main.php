@@ -537,6 +537,9 @@ if ($wanted('background')) {
                 foreach ($servers as $server) {
                     $server->stop();
                 }
+                // Back in the queue for the next scenario (the version before does not give a
+                // process's claims back when it ends).
+                $pdo->exec('UPDATE matomo_archive_invalidations SET status = 0, processing_host = NULL, process_id = NULL, ts_started = NULL WHERE status = 1');
                 $out[] = [$version, number_format($size), $indexed ? 'yes' : 'no', sprintf('%.1f ms/s', $m['cpu_ms_s']), sprintf('%.2f%%', $m['cpu_ms_s'] / 10),
                     sprintf('%.1f', $m['qps']), number_format($m['rows_s']), number_format($held)];
             }
