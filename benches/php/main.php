@@ -21,14 +21,14 @@ require __DIR__ . '/../../php/ArchiveClaim/Lib/Extension.php';
 require __DIR__ . '/../../tests/support/StockMatomo.php';
 
 $quick = in_array('--quick', $argv, true);
-// --only=claim,reap,... runs some sections: claim, drain, reap, release, recovery, overheads.
+// --only=claim,reap,... runs some sections: claim, drain, reap, release, recovery, overheads, background.
 $only = null;
 foreach ($argv as $arg) {
     if (str_starts_with($arg, '--only=')) {
         $only = explode(',', substr($arg, 7));
     }
 }
-const SECTIONS = ['claim', 'drain', 'reap', 'release', 'recovery', 'overheads'];
+const SECTIONS = ['claim', 'drain', 'reap', 'release', 'recovery', 'overheads', 'background'];
 foreach ($only ?? [] as $name) {
     in_array($name, SECTIONS, true) || throw new \InvalidArgumentException("unknown section '$name'; sections: " . implode(', ', SECTIONS));
 }
@@ -112,6 +112,25 @@ function fmt_s(float $s): string
 function fmt_us(float $us): string
 {
     return $us >= 1000 ? sprintf('%.2f ms', $us / 1000) : sprintf('%.0f µs', $us);
+}
+
+/**
+ * A new database whose Matomo invalidations table holds $size queued rows, and how far apart
+ * (in ids) the 10,000 rows to put in progress are: the table of the reap and background sections.
+ *
+ * @return array{0: array<string, string>, 1: PDO, 2: int} config, connection, every
+ */
+function invalidations_table(int $size): array
+{
+    $config = TestDatabase::create(PREFIX);
+    $pdo = TestDatabase::matomoPdo($config);
+    TestDatabase::queueMany($pdo, PREFIX, 1000);
+    while (($have = (int) $pdo->query('SELECT COUNT(*) FROM matomo_archive_invalidations')->fetchColumn()) < $size) {
+        $pdo->exec('INSERT INTO matomo_archive_invalidations (idarchive, name, idsite, date1, date2, period, ts_invalidated, status)
+            SELECT idarchive, name, idsite, date1 - INTERVAL ' . ($have / 50) . ' DAY, date2 - INTERVAL ' . ($have / 50) . ' DAY, period, ts_invalidated, 0
+              FROM matomo_archive_invalidations LIMIT ' . min($have, $size - $have));
+    }
+    return [$config, $pdo, intdiv($size, 10000)];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,15 +254,7 @@ if ($wanted('reap')) {
     say();
     $out = [];
     foreach ($quick ? [100000] : [100000, 1000000] as $size) {
-        $config = TestDatabase::create(PREFIX);
-        $pdo = TestDatabase::matomoPdo($config);
-        TestDatabase::queueMany($pdo, PREFIX, 1000);
-        while (($have = (int) $pdo->query('SELECT COUNT(*) FROM matomo_archive_invalidations')->fetchColumn()) < $size) {
-            $pdo->exec('INSERT INTO matomo_archive_invalidations (idarchive, name, idsite, date1, date2, period, ts_invalidated, status)
-                SELECT idarchive, name, idsite, date1 - INTERVAL ' . ($have / 50) . ' DAY, date2 - INTERVAL ' . ($have / 50) . ' DAY, period, ts_invalidated, 0
-                  FROM matomo_archive_invalidations LIMIT ' . min($have, $size - $have));
-        }
-        $every = intdiv($size, 10000);
+        [$config, $pdo, $every] = invalidations_table($size);
         // 50 hosts, 4 archivers each; hosts 40..49 stopped heartbeating ten minutes ago, and their
         // rows are two days old, so Matomo's one-day timeout releases the same 2,000 rows.
         $inProgress = "idinvalidation % $every = 0";
@@ -447,3 +458,106 @@ if ($wanted('overheads')) {
     TestDatabase::drop($config);
 }
 
+
+// 6. Background load ---------------------------------------------------------------------------
+if ($wanted('background')) {
+    // H simulated servers, each with one registered process whose heartbeat thread reaps
+    // automatically (auto_reap=1), each holding 1/H of the 10,000 rows in progress. Measured:
+    // mariadbd's own CPU time (utime + stime in /proc) and its statement counters over one
+    // lease, so every host's periodic look falls in the window once whatever its phase.
+    $hostCount = $quick ? 4 : 10;
+    $ini = ['heartbeat_interval' => $quick ? 2 : 5, 'lease' => $quick ? 10 : 60, 'auto_reap' => 1];
+    $window = (float) $ini['lease'];
+    $sizes = $quick ? [100000] : [100000, 1000000];
+    $restart = getenv('MATOMO_ARCHIVE_CLAIM_TEST_DB_RESTART') ?: throw new \RuntimeException('the background section needs the throwaway MariaDB of with-mariadb.sh');
+    $dbPid = (int) trim((string) file_get_contents(dirname($restart) . '/mysqld.pid'));
+    $ticks = (int) trim((string) shell_exec('getconf CLK_TCK')) ?: 100;
+    $dbCpu = function () use ($dbPid, $ticks): float { // seconds of CPU mariadbd used so far
+        $fields = explode(' ', substr((string) strrchr((string) file_get_contents("/proc/$dbPid/stat"), ')'), 2));
+        return ((int) $fields[11] + (int) $fields[12]) / $ticks;
+    };
+    $counters = function () use ($admin): array {
+        $rows = $admin->query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Rows_read')")->fetchAll(PDO::FETCH_KEY_PAIR);
+        return array_map('intval', array_change_key_case($rows, CASE_LOWER));
+    };
+    $measure = function () use ($dbCpu, $counters, $window): array {
+        [$c0, $s0, $t0] = [$dbCpu(), $counters(), hrtime(true)];
+        usleep((int) ($window * 1e6));
+        [$c1, $s1, $t1] = [$dbCpu(), $counters(), hrtime(true)];
+        $wall = ($t1 - $t0) / 1e9;
+        return ['cpu_ms_s' => ($c1 - $c0) * 1000 / $wall, 'qps' => ($s1['questions'] - $s0['questions'] - 1) / $wall,
+            'rows_s' => ($s1['rows_read'] - $s0['rows_read']) / $wall];
+    };
+    // The version measured before this one (per-host scan every heartbeat), if built:
+    // MATOMO_ARCHIVE_CLAIM_BENCH_BEFORE=path/to/its .so (see the README).
+    $versions = ['this version' => TestDatabase::extensionPath()];
+    if (($before = getenv('MATOMO_ARCHIVE_CLAIM_BENCH_BEFORE')) && is_file($before)) {
+        $rev = trim((string) shell_exec('git -C ' . escapeshellarg(dirname($before, 3)) . ' rev-parse --short HEAD 2>/dev/null'));
+        $versions['before' . ($rev !== '' ? " ($rev)" : '')] = $before;
+    }
+    $schema = function (string $so, array $config, array $options): void {
+        $out = shell_exec(implode(' ', array_map('escapeshellarg', [PHP_BINARY, '-d', "extension=$so", '-r',
+            'Matomo\ArchiveClaim\configure(json_decode($argv[1], true)); echo json_encode(Matomo\ArchiveClaim\install_schema(json_decode($argv[2], true)));',
+            json_encode($config), json_encode($options)])));
+        json_decode((string) $out, true) !== null || throw new \RuntimeException("install_schema printed: $out");
+    };
+    $isolated = SimulatedServer::canIsolate();
+    say("## 6. Background load: $hostCount hosts with automatic reaping (heartbeat {$ini['heartbeat_interval']} s, lease {$ini['lease']} s), 10,000 rows in progress");
+    say();
+    say("Each host a simulated server" . ($isolated ? ' (own host name and pid namespace)' : ' (NOT isolated: no root, so they share one host name)')
+        . ' with one registered process holding ' . number_format(10000 / $hostCount) . ' rows in progress; its heartbeat thread beats and reaps.');
+    say(sprintf('Measured over %.0f s (one lease) after a warm-up of %d s: the database server\'s CPU time (utime + stime of mariadbd', $window, $ini['heartbeat_interval'] + 2));
+    say('in /proc) per wall second, statements received (Questions) and rows read (Rows_read) per second.');
+    say();
+    $out = [];
+    $idle = $measure();
+    $out[] = ['nobody connected (the idle server)', '', '', sprintf('%.1f ms/s', $idle['cpu_ms_s']), sprintf('%.2f%%', $idle['cpu_ms_s'] / 10),
+        sprintf('%.1f', $idle['qps']), number_format($idle['rows_s']), ''];
+    foreach ($sizes as $size) {
+        foreach ($versions as $version => $so) {
+            [$config, $pdo, $every] = invalidations_table($size);
+            $schema($so, $config, ['index' => false]);
+            $ids = array_map('intval', $pdo->query("SELECT idinvalidation FROM matomo_archive_invalidations WHERE idinvalidation % $every = 0")->fetchAll(PDO::FETCH_COLUMN));
+            foreach ([false, true] as $indexed) {
+                if ($indexed) {
+                    $schema($so, $config, ['index' => true]);
+                }
+                $hasIndex = (bool) $pdo->query("SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()
+                    AND TABLE_NAME = 'matomo_archive_invalidations' AND COLUMN_NAME = 'status' AND SEQ_IN_INDEX = 1")->fetchColumn();
+                $hasIndex === $indexed || throw new \RuntimeException('the index on status is ' . ($hasIndex ? 'there' : 'missing'));
+                $servers = [];
+                $saved = getenv('MATOMO_ARCHIVE_CLAIM_EXT');
+                putenv("MATOMO_ARCHIVE_CLAIM_EXT=$so"); // the agents load this version
+                try {
+                    foreach (array_chunk($ids, (int) ceil(count($ids) / $hostCount)) as $h => $mine) {
+                        $server = SimulatedServer::start("bg-host$h", $config, $ini);
+                        $server->send(['cmd' => 'register']);
+                        count($server->send(['cmd' => 'claim', 'ids' => $mine])['won']) === count($mine) || throw new \RuntimeException('a claim was lost');
+                        $servers[] = $server;
+                    }
+                } finally {
+                    putenv($saved === false ? 'MATOMO_ARCHIVE_CLAIM_EXT' : "MATOMO_ARCHIVE_CLAIM_EXT=$saved");
+                }
+                sleep($ini['heartbeat_interval'] + 2);
+                $m = $measure();
+                $held = (int) $pdo->query('SELECT COUNT(*) FROM matomo_archive_invalidations WHERE status = 1')->fetchColumn();
+                foreach ($servers as $server) {
+                    $server->stop();
+                }
+                // Back in the queue for the next scenario (the version before does not give a
+                // process's claims back when it ends).
+                $pdo->exec('UPDATE matomo_archive_invalidations SET status = 0, processing_host = NULL, process_id = NULL, ts_started = NULL WHERE status = 1');
+                $out[] = [$version, number_format($size), $indexed ? 'yes' : 'no', sprintf('%.1f ms/s', $m['cpu_ms_s']), sprintf('%.2f%%', $m['cpu_ms_s'] / 10),
+                    sprintf('%.1f', $m['qps']), number_format($m['rows_s']), number_format($held)];
+            }
+            TestDatabase::drop($config);
+        }
+    }
+    table(['version', 'table rows', 'index on status', 'database CPU', '% of one core', 'queries/s', 'rows read/s', 'in progress after'], $out);
+    say('From issue 10, measured there (not in this run), before this version: 10 hosts on a 1,000,000-row table cost 423 ms of');
+    say('database time per second without the index (23.5% of a core), 18 ms/s with it.');
+    if (count($versions) === 1) {
+        say('(The version before was not measured in this run: set MATOMO_ARCHIVE_CLAIM_BENCH_BEFORE to its .so, see the README.)');
+    }
+    say();
+}
