@@ -403,6 +403,42 @@ final class MatomoE2ETest extends TestCase
         self::m()->pdo()->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation IN ($dead, $pastTimeout, $slowSite, $live)");
     }
 
+    /**
+     * The sites of released rows are appended to Matomo's shared site queue: never into a queue
+     * that does not exist (the next run builds a full one), never twice, never reordering or
+     * removing what a live run's queue holds, and the queue's reset time (which stops the runs
+     * on it when it changes) untouched.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     */
+    public function testReleasedSitesAreAppendedToMatomosSharedSiteQueueOnly(): void
+    {
+        $dead = $this->queueRow(['idsite' => 1]);
+        $pid = (string) $this->goneLocalPid();
+        $host = gethostname();
+        $q = self::SITE_QUEUE;
+        $setQueue = fn (?string $v) => ['sql', $v === null ? "DELETE FROM matomo_option WHERE option_name = '$q'"
+            : "REPLACE INTO matomo_option (option_name, option_value, autoload) VALUES ('$q', '$v', 0)"];
+        $claimDead = ['sql', "UPDATE matomo_archive_invalidations SET status = 1, processing_host = '$host', process_id = '$pid', ts_started = NOW() WHERE idinvalidation = $dead"];
+        $read = ['sql', "SELECT CONCAT('[', IFNULL((SELECT option_value FROM matomo_option WHERE option_name = '$q'), 'none'), ']',
+            IFNULL((SELECT option_value FROM matomo_option WHERE option_name = '{$q}_ResetQueueTime'), 'none'))"];
+        self::m()->pdo()->exec("REPLACE INTO matomo_option (option_name, option_value, autoload) VALUES ('{$q}_ResetQueueTime', '1700000000000', 0)");
+        $r = $this->model([
+            $setQueue('3,2'), $claimDead, ['resetFailedArchivingJobs'], $read,
+            $setQueue('1,3'), $claimDead, ['resetFailedArchivingJobs'], $read,
+            $setQueue(null), $claimDead, ['resetFailedArchivingJobs'], $read,
+        ]);
+        $this->assertSame(['[3,2,1]1700000000000', '[1,3]1700000000000', '[none]1700000000000'],
+            [$r['results'][3], $r['results'][7], $r['results'][11]], 'appended to a queue that lacked it; otherwise unchanged');
+        $this->assertSame([1, 1, 1], [$r['results'][2], $r['results'][6], $r['results'][10]], 'the dead claim was released each time');
+        $log = implode("\n", array_column($r['log'], 1));
+        $this->assertSame(1, substr_count($log, "ArchiveClaim: core:archive pid {$r['pid']} put site 1 back into Matomo's shared site queue"), $log);
+        $this->assertSame([], array_filter($r['log'], fn ($l) => in_array($l[0], ['warning', 'error'], true)));
+        $pdo = self::m()->pdo();
+        $pdo->exec("DELETE FROM matomo_option WHERE option_name IN ('$q', '{$q}_ResetQueueTime')");
+        $pdo->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation = $dead");
+    }
+
     /** @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema */
     public function testStatusAndReapCommands(): void
     {
@@ -747,8 +783,13 @@ final class MatomoE2ETest extends TestCase
             self::$figures["kill -9 of core:archive mid-run (site 1 of 3) to its day archived again, $label"] = sprintf(
                 '%.0f s (log time, whole seconds), by the %s run after the kill%s', $found[1], ['first', 'second', 'third'][$found[0] - 1],
                 $found[0] === 1 ? '' : ' (the first continued the queue without site 1; with hourly cron: an hour more per run)');
+            $log = substr($m->log(), $logBefore);
+            if (preg_match('/\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[^\]]*\][^\n]*ArchiveClaim: (.*) put site 1 back into Matomo\'s shared site queue/', $log, $back)) {
+                self::$figures["kill -9 mid-run to site 1 back in the shared site queue, $label"] = sprintf('%.0f s (log time), by %s',
+                    strtotime($back[1] . ' UTC') - $killedAt, preg_replace('/\d+/', 'N', $back[2]));
+            }
             $this->assertSame(1, $found[0], 'the first run after the kill archived site 1\'s day again');
-            $this->assertMatchesRegularExpression('/ArchiveClaim: .* put site 1 back into Matomo\'s shared site queue/', substr($m->log(), $logBefore));
+            $this->assertMatchesRegularExpression('/ArchiveClaim: .* put site 1 back into Matomo\'s shared site queue/', $log);
             $this->assertSame([], $this->invalidations('idsite IN (1, 2)'));
         } finally {
             foreach (array_keys(self::processes('climulti:request', 'date=' . self::HEAVY_DAY)) as $pid) {
