@@ -468,9 +468,14 @@ final class MatomoE2ETest extends TestCase
         $this->assertSame(2, $code, $out);
         $this->assertStringContainsString('--newer-than', $out);
 
+        // A run's site queue is there (site 3 not taken yet): the operator's reap adds the released site.
+        self::m()->pdo()->exec("REPLACE INTO matomo_option (option_name, option_value, autoload) VALUES ('" . self::SITE_QUEUE . "', '3', 0)");
         [$code, $out] = self::m()->console(['archiveclaim:reap']);
         $this->assertSame(0, $code, $out);
         $this->assertStringContainsString('(dead, pid_gone): reset', $out);
+        $this->assertStringContainsString("Put site 1 back into Matomo's shared site queue.", $out);
+        $this->assertSame('3,1', $this->siteQueue());
+        self::m()->pdo()->exec("DELETE FROM matomo_option WHERE option_name = '" . self::SITE_QUEUE . "'");
         $this->assertStringContainsString('1 of 2 in-progress invalidations released (1 re-queued, 0 deleted as duplicates); 1 kept.', $out);
         $this->assertSame(1, (int) $this->invalidations("idinvalidation = $remote")[0]['status'], 'server2 proves nothing from here');
 
@@ -761,6 +766,8 @@ final class MatomoE2ETest extends TestCase
                 for ($i = 0; $i < 1200 && self::alive($child); $i++) {
                     usleep(50000);
                 }
+                self::$figures["kill -9 mid-run: the killed run's child archived site 1's day on for"] = sprintf('%.1f s (then cron\'s next run starts)',
+                    microtime(true) - $killedAt);
             }
             // Runs after the kill, one after another as cron starts them, until site 1's day is archived again.
             $found = null;
