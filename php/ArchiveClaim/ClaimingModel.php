@@ -10,7 +10,7 @@
  * - Rows this object did not claim (queued duplicates Matomo deletes, rows claimed by Matomo's
  *   own statement) get exactly Matomo's treatment: parent::.
  * - resetFailedArchivingJobs() releases proven orphans now, and, as Matomo does, anything older
- *   than archive_failure_recovery_timeout.
+ *   than archive_failure_recovery_timeout; their sites go back into Matomo's shared site queue.
  *
  * Without the extension, or when it cannot be configured, every method is Matomo's own, so
  * archiving never depends on us.
@@ -30,6 +30,7 @@ use Piwik\Db;
 use Piwik\Log\LoggerInterface;
 use Piwik\Plugins\ArchiveClaim\Lib\Extension;
 use Piwik\Plugins\ArchiveClaim\Lib\ReleaseLog;
+use Piwik\Plugins\ArchiveClaim\Lib\SiteQueue;
 
 class ClaimingModel extends Model
 {
@@ -86,6 +87,7 @@ class ClaimingModel extends Model
             return false; // someone else is on it, within the time Matomo gives them
         }
         $report = Native\reap_orphans(['idsites' => [$idSite], 'timeout' => $timeout]);
+        // (No SiteQueue::requeue() here: the site is the one this run is archiving right now.)
         ReleaseLog::rows($this->log, $report['rows'], 'the take-over of invalidation ' . $invalidation['idinvalidation'] . ' by pid ' . getmypid());
         if (!Native\claim_invalidation((int) $invalidation['idinvalidation'])) {
             return false;
@@ -172,7 +174,11 @@ class ClaimingModel extends Model
         }
         ReleaseLog::background($this->log);
         $report = Native\reap_orphans(ArchiveClaim::timeouts());
-        ReleaseLog::rows($this->log, $report['rows'], 'core:archive pid ' . getmypid());
+        $by = 'core:archive pid ' . getmypid();
+        ReleaseLog::rows($this->log, $report['rows'], $by);
+        // Matomo builds or joins its shared site queue before it calls this: a killed run's site
+        // is not in a queue this run continues, so it would skip what was just released.
+        SiteQueue::requeue($this->log, SiteQueue::releasedSites($report['rows']), $by);
         return $report['released'];
     }
 

@@ -403,6 +403,42 @@ final class MatomoE2ETest extends TestCase
         self::m()->pdo()->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation IN ($dead, $pastTimeout, $slowSite, $live)");
     }
 
+    /**
+     * The sites of released rows are appended to Matomo's shared site queue: never into a queue
+     * that does not exist (the next run builds a full one), never twice, never reordering or
+     * removing what a live run's queue holds, and the queue's reset time (which stops the runs
+     * on it when it changes) untouched.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     */
+    public function testReleasedSitesAreAppendedToMatomosSharedSiteQueueOnly(): void
+    {
+        $dead = $this->queueRow(['idsite' => 1]);
+        $pid = (string) $this->goneLocalPid();
+        $host = gethostname();
+        $q = self::SITE_QUEUE;
+        $setQueue = fn (?string $v) => ['sql', $v === null ? "DELETE FROM matomo_option WHERE option_name = '$q'"
+            : "REPLACE INTO matomo_option (option_name, option_value, autoload) VALUES ('$q', '$v', 0)"];
+        $claimDead = ['sql', "UPDATE matomo_archive_invalidations SET status = 1, processing_host = '$host', process_id = '$pid', ts_started = NOW() WHERE idinvalidation = $dead"];
+        $read = ['sql', "SELECT CONCAT('[', IFNULL((SELECT option_value FROM matomo_option WHERE option_name = '$q'), 'none'), ']',
+            IFNULL((SELECT option_value FROM matomo_option WHERE option_name = '{$q}_ResetQueueTime'), 'none'))"];
+        self::m()->pdo()->exec("REPLACE INTO matomo_option (option_name, option_value, autoload) VALUES ('{$q}_ResetQueueTime', '1700000000000', 0)");
+        $r = $this->model([
+            $setQueue('3,2'), $claimDead, ['resetFailedArchivingJobs'], $read,
+            $setQueue('1,3'), $claimDead, ['resetFailedArchivingJobs'], $read,
+            $setQueue(null), $claimDead, ['resetFailedArchivingJobs'], $read,
+        ]);
+        $this->assertSame(['[3,2,1]1700000000000', '[1,3]1700000000000', '[none]1700000000000'],
+            [$r['results'][3], $r['results'][7], $r['results'][11]], 'appended to a queue that lacked it; otherwise unchanged');
+        $this->assertSame([1, 1, 1], [$r['results'][2], $r['results'][6], $r['results'][10]], 'the dead claim was released each time');
+        $log = implode("\n", array_column($r['log'], 1));
+        $this->assertSame(1, substr_count($log, "ArchiveClaim: core:archive pid {$r['pid']} put site 1 back into Matomo's shared site queue"), $log);
+        $this->assertSame([], array_filter($r['log'], fn ($l) => in_array($l[0], ['warning', 'error'], true)));
+        $pdo = self::m()->pdo();
+        $pdo->exec("DELETE FROM matomo_option WHERE option_name IN ('$q', '{$q}_ResetQueueTime')");
+        $pdo->exec("DELETE FROM matomo_archive_invalidations WHERE idinvalidation = $dead");
+    }
+
     /** @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema */
     public function testStatusAndReapCommands(): void
     {
@@ -432,9 +468,14 @@ final class MatomoE2ETest extends TestCase
         $this->assertSame(2, $code, $out);
         $this->assertStringContainsString('--newer-than', $out);
 
+        // A run's site queue is there (site 3 not taken yet): the operator's reap adds the released site.
+        self::m()->pdo()->exec("REPLACE INTO matomo_option (option_name, option_value, autoload) VALUES ('" . self::SITE_QUEUE . "', '3', 0)");
         [$code, $out] = self::m()->console(['archiveclaim:reap']);
         $this->assertSame(0, $code, $out);
         $this->assertStringContainsString('(dead, pid_gone): reset', $out);
+        $this->assertStringContainsString("Put site 1 back into Matomo's shared site queue.", $out);
+        $this->assertSame('3,1', $this->siteQueue());
+        self::m()->pdo()->exec("DELETE FROM matomo_option WHERE option_name = '" . self::SITE_QUEUE . "'");
         $this->assertStringContainsString('1 of 2 in-progress invalidations released (1 re-queued, 0 deleted as duplicates); 1 kept.', $out);
         $this->assertSame(1, (int) $this->invalidations("idinvalidation = $remote")[0]['status'], 'server2 proves nothing from here');
 
@@ -503,6 +544,19 @@ final class MatomoE2ETest extends TestCase
         return $chain;
     }
 
+    /** A day of site HEAVY_SITE that takes its child seconds to archive (and a light day beside it), made once. */
+    private static function heavyDay(): void
+    {
+        if (!isset(self::$figures['heavy day'])) {
+            $m = self::m();
+            $t = microtime(true);
+            $m->trackVisits(self::HEAVY_SITE, self::HEAVY_DAY, 500);
+            $visits = $m->multiplyVisits(self::HEAVY_SITE, self::HEAVY_DAY, 7);
+            $m->copyVisits(self::HEAVY_SITE, self::HEAVY_DAY, self::LIGHT_DAY, 20);
+            self::$figures['heavy day'] = sprintf('%d visits on %s (500 tracked, copied in SQL), ready in %.1f s', $visits, self::HEAVY_DAY, microtime(true) - $t);
+        }
+    }
+
     /**
      * The rule (design section 4): Matomo's claim is the core:archive parent's, but the work runs
      * in its climulti:request child. While that child lives the claim is alive, even with the
@@ -515,13 +569,7 @@ final class MatomoE2ETest extends TestCase
     public function testKillingCoreArchiveWhileItsChildArchivesKeepsTheClaimUntilTheChildEnds(bool $detached): void
     {
         $m = self::m();
-        if (!isset(self::$figures['heavy day'])) {
-            $t = microtime(true);
-            $m->trackVisits(self::HEAVY_SITE, self::HEAVY_DAY, 500);
-            $visits = $m->multiplyVisits(self::HEAVY_SITE, self::HEAVY_DAY, 7);
-            $m->copyVisits(self::HEAVY_SITE, self::HEAVY_DAY, self::LIGHT_DAY, 20);
-            self::$figures['heavy day'] = sprintf('%d visits on %s (500 tracked, copied in SQL), ready in %.1f s', $visits, self::HEAVY_DAY, microtime(true) - $t);
-        }
+        self::heavyDay();
         // With the light day beside it, the heavy day is archived in a batch of two.
         [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=' . self::HEAVY_DAY . ($detached ? ',' . self::LIGHT_DAY : ''),
             '--periods=day', '--sites=' . self::HEAVY_SITE]);
@@ -635,6 +683,126 @@ final class MatomoE2ETest extends TestCase
             proc_terminate($watcher, SIGKILL);
             proc_close($watcher);
             self::m()->pdo()->exec('DELETE FROM matomo_archive_invalidations WHERE idsite = ' . self::HEAVY_SITE);
+        }
+    }
+
+    /** Matomo's shared site queue (core:archive without --force-idsites): the sites no run has taken yet. */
+    private const SITE_QUEUE = 'SharedSiteIdsToArchive_AllWebsites';
+
+    private function siteQueue(): ?string
+    {
+        $value = self::m()->pdo()->query("SELECT option_value FROM matomo_option WHERE option_name = '" . self::SITE_QUEUE . "'")->fetchColumn();
+        return $value === false ? null : (string) $value;
+    }
+
+    private static function alive(int $pid): bool
+    {
+        return file_exists("/proc/$pid") && !str_contains((string) @file_get_contents("/proc/$pid/stat"), ') Z ');
+    }
+
+    public static function nextRuns(): array
+    {
+        return [
+            // Started at the kill, so it is at work when the killed run's claim is released.
+            'a second core:archive running' => [true],
+            // Started once the killed run's child is gone, as cron's next run would be.
+            "cron's next core:archive" => [false],
+        ];
+    }
+
+    /**
+     * A run killed mid-run leaves the shared site queue holding the sites it had not reached, and
+     * not the one it was on. Runs that continue that queue never come back to that site, so what
+     * was released there waited for a run that builds a fresh queue (with hourly cron, an hour
+     * later). The plugin puts the released rows' sites back into the queue.
+     *
+     * @depends testThePluginActivatesOnMatomo52AndInstallsItsSchema
+     * @dataProvider nextRuns
+     */
+    public function testAKilledRunsSiteIsArchivedByTheRunsThatContinueItsSiteQueue(bool $concurrent): void
+    {
+        $m = self::m();
+        $pdo = $m->pdo();
+        self::heavyDay();
+        if (!isset(self::$figures['heavy days of sites 1 and 2'])) {
+            $t = microtime(true);
+            $one = $m->copyVisitsToSite(self::HEAVY_SITE, 1, self::HEAVY_DAY, 1);
+            $two = $m->copyVisitsToSite(self::HEAVY_SITE, 2, self::HEAVY_DAY, 2);
+            self::$figures['heavy days of sites 1 and 2'] = sprintf('%d and %d visits on %s (copied from site %d in SQL), ready in %.1f s',
+                $one, $two, self::HEAVY_DAY, self::HEAVY_SITE, microtime(true) - $t);
+        }
+        // No run is active: a queue an earlier test's run left would make the first run continue it.
+        $pdo->exec("DELETE FROM matomo_option WHERE option_name = '" . self::SITE_QUEUE . "'");
+        // Site 1's day is what the killed run is on; in the concurrent case site 2's (twice as
+        // heavy) keeps the second run at work until after site 1's claim is released.
+        [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=' . self::HEAVY_DAY, '--periods=day',
+            '--sites=' . ($concurrent ? '1,2' : '1')]);
+        $this->assertSame(0, $code, $out);
+        $dayChild = 'idSite=1&period=day&date=' . self::HEAVY_DAY;
+        $archivedAgain = '/\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\][^\n]*Archived website id 1, period = day, date = ' . self::HEAVY_DAY . '/';
+        $label = $concurrent ? 'a second core:archive running' : "cron's next core:archive";
+        $logBefore = strlen($m->log());
+        $child = 0;
+        try {
+            $out1 = tempnam(sys_get_temp_dir(), 'e2e-run1');
+            $run1 = $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $out1);
+            $parent = proc_get_status($run1)['pid'];
+            for ($i = 0; $i < 600 && !$child && proc_get_status($run1)['running']; $i++) {
+                foreach (self::processes('climulti:request', $dayChild) as $pid => $cmd) {
+                    if (str_contains($cmd, "runid=$parent") || in_array($parent, self::ancestors($pid), true)) {
+                        $child = $pid;
+                    }
+                }
+                usleep(20000);
+            }
+            $this->assertGreaterThan(0, $child, "the first run archives site 1's day:\n" . file_get_contents($out1));
+            usleep(500000);
+            $this->assertSame('2,3', $this->siteQueue(), 'killed mid-run: sites 2 and 3 still queued, site 1 taken');
+            posix_kill($parent, SIGKILL);
+            $killedAt = microtime(true);
+            proc_close($run1);
+            @unlink($out1);
+            if (!$concurrent) {
+                for ($i = 0; $i < 1200 && self::alive($child); $i++) {
+                    usleep(50000);
+                }
+                self::$figures["kill -9 mid-run: the killed run's child archived site 1's day on for"] = sprintf('%.1f s (then cron\'s next run starts)',
+                    microtime(true) - $killedAt);
+            }
+            // Runs after the kill, one after another as cron starts them, until site 1's day is archived again.
+            $found = null;
+            for ($n = 1; $n <= 3 && $found === null; $n++) {
+                $outN = tempnam(sys_get_temp_dir(), 'e2e-next');
+                $code = proc_close($this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $outN));
+                $text = (string) file_get_contents($outN);
+                unlink($outN);
+                $this->assertSame(0, $code, $text);
+                $this->assertSame([], $this->failures($text), 'nothing logged a warning or an error');
+                if ($n === 1) {
+                    $this->assertStringContainsString('Continuing ongoing archiving run by pulling from shared idSite queue', $text,
+                        'the first run after the kill continues the killed run\'s queue');
+                }
+                if (preg_match($archivedAgain, $text, $at)) {
+                    $found = [$n, strtotime($at[1] . ' UTC') - $killedAt];
+                }
+            }
+            $this->assertNotNull($found, 'site 1\'s day archived again within three runs');
+            self::$figures["kill -9 of core:archive mid-run (site 1 of 3) to its day archived again, $label"] = sprintf(
+                '%.0f s (log time, whole seconds), by the %s run after the kill%s', $found[1], ['first', 'second', 'third'][$found[0] - 1],
+                $found[0] === 1 ? '' : ' (the first continued the queue without site 1; with hourly cron: an hour more per run)');
+            $log = substr($m->log(), $logBefore);
+            if (preg_match('/\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[^\]]*\][^\n]*ArchiveClaim: (.*) put site 1 back into Matomo\'s shared site queue/', $log, $back)) {
+                self::$figures["kill -9 mid-run to site 1 back in the shared site queue, $label"] = sprintf('%.0f s (log time), by %s',
+                    strtotime($back[1] . ' UTC') - $killedAt, preg_replace('/\d+/', 'N', $back[2]));
+            }
+            $this->assertSame(1, $found[0], 'the first run after the kill archived site 1\'s day again');
+            $this->assertMatchesRegularExpression('/ArchiveClaim: .* put site 1 back into Matomo\'s shared site queue/', $log);
+            $this->assertSame([], $this->invalidations('idsite IN (1, 2)'));
+        } finally {
+            foreach (array_keys(self::processes('climulti:request', 'date=' . self::HEAVY_DAY)) as $pid) {
+                posix_kill($pid, SIGKILL);
+            }
+            $pdo->exec('DELETE FROM matomo_archive_invalidations WHERE idsite IN (1, 2)');
         }
     }
 

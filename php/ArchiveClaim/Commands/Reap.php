@@ -10,10 +10,13 @@ namespace Piwik\Plugins\ArchiveClaim\Commands;
 
 use Matomo\ArchiveClaim as Native;
 use Piwik\Config;
+use Piwik\Container\StaticContainer;
+use Piwik\Log\LoggerInterface;
 use Piwik\Plugin\ConsoleCommand;
 use Piwik\Plugins\ArchiveClaim\ArchiveClaim;
 use Piwik\Plugins\ArchiveClaim\Lib\Extension;
 use Piwik\Plugins\ArchiveClaim\Lib\ReapRequest;
+use Piwik\Plugins\ArchiveClaim\Lib\SiteQueue;
 
 class Reap extends ConsoleCommand
 {
@@ -57,6 +60,11 @@ class Reap extends ConsoleCommand
         } catch (\InvalidArgumentException | \ValueError $e) {
             $this->getOutput()->writeln('<error>' . $e->getMessage() . '</error>');
             return ReapRequest::USAGE;
+        }
+        // As after a run's own reset: a running or the next core:archive takes the sites.
+        $added = SiteQueue::requeue(StaticContainer::get(LoggerInterface::class), $request->releasedSites, 'archiveclaim:reap pid ' . getmypid());
+        if ($added) {
+            $lines[] = 'Put site ' . implode(', ', $added) . " back into Matomo's shared site queue.";
         }
         foreach ($lines as $line) {
             $this->getOutput()->writeln($line);

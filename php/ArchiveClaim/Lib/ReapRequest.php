@@ -98,10 +98,14 @@ final class ReapRequest
         return array_values(array_unique(array_filter($hosts, fn ($h) => $h !== null && $h !== '')));
     }
 
+    /** @var list<int> after run(): the sites of the rows it released (for SiteQueue::requeue()) */
+    public array $releasedSites = [];
+
     /** @return array{0: int, 1: string[]} exit code and output lines */
     public function run(): array
     {
         $report = Native\reap_orphans($this->options());
+        $this->releasedSites = SiteQueue::releasedSites($report['rows']);
         $lines = [];
         foreach ($report['rows'] as $r) {
             if ($r['action'] === 'kept' && !$this->dryRun) {

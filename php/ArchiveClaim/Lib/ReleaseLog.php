@@ -1,7 +1,8 @@
 <?php
 /**
  * Puts what was released into Matomo's log: which invalidation, whose it was, why, and who
- * released it (this process, or its heartbeat thread, which reaps on its own and cannot log).
+ * released it (this process, or its heartbeat thread, which reaps on its own and cannot log),
+ * and puts the sites of what the heartbeat thread released back into Matomo's site queue.
  */
 
 declare(strict_types=1);
@@ -54,6 +55,10 @@ final class ReleaseLog
         } catch (\Matomo\ArchiveClaim\Exception $e) {
             return; // only a log line is lost; the release itself happened (or not) in the thread
         }
-        self::rows($logger, $rows, 'the heartbeat thread of pid ' . getmypid());
+        $by = 'the heartbeat thread of pid ' . getmypid();
+        self::rows($logger, $rows, $by);
+        // The thread released them while this process (a core:archive run, or one of its
+        // climulti:request children) went on: their sites go where the runs at work take sites.
+        SiteQueue::requeue($logger, SiteQueue::releasedSites($rows), $by);
     }
 }
