@@ -159,7 +159,8 @@ final class LiveClaimHazardsTest extends SimulatedServersTestCase
     {
         [$id] = $this->queue([[]]);
         $b = $this->server('b', [], 'compose-replica');
-        $stock = $b->send(['cmd' => 'spawn', 'ids' => [$id], 'extension' => false]);
+        // A pid the other namespaces do not use themselves (theirs are a handful).
+        $stock = $b->send(['cmd' => 'spawn', 'ids' => [$id], 'extension' => false, 'pid' => 300]);
         $this->assertSame([$id], $stock['won']);
         $plain = $this->server('plain', [], 'compose-replica');
         $declared = $this->server('declared', ['host_name_shared' => 1], 'compose-replica');

@@ -23,6 +23,12 @@ done
 dir=$(mktemp -d "${TMPDIR:-/tmp}/matomo-archive-claim-db.XXXXXX")
 cleanup() {
   local status=$? pid
+  # A server that crashed says why in its error log: keep that where a person can read it.
+  if grep -q "got signal\|Segmentation\|Assertion" "$dir/error.log" 2>/dev/null; then
+    cp "$dir/error.log" "${TMPDIR:-/tmp}/matomo-archive-claim-crashed-mariadb.log"
+    echo "with-mariadb: the server crashed; its log: ${TMPDIR:-/tmp}/matomo-archive-claim-crashed-mariadb.log" >&2
+    tail -40 "$dir/error.log" >&2
+  fi
   pid=$(cat "$dir/mysqld.pid" 2>/dev/null || true)
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
     kill "$pid" 2>/dev/null || true
