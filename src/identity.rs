@@ -136,20 +136,21 @@ fn works_for(me: u32) -> Option<u32> {
 
 /// Field 5 of /proc/<pid>/stat: the process group.
 fn process_group_of(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
+    numeric_stat_field(pid, 5)
 }
 
-/// Field 4 of /proc/<pid>/stat.
+/// Field 4 of /proc/<pid>/stat: the parent.
 fn parent_of(pid: u32) -> Option<u32> {
+    numeric_stat_field(pid, 4)
+}
+
+/// A numeric field (3 or later) of /proc/<pid>/stat, counted after the command, which may
+/// itself contain spaces and parentheses.
+fn numeric_stat_field(pid: u32, field: usize) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 1..]
         .split_whitespace()
-        .nth(1)?
+        .nth(field.checked_sub(3)?)?
         .parse()
         .ok()
 }
