@@ -230,6 +230,7 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
     // read_timeout. Connect on a thread and give up after connect_timeout; a late connection
     // is dropped by that thread when it arrives.
     let (tx, rx) = std::sync::mpsc::channel();
+    crate::heartbeat::pin_library();
     let spawned = std::thread::Builder::new()
         .name("archive-claim-connect".into())
         .spawn(move || {

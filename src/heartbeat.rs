@@ -659,9 +659,9 @@ fn due(last: Option<Instant>, period: Duration) -> bool {
 }
 
 /// Keeps this shared library mapped until the process ends: PHP unloads extensions after
-/// module shutdown, and a heartbeat thread that outlived the stop request must not find its
-/// code gone.
-fn pin_library() {
+/// module shutdown, and a thread of ours that outlived the call that started it (a heartbeat
+/// past its stop request, a connect given up on) must not find its code gone.
+pub(crate) fn pin_library() {
     static PINNED: std::sync::Once = std::sync::Once::new();
     PINNED.call_once(|| {
         // SAFETY: dladdr/dlopen with a pointer into this library and the path it reports.
