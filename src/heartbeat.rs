@@ -375,7 +375,6 @@ struct Heartbeat {
     registered: Registered,
     lease: Arc<Lease>,
     conn: Option<Conn>,
-    host_reaper: bool,
     fleet_reaper: bool,
     /// Whether `status` is indexed (None: not looked yet, or looked too long ago).
     indexed: Option<bool>,
@@ -402,7 +401,6 @@ impl Heartbeat {
             registered,
             lease,
             conn: Some(conn),
-            host_reaper: false,
             fleet_reaper: false,
             indexed: None,
             last_local_reap: None,
@@ -442,10 +440,15 @@ impl Heartbeat {
         }
     }
 
+    /// Whether this thread holds its host's reaper lock (kept in the lease, which phpinfo()
+    /// and a re-registration at claim time read too).
+    fn host_reaper(&self) -> bool {
+        self.lease.reaping.load(Ordering::Relaxed)
+    }
+
     fn tick(&mut self, beat_due: bool) -> std::result::Result<(), String> {
         if self.conn.is_none() {
             // Locks were tied to the old connection.
-            self.host_reaper = false;
             self.fleet_reaper = false;
             self.lease.reaping.store(false, Ordering::Relaxed);
             self.conn = Some(connection::connect(&self.config).map_err(|e| e.to_string())?);
@@ -470,10 +473,10 @@ impl Heartbeat {
         if beat_due {
             self.take_locks()?;
         }
-        if self.host_reaper {
+        if self.host_reaper() {
             self.refresh_watch()?;
         }
-        if self.host_reaper && self.local_reap_due()? {
+        if self.host_reaper() && self.local_reap_due()? {
             self.reap_this_host()?;
         }
         if self.fleet_reaper && beat_due {
@@ -503,7 +506,7 @@ impl Heartbeat {
 
     fn beat(&mut self) -> std::result::Result<(), mysql::Error> {
         let idprocess = self.lease.idprocess();
-        let reaps = self.host_reaper;
+        let reaps = self.host_reaper();
         let (config, identity) = (self.config.clone(), self.registered.identity.clone());
         let zone = self.registered.time_zone.clone();
         let lease = self.registered.settings.lease;
@@ -525,11 +528,10 @@ impl Heartbeat {
         let config = self.config.clone();
         let host = self.registered.identity.host.clone();
         let idprocess = self.lease.idprocess();
-        if !self.host_reaper {
+        if !self.host_reaper() {
             let conn = self.conn()?;
             if registry::try_reaper_lock(conn, &config, ReaperDuty::Host(host.as_deref()))? {
                 registry::set_reaps(conn, &config, idprocess, true)?;
-                self.host_reaper = true;
                 self.lease.reaping.store(true, Ordering::Relaxed);
             }
         }

@@ -185,7 +185,7 @@ impl Registration {
         ctx.now - self.last_heartbeat.max(ctx.database_started_at)
     }
 
-    fn is_fresh(&self, ctx: &Context) -> bool {
+    pub fn is_fresh(&self, ctx: &Context) -> bool {
         self.heartbeat_age(ctx) < ctx.lease_seconds
     }
 }

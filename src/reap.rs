@@ -245,19 +245,20 @@ pub fn observe(
         site_timeouts: options.site_timeouts.clone(),
         hosts_declared_dead: options.hosts.clone(),
     };
-    let (database_started_at, lease) = (context.database_started_at, options.lease_seconds);
-    let fresh = |r: &Registration| db_now - r.last_heartbeat.max(database_started_at) < lease;
+    let mut shared_host_names: Vec<String> = Vec::new();
     if options.host_name_shared {
-        context.shared_host_names.extend(me.host.clone());
+        shared_host_names.extend(me.host.clone());
     }
     let mine = Machine {
         host: me.host.clone(),
         boot_id: me.boot_id.clone(),
         pid_namespace: me.pid_namespace,
     };
+    let fresh = |r: &Registration| r.is_fresh(&context);
+    let mut machines_with_live_reaper = Vec::new();
     for (i, r) in registrations.iter().enumerate() {
         if r.reaps && fresh(r) && !context.is_this_machine(r) {
-            context.machines_with_live_reaper.push(Machine::of(r));
+            machines_with_live_reaper.push(Machine::of(r));
         }
         // A host name is shared when two pid namespaces of one kernel use it (containers,
         // even one restarted), or two machines heartbeat under it now: its pids then name no
@@ -272,10 +273,12 @@ pub fn observe(
                 && m != Machine::of(r)
                 && ((m.boot_id.is_some() && m.boot_id == r.boot_id) || (m_fresh && fresh(r)))
         });
-        if shared && !context.shared_host_names.contains(host) {
-            context.shared_host_names.push(host.clone());
+        if shared && !shared_host_names.contains(host) {
+            shared_host_names.push(host.clone());
         }
     }
+    context.shared_host_names = shared_host_names;
+    context.machines_with_live_reaper = machines_with_live_reaper;
     let mut by_host: HashMap<Option<String>, Vec<Registration>> = HashMap::new();
     for r in registrations {
         by_host.entry(r.host.clone()).or_default().push(r);
