@@ -31,7 +31,8 @@ pub struct ReapOptions {
     /// None: no timeout backstop (automatic reaping releases proven deaths only).
     pub timeout: Option<i64>,
     pub site_timeouts: HashMap<i64, i64>,
-    pub hosts: Vec<String>,
+    /// Hosts an operator declares dead: every row of theirs is released (not a filter).
+    pub declare_hosts_dead: Vec<String>,
     pub force: bool,
     pub idsites: Option<Vec<i64>>,
     /// Only rows of these hosts, claimed in this window: the filters of Matomo's
@@ -49,7 +50,7 @@ pub const OPTION_KEYS: &[&str] = &[
     "dry_run",
     "timeout",
     "site_timeouts",
-    "hosts",
+    "declare_hosts_dead",
     "force",
     "idsites",
     "only_hosts",
@@ -65,7 +66,7 @@ impl ReapOptions {
             dry_run: false,
             timeout: None,
             site_timeouts: HashMap::new(),
-            hosts: Vec::new(),
+            declare_hosts_dead: Vec::new(),
             force: false,
             idsites: None,
             only_hosts: None,
@@ -77,6 +78,18 @@ impl ReapOptions {
     }
 
     pub fn parse(entries: &[(Key, Value)], default_lease: f64) -> Result<ReapOptions> {
+        // The old name of declare_hosts_dead: in in_progress() 'hosts' filters, so a call copied
+        // from there would declare live servers dead. Refused by name, before anything else.
+        if entries
+            .iter()
+            .any(|(k, _)| matches!(k, Key::Str(name) if name == "hosts"))
+        {
+            return Err(Error::invalid(
+                "reap_orphans(): option 'hosts' was renamed: to declare hosts dead (all their rows \
+                 released) use 'declare_hosts_dead'; to look only at some hosts' rows use \
+                 'only_hosts'. Nothing was released.",
+            ));
+        }
         let o = Options::new("reap_orphans", entries, OPTION_KEYS)?;
         let mut site_timeouts = HashMap::new();
         match o.get("site_timeouts") {
@@ -121,7 +134,7 @@ impl ReapOptions {
                     .unwrap_or(DEFAULT_TIMEOUT),
             ),
             site_timeouts,
-            hosts: o.strings("hosts")?.unwrap_or_default(),
+            declare_hosts_dead: o.strings("declare_hosts_dead")?.unwrap_or_default(),
             force: o.bool("force")?.unwrap_or(false),
             idsites: o.ids("idsites")?,
             only_hosts: o.strings("only_hosts")?,
@@ -221,7 +234,11 @@ pub fn observe(
     // Only the registrations that can matter: of the hosts looked at, of hosts declared dead, and
     // of our own host name (another pid namespace using it).
     let wanted: Option<Vec<String>> = options.only_hosts.as_ref().map(|only| {
-        let mut hosts: Vec<String> = only.iter().chain(&options.hosts).cloned().collect();
+        let mut hosts: Vec<String> = only
+            .iter()
+            .chain(&options.declare_hosts_dead)
+            .cloned()
+            .collect();
         hosts.extend(me.host.clone());
         hosts.sort();
         hosts.dedup();
@@ -243,7 +260,7 @@ pub fn observe(
         machines_with_live_reaper: Vec::new(),
         timeout_seconds: options.timeout,
         site_timeouts: options.site_timeouts.clone(),
-        hosts_declared_dead: options.hosts.clone(),
+        hosts_declared_dead: options.declare_hosts_dead.clone(),
     };
     let mut shared_host_names: Vec<String> = Vec::new();
     if options.host_name_shared {
@@ -407,7 +424,7 @@ fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()
     if options.force {
         return Ok(());
     }
-    for host in &options.hosts {
+    for host in &options.declare_hosts_dead {
         let freshest = observer
             .registrations
             .get(&Some(host.clone()))
@@ -583,7 +600,7 @@ mod tests {
                     Value::Array(vec![(Key::Int(7), Value::Str("600".into()))]),
                 ),
                 s(
-                    "hosts",
+                    "declare_hosts_dead",
                     Value::Array(vec![(Key::Int(0), Value::Str("server2".into()))]),
                 ),
                 s("force", Value::Bool(true)),
@@ -601,7 +618,7 @@ mod tests {
         assert!(o.dry_run && o.force);
         assert_eq!(o.timeout, Some(3600));
         assert_eq!(o.site_timeouts.get(&7), Some(&600));
-        assert_eq!(o.hosts, vec!["server2".to_string()]);
+        assert_eq!(o.declare_hosts_dead, vec!["server2".to_string()]);
         assert_eq!(o.idsites, Some(vec![7]));
         assert_eq!(o.lease_seconds, 30.0);
         assert_eq!(o.only_hosts, Some(vec!["server2".to_string()]));
@@ -622,12 +639,23 @@ mod tests {
                 "site_timeouts",
                 Value::Array(vec![(Key::Int(1), Value::Int(-5))]),
             )],
-            vec![s("hosts", Value::Str("server2".into()))],
+            vec![s("declare_hosts_dead", Value::Str("server2".into()))],
             vec![s("lease", Value::Int(0))],
             vec![s("started_after", Value::Str("1 hour ago".into()))],
         ] {
             assert!(ReapOptions::parse(&bad, 60.0).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_old_name_of_declare_hosts_dead_is_refused_naming_the_new_one() {
+        let hosts = Value::Array(vec![(Key::Int(0), Value::Str("server2".into()))]);
+        let err = ReapOptions::parse(&[s("hosts", hosts)], 60.0)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("declare_hosts_dead"), "{err}");
+        assert!(err.contains("only_hosts"), "{err}");
     }
 
     #[test]

@@ -127,15 +127,17 @@ function install_schema(?array $options = null): array {}
  * per-site overrides), and rows of hosts declared dead. Rows with ts_started NULL are never
  * touched.
  *
- * @param array{dry_run?: bool, timeout?: int, site_timeouts?: array<int, int>, hosts?: string[],
- *   force?: bool, idsites?: int[], only_hosts?: string[], started_after?: string,
- *   started_before?: string, lease?: int}|null $options
+ * @param array{dry_run?: bool, timeout?: int, site_timeouts?: array<int, int>,
+ *   declare_hosts_dead?: string[], force?: bool, idsites?: int[], only_hosts?: string[],
+ *   started_after?: string, started_before?: string, lease?: int}|null $options
  *   dry_run: decide and report, change nothing; timeout: seconds (default 86400, Matomo's
- *   archive_failure_recovery_timeout); site_timeouts: idsite => seconds; hosts: host names
- *   declared dead; force: release a declared host's rows even while it heartbeats; idsites:
- *   only these sites; only_hosts, started_after, started_before: only rows of these hosts
- *   claimed in this window ('YYYY-MM-DD HH:MM:SS', database time), the filters of Matomo's
- *   core:reset-invalidations; lease: seconds after which a heartbeat is stale (default: php.ini)
+ *   archive_failure_recovery_timeout); site_timeouts: idsite => seconds; declare_hosts_dead:
+ *   host names an operator declares dead, every row of theirs is released (this is not a
+ *   filter; the former name 'hosts' is refused); force: release a declared host's rows even
+ *   while it heartbeats; idsites: only these sites; only_hosts, started_after, started_before:
+ *   only rows of these hosts claimed in this window ('YYYY-MM-DD HH:MM:SS', database time),
+ *   the filters of Matomo's core:reset-invalidations (in_progress() calls the host filter
+ *   'hosts'); lease: seconds after which a heartbeat is stale (default: php.ini)
  * @return array{dry_run: bool, examined: int, released: int, reset: int, deleted_duplicate: int,
  *   kept: int, lost_race: int, would_reset: int, would_delete: int,
  *   rows: list<array<string, mixed>>, forgotten_registrations: int} rows: Matomo's columns

@@ -152,12 +152,12 @@ final class MultiHostTest extends SimulatedServersTestCase
         // Its heartbeat is still fresh for ten minutes: without force the declaration is refused.
         $server1 = $this->server('server1', ['lease' => 600]);
         try {
-            $server1->send(['cmd' => 'reap', 'options' => ['hosts' => ['server2']]]);
+            $server1->send(['cmd' => 'reap', 'options' => ['declare_hosts_dead' => ['server2']]]);
             $this->fail('a host with a fresh heartbeat was declared dead without force');
         } catch (\RuntimeException $e) {
             $this->assertStringContainsString('ValueError', $e->getMessage());
         }
-        $entry = self::byId($server1->send(['cmd' => 'reap', 'options' => ['hosts' => ['server2'], 'force' => true]]))[$id];
+        $entry = self::byId($server1->send(['cmd' => 'reap', 'options' => ['declare_hosts_dead' => ['server2'], 'force' => true]]))[$id];
         $this->assertSame(['dead', 'host_declared_dead', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
     }
 }

@@ -88,7 +88,7 @@ final class ReapTest extends ExtensionTestCase
     {
         [$id] = $this->queue([[]]);
         $this->pdo->exec("UPDATE {$this->table()} SET status = 1, processing_host = 'x', process_id = '1' WHERE idinvalidation = $id");
-        $entry = self::byId(reap_orphans(['timeout' => 1, 'hosts' => ['x']]))[$id];
+        $entry = self::byId(reap_orphans(['timeout' => 1, 'declare_hosts_dead' => ['x']]))[$id];
         $this->assertSame(['never_started', 'kept'], [$entry['reason'], $entry['action']]);
         $this->assertSame(1, (int) $this->row($id)['status']);
     }
@@ -163,7 +163,7 @@ final class ReapTest extends ExtensionTestCase
         $this->assertSame([$id], $server->send(['cmd' => 'claim', 'ids' => [$id]])['won']);
         $checksum = $this->tableChecksum();
         try {
-            reap_orphans(['hosts' => [gethostname()]]);
+            reap_orphans(['declare_hosts_dead' => [gethostname()]]);
             $this->fail('released the rows of a live host');
         } catch (\ValueError $e) {
             $this->assertStringContainsString('is alive', $e->getMessage());
@@ -171,8 +171,24 @@ final class ReapTest extends ExtensionTestCase
         }
         $this->assertSame($checksum, $this->tableChecksum());
 
-        $entry = self::byId(reap_orphans(['hosts' => [gethostname()], 'force' => true]))[$id];
+        $entry = self::byId(reap_orphans(['declare_hosts_dead' => [gethostname()], 'force' => true]))[$id];
         $this->assertSame(['dead', 'host_declared_dead', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+    }
+
+    /** in_progress(['hosts' => ...]) filters; the same key here once declared those hosts dead. */
+    public function testTheOldNameOfDeclareHostsDeadIsRefusedNamingTheNewOneAndReleasesNothing(): void
+    {
+        [$id] = $this->queue([[]]);
+        $this->claimAs($id, 'server2', '4242');
+        $checksum = $this->tableChecksum();
+        try {
+            reap_orphans(['hosts' => ['server2'], 'force' => true]);
+            $this->fail("'hosts' was accepted");
+        } catch (\ValueError $e) {
+            $this->assertStringContainsString("'declare_hosts_dead'", $e->getMessage());
+            $this->assertStringContainsString("'only_hosts'", $e->getMessage());
+        }
+        $this->assertSame($checksum, $this->tableChecksum());
     }
 
     public function testAStaleOwnerCannotUndoTheClaimThatFollowedTheReap(): void
@@ -180,7 +196,7 @@ final class ReapTest extends ExtensionTestCase
         [$id] = $this->queue([[]]);
         $server = $this->sameHost();
         $server->send(['cmd' => 'claim', 'ids' => [$id]]);
-        reap_orphans(['hosts' => [gethostname()], 'force' => true]);
+        reap_orphans(['declare_hosts_dead' => [gethostname()], 'force' => true]);
         $this->assertTrue(claim_invalidation($id), 'the reaped row is claimable again');
         $ours = $this->row($id);
 
@@ -216,7 +232,7 @@ final class ReapTest extends ExtensionTestCase
             [['timeout' => 'soon'], \ValueError::class],
             [['site_timeouts' => 5], \TypeError::class],
             [['site_timeouts' => ['x' => 5]], \ValueError::class],
-            [['hosts' => 'server2'], \TypeError::class],
+            [['declare_hosts_dead' => 'server2'], \TypeError::class],
             [['idsites' => [-1]], \ValueError::class],
             [['dry_run' => 'yes'], \TypeError::class],
             [['lease' => 0], \ValueError::class],

@@ -81,7 +81,7 @@ final class ReapRequest
         }
         if ($this->force) {
             $options['force'] = true;
-            $options['hosts'] = $this->hosts ?: $this->matchingHosts($options);
+            $options['declare_hosts_dead'] = $this->hosts ?: $this->matchingHosts($options);
         }
         return $options;
     }
