@@ -4,14 +4,14 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use crate::connection;
+use crate::connection::{self, WorkError};
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, RegisterError, Registered};
 use crate::identity::Identity;
 use crate::invalidations::{self, InvalidationRow, Owner, RowFilter};
 use crate::liveness::Decision;
 use crate::options::{Key, Options, Value};
-use crate::reap::{self, ReapError, ReapOptions, ReapReport};
+use crate::reap::{self, ReapOptions, ReapReport};
 use crate::request_scope::{self, ClaimOutcome};
 use crate::schema::{self, SchemaOptions, SchemaReport};
 use crate::settings::HeartbeatSettings;
@@ -87,7 +87,13 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
         // after our heartbeat went stale.
         heartbeat::fence_claim(conn, config)?;
         reached_server = true;
-        invalidations::claim(conn, config, idinvalidation, &owner, attempt)
+        Ok(invalidations::claim(
+            conn,
+            config,
+            idinvalidation,
+            &owner,
+            attempt,
+        )?)
     });
     // request_scope: remember what this request holds, to give it back when the request ends.
     request_scope::claim_attempted(
@@ -107,10 +113,15 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
 /// Registers this process and starts its heartbeat now (hosts such as the Matomo plugin that
 /// want to be visible before their first claim).
 pub fn register() -> Result<Registered> {
+    // Not retried after a reconnect: the first attempt may have registered.
     connection::run("register_process", |conn, config, _| {
-        Ok(heartbeat::ensure_registered(conn, config))
-    })?
-    .map_err(|e| match e {
+        heartbeat::ensure_registered(conn, config)
+            .map_err(|e| WorkError::Final(registration_error(e)))
+    })
+}
+
+fn registration_error(e: RegisterError) -> Error {
+    match e {
         RegisterError::HeartbeatCannotConnect(Error::Connection {
             target,
             detail,
@@ -132,7 +143,7 @@ pub fn register() -> Result<Registered> {
             },
             message: e.to_string(),
         },
-    })
+    }
 }
 
 /// Stops the heartbeat and removes the registration; false if there was none.
@@ -144,12 +155,8 @@ pub fn unregister() -> bool {
 pub fn reap_orphans(options: &ReapOptions) -> Result<ReapReport> {
     let me = Identity::current();
     connection::run("reap_orphans", |conn, config, _| {
-        match reap::reap(conn, config, &me, options) {
-            Ok(report) => Ok(Ok(report)),
-            Err(ReapError::Refused(e)) => Ok(Err(e)),
-            Err(ReapError::Sql(e)) => Err(e),
-        }
-    })?
+        reap::reap(conn, config, &me, options)
+    })
 }
 
 pub fn parse_reap_options(entries: &[(Key, Value)]) -> Result<ReapOptions> {
@@ -173,7 +180,7 @@ pub fn release(ids: &[i64]) -> Result<u64> {
     // One transaction: a retry after a reconnect finds the rows the first attempt released (if
     // it committed) no longer ours, so each row is counted once.
     let changed = connection::run("release_invalidations", |conn, config, _| {
-        invalidations::release_owned(conn, config, &ids, &owner)
+        Ok(invalidations::release_owned(conn, config, &ids, &owner)?)
     })?;
     request_scope::settled(connection::configured().as_deref(), &ids);
     Ok(changed)
@@ -215,7 +222,7 @@ pub fn install_schema(options: &SchemaOptions) -> Result<SchemaReport> {
     let mut table = String::new();
     let report = connection::run("install_schema", |conn, config, _| {
         table = config.table_name(invalidations::TABLE);
-        schema::install(conn, config, options)
+        Ok(schema::install(conn, config, options)?)
     })?;
     report.ok_or_else(|| {
         Error::Schema(format!(

@@ -99,11 +99,26 @@ pub fn close() {
     });
 }
 
+/// How a unit of work given to `run` fails: in the driver (a lost connection is retried once,
+/// anything else classified), or with an error of ours that is returned as it is (a refusal by
+/// policy, say).
+#[derive(Debug)]
+pub enum WorkError {
+    Sql(mysql::Error),
+    Final(Error),
+}
+
+impl From<mysql::Error> for WorkError {
+    fn from(e: mysql::Error) -> Self {
+        WorkError::Sql(e)
+    }
+}
+
 /// Runs `work` on this process's connection, connecting first if needed, reconnecting once if
 /// the connection turns out to be dead. Without `configure()`, the php.ini URL is used.
 pub fn run<T>(
     during: &'static str,
-    mut work: impl FnMut(&mut Conn, &DbConfig, Attempt) -> std::result::Result<T, mysql::Error>,
+    mut work: impl FnMut(&mut Conn, &DbConfig, Attempt) -> std::result::Result<T, WorkError>,
 ) -> Result<T> {
     STATE.with(|cell| {
         let mut state = cell.borrow_mut();
@@ -148,12 +163,13 @@ pub fn run<T>(
             let session = pc.conn.connection_id();
             match work(&mut pc.conn, &config, attempt) {
                 Ok(v) => return Ok(v),
-                Err(e) if is_connection_lost(&e) && attempt == Attempt::First => {
+                Err(WorkError::Final(e)) => return Err(e),
+                Err(WorkError::Sql(e)) if is_connection_lost(&e) && attempt == Attempt::First => {
                     state.conn = None;
                     abandoned = Some(session);
                     attempt = Attempt::AfterReconnect;
                 }
-                Err(e) => {
+                Err(WorkError::Sql(e)) => {
                     if is_connection_lost(&e) {
                         state.conn = None;
                         // Nothing runs on after we give up, either.

@@ -47,6 +47,11 @@ pub enum Error {
     /// The tables are not shaped as Matomo (5.3+) and this extension need.
     #[error("{0}")]
     Schema(String),
+
+    /// A well-formed request declined by policy (a host declared dead still heartbeats);
+    /// nothing was changed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// MySQL error numbers this crate reacts to.

@@ -25,7 +25,7 @@ use mysql::Conn;
 use once_cell::sync::Lazy;
 
 use crate::config::DbConfig;
-use crate::connection;
+use crate::connection::{self, WorkError};
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::liveness;
@@ -649,8 +649,8 @@ impl Heartbeat {
                 }
                 Ok(Some(report))
             }
-            Err(reap::ReapError::Refused(_)) => Ok(None),
-            Err(reap::ReapError::Sql(e)) => Err(e),
+            Err(WorkError::Final(_)) => Ok(None),
+            Err(WorkError::Sql(e)) => Err(e),
         }
     }
 }

@@ -6,12 +6,18 @@
 //!     ├── ConfigurationException   no or unusable connection settings
 //!     ├── ConnectionException      the database cannot be reached (code: MySQL errno)
 //!     ├── QueryException           the server refused a statement (code: MySQL errno)
-//!     └── SchemaException          the tables are not shaped as Matomo 5.3+ and we need
+//!     ├── SchemaException          the tables are not shaped as Matomo 5.3+ and we need
+//!     └── RefusedException         declined by policy (a declared-dead host heartbeats)
 //! \ValueError, \TypeError          bad arguments (nothing was changed)
 //! ```
 //!
 //! The classes are plain PHP classes registered at module startup (no Rust object behind them),
-//! so userland code can construct, extend and catch them like any SPL exception.
+//! so userland code can construct, extend, serialize and catch them like any SPL exception.
+//! ext-php-rs 0.16's `#[php_class]` with `extends` would not give that: it installs its own
+//! `create_object`, so PHP's exception constructor never records file, line and trace (a
+//! thrown one reports line 0 and an empty trace), `new` from PHP throws "You cannot
+//! instantiate this class from PHP." (so userland can neither construct nor subclass), and
+//! serialization is disabled. Hence `ClassBuilder`, and slots for the entries it hands back.
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -33,55 +39,66 @@ fn runtime_exception() -> &'static ClassEntry {
     unsafe { spl_ce_RuntimeException.as_ref() }.unwrap_or_else(ce::exception)
 }
 
-static BASE: AtomicPtr<ClassEntry> = AtomicPtr::new(std::ptr::null_mut());
-static CONFIGURATION: AtomicPtr<ClassEntry> = AtomicPtr::new(std::ptr::null_mut());
-static CONNECTION: AtomicPtr<ClassEntry> = AtomicPtr::new(std::ptr::null_mut());
-static QUERY: AtomicPtr<ClassEntry> = AtomicPtr::new(std::ptr::null_mut());
-static SCHEMA: AtomicPtr<ClassEntry> = AtomicPtr::new(std::ptr::null_mut());
+/// Our classes; `Base` first, as the others extend it.
+#[derive(Debug, Clone, Copy)]
+enum Class {
+    Base,
+    Configuration,
+    Connection,
+    Query,
+    Schema,
+    Refused,
+}
 
-fn load(slot: &AtomicPtr<ClassEntry>) -> Option<&'static ClassEntry> {
+const NAMES: [&str; 6] = [
+    "Matomo\\ArchiveClaim\\Exception",
+    "Matomo\\ArchiveClaim\\ConfigurationException",
+    "Matomo\\ArchiveClaim\\ConnectionException",
+    "Matomo\\ArchiveClaim\\QueryException",
+    "Matomo\\ArchiveClaim\\SchemaException",
+    "Matomo\\ArchiveClaim\\RefusedException",
+];
+
+/// The registered entries, in the order of `NAMES`.
+static ENTRIES: [AtomicPtr<ClassEntry>; NAMES.len()] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; NAMES.len()];
+
+/// The engine hands each registered class here; its name says which slot it fills.
+fn keep(class: &'static mut ClassEntry, _: ArgInfoTables) {
+    if let Some(i) = NAMES.iter().position(|n| class.name() == Some(*n)) {
+        ENTRIES[i].store(class, Ordering::Release);
+    }
+}
+
+/// The class entry (falling back to the base, then to \RuntimeException, should one be missing).
+fn entry(class: Class) -> &'static ClassEntry {
     // SAFETY: only ever set from `&'static mut ClassEntry` handed over by the engine.
-    unsafe { slot.load(Ordering::Acquire).as_ref() }
+    let load = |c: Class| unsafe { ENTRIES[c as usize].load(Ordering::Acquire).as_ref() };
+    load(class)
+        .or_else(|| load(Class::Base))
+        .unwrap_or_else(runtime_exception)
 }
 
 fn base() -> &'static ClassEntry {
-    load(&BASE).unwrap_or_else(runtime_exception)
+    entry(Class::Base)
 }
-
-/// Where the engine hands us a registered class entry.
-type KeepClass = fn(&'static mut ClassEntry, ArgInfoTables);
-
-macro_rules! keep {
-    ($fn_name:ident, $slot:ident) => {
-        fn $fn_name(class: &'static mut ClassEntry, _: ArgInfoTables) {
-            $slot.store(class, Ordering::Release);
-        }
-    };
-}
-keep!(keep_base, BASE);
-keep!(keep_configuration, CONFIGURATION);
-keep!(keep_connection, CONNECTION);
-keep!(keep_query, QUERY);
-keep!(keep_schema, SCHEMA);
 
 /// Registers the classes; called from module startup. Returns false if PHP refused one.
 pub fn register() -> bool {
-    let registered = ClassBuilder::new("Matomo\\ArchiveClaim\\Exception")
-        .extends((runtime_exception, "RuntimeException"))
-        .registration(keep_base)
-        .register();
-    if registered.is_err() {
-        return false;
-    }
-    let children: [(&str, KeepClass); 4] = [
-        ("ConfigurationException", keep_configuration),
-        ("ConnectionException", keep_connection),
-        ("QueryException", keep_query),
-        ("SchemaException", keep_schema),
-    ];
-    children.into_iter().all(|(name, keep)| {
-        ClassBuilder::new(format!("Matomo\\ArchiveClaim\\{name}"))
-            .extends((base, "Matomo\\ArchiveClaim\\Exception"))
+    NAMES.iter().enumerate().all(|(i, name)| {
+        let parent = if i == Class::Base as usize {
+            (
+                runtime_exception as fn() -> &'static ClassEntry,
+                "RuntimeException",
+            )
+        } else {
+            (
+                base as fn() -> &'static ClassEntry,
+                NAMES[Class::Base as usize],
+            )
+        };
+        ClassBuilder::new(*name)
+            .extends(parent)
             .registration(keep)
             .register()
             .is_ok()
@@ -93,12 +110,11 @@ impl From<Error> for PhpException {
         let class = match &e {
             Error::InvalidArgument(_) => ce::value_error(),
             Error::WrongType(_) => ce::type_error(),
-            Error::NotConfigured | Error::Configuration(_) => {
-                load(&CONFIGURATION).unwrap_or_else(base)
-            }
-            Error::Connection { .. } => load(&CONNECTION).unwrap_or_else(base),
-            Error::Query { .. } => load(&QUERY).unwrap_or_else(base),
-            Error::Schema(_) => load(&SCHEMA).unwrap_or_else(base),
+            Error::NotConfigured | Error::Configuration(_) => entry(Class::Configuration),
+            Error::Connection { .. } => entry(Class::Connection),
+            Error::Query { .. } => entry(Class::Query),
+            Error::Schema(_) => entry(Class::Schema),
+            Error::Refused(_) => entry(Class::Refused),
         };
         // Messages echo what the caller passed; PHP refuses to throw a message with a NUL byte.
         PhpException::new(e.to_string().replace('\0', "\\0"), e.code(), class)

@@ -9,6 +9,7 @@ use mysql::prelude::Queryable;
 use mysql::Conn;
 
 use crate::config::DbConfig;
+use crate::connection::WorkError;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
 use crate::invalidations::{
@@ -433,7 +434,7 @@ fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()
             .map(|r| r.heartbeat_age(&observer.context))
             .fold(f64::INFINITY, f64::min);
         if freshest < options.lease_seconds {
-            return Err(Error::invalid(format!(
+            return Err(Error::Refused(format!(
                 "reap_orphans(): host '{host}' is alive: a process there heartbeat {freshest:.1} s ago \
                  (lease {} s). Nothing was released. Pass 'force' => true to release its rows anyway.",
                 options.lease_seconds
@@ -443,13 +444,13 @@ fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()
     Ok(())
 }
 
-/// Finds and releases orphans. `Err(Error::InvalidArgument)` when a declared host is alive.
+/// Finds and releases orphans; `WorkError::Final(Error::Refused)` when a declared host is alive.
 pub fn reap(
     conn: &mut Conn,
     config: &DbConfig,
     me: &Identity,
     options: &ReapOptions,
-) -> std::result::Result<ReapReport, ReapError> {
+) -> std::result::Result<ReapReport, WorkError> {
     let filter = RowFilter {
         idsites: options.idsites.clone(),
         hosts: options.only_hosts.clone(),
@@ -460,7 +461,7 @@ pub fn reap(
     };
     let local = ProcFs::default();
     let (mut rows, observer) = rows_then_registry(conn, config, me, options, &filter)?;
-    check_declared_hosts(&observer, options).map_err(ReapError::Refused)?;
+    check_declared_hosts(&observer, options).map_err(WorkError::Final)?;
     // Matomo releases row by row in id order; duplicates are judged against what came before.
     rows.sort_by_key(|r| r.idinvalidation);
 
@@ -558,19 +559,6 @@ fn release_dead(
             }
         })
         .collect())
-}
-
-/// A reap either fails in SQL (retried by the connection layer) or is refused by policy.
-#[derive(Debug)]
-pub enum ReapError {
-    Sql(mysql::Error),
-    Refused(Error),
-}
-
-impl From<mysql::Error> for ReapError {
-    fn from(e: mysql::Error) -> Self {
-        ReapError::Sql(e)
-    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,12 @@ class QueryException extends Exception {}
 class SchemaException extends Exception {}
 
 /**
+ * A well-formed request declined by policy; nothing was changed. reap_orphans() throws it when a
+ * host in declare_hosts_dead still heartbeats and force is not set.
+ */
+class RefusedException extends Exception {}
+
+/**
  * Sets the connection for this process from the [database] section of Matomo's config.ini.php.
  *
  * Keys: host, port, unix_socket, username, password, dbname, tables_prefix, charset, and the
@@ -144,9 +150,10 @@ function install_schema(?array $options = null): array {}
  *   plus age_seconds, verdict, reason and action (reset, deleted_duplicate, kept, lost_race,
  *   would_reset, would_delete); forgotten_registrations: registrations of dead processes
  *   deleted once no row named them
- * @throws \ValueError for unknown option keys or bad values, and when a declared host still
- *   heartbeats and force is not set (nothing is released then)
+ * @throws \ValueError for unknown option keys (the former 'hosts' among them) or bad values
  * @throws \TypeError for option values of the wrong type
+ * @throws RefusedException when a host in declare_hosts_dead still heartbeats and force is not
+ *   set (nothing is released then)
  * @throws ConfigurationException|ConnectionException|QueryException|SchemaException
  */
 function reap_orphans(?array $options = null): array {}

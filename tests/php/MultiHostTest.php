@@ -155,7 +155,7 @@ final class MultiHostTest extends SimulatedServersTestCase
             $server1->send(['cmd' => 'reap', 'options' => ['declare_hosts_dead' => ['server2']]]);
             $this->fail('a host with a fresh heartbeat was declared dead without force');
         } catch (\RuntimeException $e) {
-            $this->assertStringContainsString('ValueError', $e->getMessage());
+            $this->assertStringContainsString('RefusedException', $e->getMessage());
         }
         $entry = self::byId($server1->send(['cmd' => 'reap', 'options' => ['declare_hosts_dead' => ['server2'], 'force' => true]]))[$id];
         $this->assertSame(['dead', 'host_declared_dead', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']]);

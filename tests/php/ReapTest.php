@@ -165,7 +165,8 @@ final class ReapTest extends ExtensionTestCase
         try {
             reap_orphans(['declare_hosts_dead' => [gethostname()]]);
             $this->fail('released the rows of a live host');
-        } catch (\ValueError $e) {
+        } catch (\Matomo\ArchiveClaim\RefusedException $e) {
+            $this->assertInstanceOf(\Matomo\ArchiveClaim\Exception::class, $e);
             $this->assertStringContainsString('is alive', $e->getMessage());
             $this->assertStringContainsString('force', $e->getMessage());
         }
