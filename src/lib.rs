@@ -1,6 +1,9 @@
 //! matomo_archive_claim: claims Matomo archive invalidations natively, recording the real host
 //! and pid of the claiming PHP process. This file only registers things with PHP.
 
+#[macro_use]
+mod string_enum;
+
 pub mod claims;
 pub mod config;
 pub mod connection;
@@ -13,6 +16,7 @@ pub mod options;
 mod php_api;
 mod php_exceptions;
 mod php_module;
+mod php_names;
 pub mod pidfd;
 pub mod reap;
 pub mod registry;

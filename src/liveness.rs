@@ -53,75 +53,46 @@ pub const TIME_ZONE_SPREAD_SECONDS: f64 = 26.0 * 3600.0;
 /// A DATETIME inside a DST fold (the hour that happens twice) names two instants an hour apart.
 pub const DST_FOLD_SECONDS: f64 = 3600.0;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Dead,
-    Alive,
-    Unknown,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Dead => "dead",
-            Verdict::Alive => "alive",
-            Verdict::Unknown => "unknown",
-        }
+string_enum! {
+    pub enum Verdict {
+        Dead = "dead",
+        Alive = "alive",
+        Unknown = "unknown",
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// No process has the owner's pid (on the owner's machine, seen from there).
-    PidGone,
-    /// The pid belongs to a process that started after the claim.
-    PidReused,
-    /// Every registration of the owner stopped heartbeating longer than the lease ago, and its
-    /// host has gone silent.
-    HeartbeatStale,
-    /// Older than the recovery timeout (Matomo's backstop).
-    Timeout,
-    /// An operator said this host is dead.
-    HostDeclaredDead,
-    /// A registration of the owner heartbeats (and, if local, its process runs).
-    HeartbeatFresh,
-    /// The owner's process runs (unregistered, or registered with a heartbeat that failed).
-    PidAlive,
-    /// A Matomo archiving child of the owner still runs.
-    ChildWorking,
-    /// The owner's heartbeat is stale but its host still runs a reaper: that host, which can
-    /// see its processes, decides.
-    OwnerHostAlive,
-    /// Unregistered owner on another host: nothing can be proven from here.
-    RemoteUnregistered,
-    /// Several pid namespaces use this host name: a pid alone names no process.
-    HostNameShared,
-    /// /proc could not tell whether the owner runs (for example hidepid).
-    ProcUnreadable,
-    /// process_id is not a pid (or host is unknown).
-    ImplausiblePid,
-    /// ts_started is NULL: Matomo never reaps those, nor do we.
-    NeverStarted,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::PidGone => "pid_gone",
-            Reason::PidReused => "pid_reused",
-            Reason::HeartbeatStale => "heartbeat_stale",
-            Reason::Timeout => "timeout",
-            Reason::HostDeclaredDead => "host_declared_dead",
-            Reason::HeartbeatFresh => "heartbeat_fresh",
-            Reason::PidAlive => "pid_alive",
-            Reason::ChildWorking => "child_working",
-            Reason::OwnerHostAlive => "owner_host_alive",
-            Reason::RemoteUnregistered => "remote_unregistered",
-            Reason::HostNameShared => "host_name_shared",
-            Reason::ProcUnreadable => "proc_unreadable",
-            Reason::ImplausiblePid => "implausible_pid",
-            Reason::NeverStarted => "never_started",
-        }
+string_enum! {
+    pub enum Reason {
+        /// No process has the owner's pid (on the owner's machine, seen from there).
+        PidGone = "pid_gone",
+        /// The pid belongs to a process that started after the claim.
+        PidReused = "pid_reused",
+        /// Every registration of the owner stopped heartbeating longer than the lease ago, and its
+        /// host has gone silent.
+        HeartbeatStale = "heartbeat_stale",
+        /// Older than the recovery timeout (Matomo's backstop).
+        Timeout = "timeout",
+        /// An operator said this host is dead.
+        HostDeclaredDead = "host_declared_dead",
+        /// A registration of the owner heartbeats (and, if local, its process runs).
+        HeartbeatFresh = "heartbeat_fresh",
+        /// The owner's process runs (unregistered, or registered with a heartbeat that failed).
+        PidAlive = "pid_alive",
+        /// A Matomo archiving child of the owner still runs.
+        ChildWorking = "child_working",
+        /// The owner's heartbeat is stale but its host still runs a reaper: that host, which can
+        /// see its processes, decides.
+        OwnerHostAlive = "owner_host_alive",
+        /// Unregistered owner on another host: nothing can be proven from here.
+        RemoteUnregistered = "remote_unregistered",
+        /// Several pid namespaces use this host name: a pid alone names no process.
+        HostNameShared = "host_name_shared",
+        /// /proc could not tell whether the owner runs (for example hidepid).
+        ProcUnreadable = "proc_unreadable",
+        /// process_id is not a pid (or host is unknown).
+        ImplausiblePid = "implausible_pid",
+        /// ts_started is NULL: Matomo never reaps those, nor do we.
+        NeverStarted = "never_started",
     }
 }
 

@@ -157,14 +157,7 @@ pub fn reap_orphans(options: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashT
         ht.insert("dry_run", report.dry_run)?;
         ht.insert("examined", report.entries.len() as i64)?;
         ht.insert("released", report.released() as i64)?;
-        for action in [
-            Action::Reset,
-            Action::DeletedDuplicate,
-            Action::Kept,
-            Action::LostRace,
-            Action::WouldReset,
-            Action::WouldDelete,
-        ] {
+        for &action in Action::ALL {
             ht.insert(action.as_str(), report.count(action) as i64)?;
         }
         let mut rows = ZendHashTable::new();

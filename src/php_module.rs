@@ -11,6 +11,7 @@ use crate::config::DbConfig;
 use crate::connection;
 use crate::heartbeat;
 use crate::php_exceptions;
+use crate::php_names;
 
 use crate::settings::{self, INI_DATABASE};
 
@@ -50,7 +51,7 @@ fn read_ini(key: &str) -> Option<String> {
 pub fn startup(_ty: i32, module_number: i32) -> i32 {
     IniEntryDef::register(INI_ENTRIES.as_slice(), module_number);
     settings::set_reader(read_ini);
-    if php_exceptions::register() {
+    if php_exceptions::register() && php_names::register() {
         0
     } else {
         -1

@@ -150,26 +150,21 @@ impl ReapOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Reset,
-    DeletedDuplicate,
-    Kept,
-    LostRace,
-    WouldReset,
-    WouldDelete,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Reset => "reset",
-            Action::DeletedDuplicate => "deleted_duplicate",
-            Action::Kept => "kept",
-            Action::LostRace => "lost_race",
-            Action::WouldReset => "would_reset",
-            Action::WouldDelete => "would_delete",
-        }
+string_enum! {
+    /// What a reap did with a row.
+    pub enum Action {
+        /// Given back to the queue.
+        Reset = "reset",
+        /// Deleted: another row already covers its archive (Matomo's release semantics).
+        DeletedDuplicate = "deleted_duplicate",
+        /// Left alone (not dead).
+        Kept = "kept",
+        /// Dead, but re-claimed or settled by someone else before our fenced write.
+        LostRace = "lost_race",
+        /// Dry run: would be given back.
+        WouldReset = "would_reset",
+        /// Dry run: would be deleted as a duplicate.
+        WouldDelete = "would_delete",
     }
 }
 

@@ -31,6 +31,70 @@ class SchemaException extends Exception {}
 class RefusedException extends Exception {}
 
 /**
+ * The `verdict` of a row in in_progress() and reap_orphans(): whether its owner is alive.
+ * Compare with these constants; the values are the strings rows carry.
+ */
+final class Verdict
+{
+    /** Proven dead (or past the timeout, or on a host declared dead): reap_orphans() releases it. */
+    public const DEAD = 'dead';
+    /** Proven alive: kept. */
+    public const ALIVE = 'alive';
+    /** Nothing can be proven from here: kept until the recovery timeout. */
+    public const UNKNOWN = 'unknown';
+}
+
+/** The `reason` for a row's verdict. */
+final class Reason
+{
+    /** No process has the owner's pid (on the owner's machine). */
+    public const PID_GONE = 'pid_gone';
+    /** The owner's pid now names a process that started after the claim. */
+    public const PID_REUSED = 'pid_reused';
+    /** Every heartbeat of the owner is older than the lease, and its host has gone silent. */
+    public const HEARTBEAT_STALE = 'heartbeat_stale';
+    /** Claimed longer ago than the recovery timeout (Matomo's backstop). */
+    public const TIMEOUT = 'timeout';
+    /** The owner's host is in reap_orphans()'s declare_hosts_dead. */
+    public const HOST_DECLARED_DEAD = 'host_declared_dead';
+    /** A registration of the owner heartbeats. */
+    public const HEARTBEAT_FRESH = 'heartbeat_fresh';
+    /** The owner's process runs. */
+    public const PID_ALIVE = 'pid_alive';
+    /** A Matomo archiving child of the owner still runs. */
+    public const CHILD_WORKING = 'child_working';
+    /** The owner's heartbeat is stale but its host still reaps: that host decides. */
+    public const OWNER_HOST_ALIVE = 'owner_host_alive';
+    /** An unregistered owner on another host: nothing can be proven from here. */
+    public const REMOTE_UNREGISTERED = 'remote_unregistered';
+    /** Several pid namespaces use the owner's host name: a pid names no single process. */
+    public const HOST_NAME_SHARED = 'host_name_shared';
+    /** /proc could not tell whether the owner runs (hidepid). */
+    public const PROC_UNREADABLE = 'proc_unreadable';
+    /** process_id is not a pid, or the host is unknown. */
+    public const IMPLAUSIBLE_PID = 'implausible_pid';
+    /** ts_started is NULL: never reaped, as in Matomo. */
+    public const NEVER_STARTED = 'never_started';
+}
+
+/** The `action` reap_orphans() took on a row (also the keys of its counts). */
+final class Action
+{
+    /** Given back to the queue. */
+    public const RESET = 'reset';
+    /** Deleted: another row already covers its archive (Matomo's release semantics). */
+    public const DELETED_DUPLICATE = 'deleted_duplicate';
+    /** Left alone. */
+    public const KEPT = 'kept';
+    /** Dead, but re-claimed or settled by someone else before the fenced write. */
+    public const LOST_RACE = 'lost_race';
+    /** Dry run: would be given back. */
+    public const WOULD_RESET = 'would_reset';
+    /** Dry run: would be deleted as a duplicate. */
+    public const WOULD_DELETE = 'would_delete';
+}
+
+/**
  * Sets the connection for this process from the [database] section of Matomo's config.ini.php.
  *
  * Keys: host, port, unix_socket, username, password, dbname, tables_prefix, charset, and the
@@ -96,9 +160,8 @@ function complete_invalidations(array $ids): int {}
 
 /**
  * Invalidations in progress (ts_started set), oldest claim first, with Matomo's column names
- * plus age_seconds (on the database clock) and the owner's liveness: verdict 'dead', 'alive' or
- * 'unknown' and its reason (pid_gone, pid_reused, heartbeat_stale, heartbeat_fresh, pid_alive,
- * remote_unregistered, implausible_pid). Nothing is released.
+ * plus age_seconds (on the database clock) and the owner's liveness: verdict (a Verdict
+ * constant: 'dead', 'alive' or 'unknown') and its reason (a Reason constant). Nothing is released.
  *
  * @param array{idsites?: int[], hosts?: string[], started_after?: string, started_before?: string}|null $filters
  *   started_* are 'YYYY-MM-DD HH:MM:SS' in database time
@@ -147,8 +210,8 @@ function install_schema(?array $options = null): array {}
  * @return array{dry_run: bool, examined: int, released: int, reset: int, deleted_duplicate: int,
  *   kept: int, lost_race: int, would_reset: int, would_delete: int,
  *   rows: list<array<string, mixed>>, forgotten_registrations: int} rows: Matomo's columns
- *   plus age_seconds, verdict, reason and action (reset, deleted_duplicate, kept, lost_race,
- *   would_reset, would_delete); forgotten_registrations: registrations of dead processes
+ *   plus age_seconds, verdict, reason and action (an Action constant: reset, deleted_duplicate,
+ *   kept, lost_race, would_reset, would_delete); forgotten_registrations: registrations of dead processes
  *   deleted once no row named them
  * @throws \ValueError for unknown option keys (the former 'hosts' among them) or bad values
  * @throws \TypeError for option values of the wrong type

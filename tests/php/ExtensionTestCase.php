@@ -6,6 +6,10 @@ namespace Matomo\ArchiveClaim\Tests;
 use PDO;
 use PHPUnit\Framework\TestCase;
 
+use Matomo\ArchiveClaim\Action;
+use Matomo\ArchiveClaim\Reason;
+use Matomo\ArchiveClaim\Verdict;
+
 use function Matomo\ArchiveClaim\configure;
 
 /**
@@ -99,8 +103,21 @@ abstract class ExtensionTestCase extends TestCase
     }
 
     /** @return array<int, array<string, mixed>> reap report rows by id */
+    /** The rows of a reap report by id; every verdict, reason and action must be a constant. */
     protected static function byId(array $report): array
     {
+        foreach ($report['rows'] as $row) {
+            self::assertNamed($row);
+        }
         return array_column($report['rows'], null, 'idinvalidation');
+    }
+
+    protected static function assertNamed(array $row): void
+    {
+        foreach (['verdict' => Verdict::class, 'reason' => Reason::class, 'action' => Action::class] as $key => $class) {
+            if (array_key_exists($key, $row)) {
+                self::assertContains($row[$key], (new \ReflectionClass($class))->getConstants(), "$key of a row is a $class constant");
+            }
+        }
     }
 }

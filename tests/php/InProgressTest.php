@@ -3,6 +3,9 @@ declare(strict_types=1);
 
 namespace Matomo\ArchiveClaim\Tests;
 
+use Matomo\ArchiveClaim\Reason;
+use Matomo\ArchiveClaim\Verdict;
+
 use function Matomo\ArchiveClaim\claim_invalidation;
 use function Matomo\ArchiveClaim\in_progress;
 
@@ -36,8 +39,29 @@ final class InProgressTest extends ExtensionTestCase
         $this->assertSame((string) getmypid(), $rows[2]['process_id']);
         // Liveness, from here: another host that never registered proves nothing; this very
         // process is registered (it claimed) and runs.
-        $this->assertSame(['unknown', 'remote_unregistered'], [$first['verdict'], $first['reason']]);
-        $this->assertSame(['alive', 'heartbeat_fresh'], [$rows[2]['verdict'], $rows[2]['reason']]);
+        $this->assertSame([Verdict::UNKNOWN, Reason::REMOTE_UNREGISTERED], [$first['verdict'], $first['reason']]);
+        $this->assertSame([Verdict::ALIVE, Reason::HEARTBEAT_FRESH], [$rows[2]['verdict'], $rows[2]['reason']]);
+        array_map([self::class, 'assertNamed'], $rows);
+    }
+
+    /** The strings rows carry are exported as constants named after them, and stay as documented. */
+    public function testVerdictsReasonsAndActionsAreConstants(): void
+    {
+        $constants = fn (string $class) => (new \ReflectionClass($class))->getConstants();
+        $this->assertSame(['DEAD' => 'dead', 'ALIVE' => 'alive', 'UNKNOWN' => 'unknown'], $constants(Verdict::class));
+        $this->assertSame(['RESET' => 'reset', 'DELETED_DUPLICATE' => 'deleted_duplicate', 'KEPT' => 'kept',
+            'LOST_RACE' => 'lost_race', 'WOULD_RESET' => 'would_reset', 'WOULD_DELETE' => 'would_delete'],
+            $constants(\Matomo\ArchiveClaim\Action::class));
+        foreach ([Verdict::class, Reason::class, \Matomo\ArchiveClaim\Action::class] as $class) {
+            $this->assertTrue((new \ReflectionClass($class))->isFinal(), $class);
+            foreach ($constants($class) as $name => $value) {
+                $this->assertSame(strtoupper($value), $name);
+            }
+        }
+        foreach (['pid_gone', 'pid_reused', 'heartbeat_stale', 'timeout', 'host_declared_dead', 'heartbeat_fresh',
+                     'pid_alive', 'remote_unregistered', 'implausible_pid'] as $documented) {
+            $this->assertContains($documented, $constants(Reason::class));
+        }
     }
 
     public function testFilters(): void

@@ -27,7 +27,11 @@ function describe_api(array $functions, array $classes): array
     }
     foreach ($classes as $name) {
         $c = new \ReflectionClass($name);
-        $out['classes'][$c->getName()] = $c->getParentClass() ? $c->getParentClass()->getName() : null;
+        $out['classes'][$c->getName()] = [
+            'parent' => $c->getParentClass() ? $c->getParentClass()->getName() : null,
+            'final' => $c->isFinal(),
+            'constants' => $c->getConstants(),
+        ];
     }
     ksort($out['functions']);
     ksort($out['classes']);
