@@ -125,7 +125,8 @@ pub fn run<T>(
         let config = match &state.config {
             Some(c) => c.clone(),
             None => {
-                let url = crate::settings::ini(crate::settings::INI_DATABASE)
+                let url = crate::settings::DATABASE
+                    .get()
                     .filter(|u| !u.trim().is_empty())
                     .ok_or(Error::NotConfigured)?;
                 let c = Rc::new(DbConfig::from_url(&url)?);

@@ -13,36 +13,25 @@ use crate::heartbeat;
 use crate::php_exceptions;
 use crate::php_names;
 
-use crate::settings::{self, INI_DATABASE};
+use crate::settings::{self, Changeable, DATABASE};
 
-static INI_ENTRIES: IniEntryDefs<6> = IniEntryDefs::new([
-    IniEntryDef::new(
-        c"matomo_archive_claim.database",
-        c"",
-        IniEntryPermission::All,
-    ),
-    IniEntryDef::new(
-        c"matomo_archive_claim.heartbeat_interval",
-        c"5",
-        IniEntryPermission::All,
-    ),
-    IniEntryDef::new(
-        c"matomo_archive_claim.lease",
-        c"60",
-        IniEntryPermission::All,
-    ),
-    IniEntryDef::new(
-        c"matomo_archive_claim.auto_reap",
-        c"1",
-        IniEntryPermission::All,
-    ),
-    IniEntryDef::new(
-        c"matomo_archive_claim.host_name_shared",
-        c"0",
-        IniEntryPermission::All,
-    ),
-    IniEntryDef::end(),
-]);
+/// `settings::INI` as PHP wants it: a static table ending in an empty entry.
+static INI_ENTRIES: IniEntryDefs<{ settings::INI.len() + 1 }> = ini_entries();
+
+const fn ini_entries<const N: usize>() -> IniEntryDefs<N> {
+    let mut entries = [const { IniEntryDef::end() }; N];
+    let mut i = 0;
+    while i < settings::INI.len() {
+        let setting = &settings::INI[i];
+        let permission = match setting.changeable {
+            Changeable::Anywhere => IniEntryPermission::All,
+            Changeable::SystemOnly => IniEntryPermission::System,
+        };
+        entries[i] = IniEntryDef::new(setting.name, setting.default, permission);
+        i += 1;
+    }
+    IniEntryDefs::new(entries)
+}
 
 fn read_ini(key: &str) -> Option<String> {
     ExecutorGlobals::get().ini_values().remove(key).flatten()
@@ -123,7 +112,7 @@ fn log_error(message: &str) {
 pub extern "C" fn info(_module: *mut ModuleEntry) {
     let (source, target) = match connection::configured() {
         Some(c) => ("configure()", c.describe()),
-        None => match read_ini(INI_DATABASE).filter(|u| !u.trim().is_empty()) {
+        None => match DATABASE.get().filter(|u| !u.trim().is_empty()) {
             Some(url) => match DbConfig::from_url(&url) {
                 Ok(c) => ("php.ini", c.describe()),
                 Err(e) => ("php.ini (invalid)", e.to_string()),
@@ -179,5 +168,16 @@ pub extern "C" fn info(_module: *mut ModuleEntry) {
             "no (unless the registry shows it)"
         }
     );
+    for setting in &settings::INI {
+        let value = match setting.get() {
+            Some(v) if setting.secret && !v.trim().is_empty() => {
+                "set (its password is never shown)".to_owned()
+            }
+            Some(v) if v.is_empty() => "(empty)".to_owned(),
+            Some(v) => v,
+            None => "-".to_owned(),
+        };
+        info_table_row!(setting.name(), value.as_str());
+    }
     info_table_end!();
 }

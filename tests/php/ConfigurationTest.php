@@ -111,6 +111,20 @@ final class ConfigurationTest extends ExtensionTestCase
         $this->assertSame(0, (int) $this->row($id)['status'], 'released at the end of the script');
     }
 
+    /** It holds a password: a script that could repoint it would hand the password to any server. */
+    public function testNoScriptCanChangeTheDatabaseSettingWhileTheOthersStayChangeable(): void
+    {
+        [$code, $out, $err] = $this->runPhp('var_export([
+                ini_set("matomo_archive_claim.database", "mysql://u:p@evil.invalid/m"),
+                ini_get("matomo_archive_claim.database"),
+                ini_set("matomo_archive_claim.lease", "30"),
+                ini_get("matomo_archive_claim.lease"),
+            ]);',
+            ['matomo_archive_claim.database' => 'mysql://u:p@db.invalid/m']);
+        $this->assertSame(0, $code, $err);
+        $this->assertSame(var_export([false, 'mysql://u:p@db.invalid/m', '60', '30'], true), $out);
+    }
+
     public function testABadPhpIniSettingIsAConfigurationErrorWithoutThePassword(): void
     {
         [, $out] = $this->runPhp('try { Matomo\ArchiveClaim\in_progress(); }
