@@ -161,10 +161,9 @@ pub fn reap_orphans(options: &ReapOptions) -> Result<ReapReport> {
 
 pub fn parse_reap_options(entries: &[(Key, Value)]) -> Result<ReapOptions> {
     let settings = HeartbeatSettings::from_ini();
-    Ok(ReapOptions {
-        host_name_shared: settings.host_name_shared,
-        ..ReapOptions::parse(entries, settings.lease.as_secs_f64())?
-    })
+    let mut options = ReapOptions::parse(entries, settings.lease.as_secs_f64())?;
+    options.policy.host_name_shared = settings.host_name_shared;
+    Ok(options)
 }
 
 /// Gives this request's claims among `ids` back; returns how many rows changed (re-queued or
@@ -207,10 +206,8 @@ pub fn complete(ids: &[i64]) -> Result<u64> {
 pub fn in_progress(filter: &RowFilter) -> Result<Vec<(InvalidationRow, Decision)>> {
     let me = Identity::current();
     let settings = HeartbeatSettings::from_ini();
-    let options = ReapOptions {
-        host_name_shared: settings.host_name_shared,
-        ..ReapOptions::proof_only(settings.lease.as_secs_f64())
-    };
+    let mut options = ReapOptions::proof_only(settings.lease.as_secs_f64());
+    options.policy.host_name_shared = settings.host_name_shared;
     connection::run("in_progress", |conn, config, _| {
         let (rows, observer) = reap::rows_then_registry(conn, config, &me, &options, filter)?;
         let decisions = reap::assess(&observer, &rows);

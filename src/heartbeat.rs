@@ -627,11 +627,9 @@ impl Heartbeat {
         hosts: Vec<String>,
     ) -> std::result::Result<Option<reap::ReapReport>, mysql::Error> {
         let settings = self.registered.settings;
-        let options = ReapOptions {
-            only_hosts: Some(hosts),
-            host_name_shared: settings.host_name_shared,
-            ..ReapOptions::proof_only(settings.lease.as_secs_f64())
-        };
+        let mut options = ReapOptions::proof_only(settings.lease.as_secs_f64());
+        options.rows.hosts = Some(hosts);
+        options.policy.host_name_shared = settings.host_name_shared;
         let (config, me) = (self.config.clone(), self.registered.identity.clone());
         match reap::reap(self.conn()?, &config, &me, &options) {
             Ok(report) => {

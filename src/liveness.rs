@@ -157,7 +157,7 @@ impl Registration {
     }
 
     pub fn is_fresh(&self, ctx: &Context) -> bool {
-        self.heartbeat_age(ctx) < ctx.lease_seconds
+        self.heartbeat_age(ctx) < ctx.policy.lease_seconds
     }
 }
 
@@ -213,25 +213,49 @@ pub struct Context {
     pub clock_offset: f64,
     /// Uncertainty of that offset (half the round trip), seconds.
     pub clock_uncertainty: f64,
-    /// A heartbeat older than this is stale.
-    pub lease_seconds: f64,
     /// Host names several pid namespaces use (containers): seen in the registry, or this
     /// host's name declared by the operator. A pid on them names no single process.
     pub shared_host_names: Vec<String>,
     /// Machines where a process with a fresh heartbeat reaps for its host.
     pub machines_with_live_reaper: Vec<Machine>,
+    /// What the caller chose; the fields above are measured.
+    pub policy: Policy,
+}
+
+/// The caller's part of the context: how long a lease is, which backstop applies, which hosts
+/// an operator declared dead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// A heartbeat older than this is stale.
+    pub lease_seconds: f64,
     /// Recovery timeout (None: no backstop, as in automatic reaping).
     pub timeout_seconds: Option<i64>,
     pub site_timeouts: HashMap<i64, i64>,
     pub hosts_declared_dead: Vec<String>,
+    /// The operator says this host's name is used by several pid namespaces (php.ini).
+    pub host_name_shared: bool,
+}
+
+impl Policy {
+    /// Only what can be proven, as the heartbeat thread reaps: no timeout, no declared hosts.
+    pub fn proof_only(lease_seconds: f64) -> Policy {
+        Policy {
+            lease_seconds,
+            timeout_seconds: None,
+            site_timeouts: HashMap::new(),
+            hosts_declared_dead: Vec::new(),
+            host_name_shared: false,
+        }
+    }
 }
 
 impl Context {
     fn timeout_for(&self, idsite: i64) -> Option<i64> {
-        self.site_timeouts
+        self.policy
+            .site_timeouts
             .get(&idsite)
             .copied()
-            .or(self.timeout_seconds)
+            .or(self.policy.timeout_seconds)
     }
 
     fn is_this_host(&self, host: &str) -> bool {
@@ -404,7 +428,7 @@ pub fn liveness(
         .iter()
         .filter(|(r, _)| {
             claimed_at + ctx.claim_time_uncertainty(row, r.time_zone.as_deref())
-                <= r.last_heartbeat + ctx.lease_seconds
+                <= r.last_heartbeat + ctx.policy.lease_seconds
         })
         .collect();
     if !speaking.is_empty() {
@@ -472,7 +496,7 @@ pub fn decide(
         return verdict;
     }
     if let Some(host) = &row.host {
-        if ctx.hosts_declared_dead.iter().any(|h| h == host) {
+        if ctx.policy.hosts_declared_dead.iter().any(|h| h == host) {
             return Decision::of(Verdict::Dead, Reason::HostDeclaredDead);
         }
     }
@@ -499,12 +523,12 @@ mod tests {
             database_started_at: NOW - 86400.0,
             clock_offset: 0.0,
             clock_uncertainty: 0.001,
-            lease_seconds: 60.0,
             shared_host_names: Vec::new(),
             machines_with_live_reaper: Vec::new(),
-            timeout_seconds: Some(86400),
-            site_timeouts: HashMap::new(),
-            hosts_declared_dead: Vec::new(),
+            policy: Policy {
+                timeout_seconds: Some(86400),
+                ..Policy::proof_only(60.0)
+            },
         }
     }
 
@@ -1146,7 +1170,7 @@ mod tests {
         r.claimed_at = None;
         r.age_seconds = None;
         let mut c = ctx();
-        c.hosts_declared_dead = vec!["server2".into()];
+        c.policy.hosts_declared_dead = vec!["server2".into()];
         check(
             decide(&r, &[], &nothing_runs(), &c),
             Verdict::Unknown,
@@ -1157,7 +1181,7 @@ mod tests {
     #[test]
     fn a_declared_dead_host_is_released() {
         let mut c = ctx();
-        c.hosts_declared_dead = vec!["server2".into()];
+        c.policy.hosts_declared_dead = vec!["server2".into()];
         check(
             decide(&row("server2", "100"), &[], &nothing_runs(), &c),
             Verdict::Dead,
@@ -1181,13 +1205,13 @@ mod tests {
             Reason::Timeout,
         );
         let mut c = ctx();
-        c.site_timeouts.insert(1, 100_000);
+        c.policy.site_timeouts.insert(1, 100_000);
         check(
             decide(&old, &[], &runs, &c),
             Verdict::Alive,
             Reason::PidAlive,
         );
-        c.site_timeouts.insert(1, 60);
+        c.policy.site_timeouts.insert(1, 60);
         let mut young = row("server2", "100");
         young.age_seconds = Some(61);
         check(
@@ -1206,7 +1230,7 @@ mod tests {
     #[test]
     fn without_a_timeout_only_proof_releases() {
         let mut c = ctx();
-        c.timeout_seconds = None;
+        c.policy.timeout_seconds = None;
         let mut old = row("server2", "100");
         old.age_seconds = Some(10_000_000);
         check(
@@ -1232,7 +1256,7 @@ mod tests {
         let mut old = row("server2", "100");
         old.age_seconds = Some(90000);
         let mut c = ctx();
-        c.hosts_declared_dead = vec!["server2".into()];
+        c.policy.hosts_declared_dead = vec!["server2".into()];
         check(
             liveness(&old, &[], &nothing_runs(), &c),
             Verdict::Unknown,

@@ -16,7 +16,8 @@ use crate::invalidations::{
     self, Fence, InvalidationRow, ReleaseOutcome, RowFilter, Settlement, Slot,
 };
 use crate::liveness::{
-    self, ClaimFacts, Context, Decision, LocalProcess, LocalView, Machine, Registration, Verdict,
+    self, ClaimFacts, Context, Decision, LocalProcess, LocalView, Machine, Policy, Registration,
+    Verdict,
 };
 use crate::options::{Key, Options, Value};
 use crate::registry;
@@ -26,25 +27,16 @@ type SqlResult<T> = std::result::Result<T, mysql::Error>;
 /// Matomo's `[General] archive_failure_recovery_timeout` default.
 pub const DEFAULT_TIMEOUT: i64 = 86400;
 
+/// A reap as asked for: which rows to look at, and how to judge them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReapOptions {
     pub dry_run: bool,
-    /// None: no timeout backstop (automatic reaping releases proven deaths only).
-    pub timeout: Option<i64>,
-    pub site_timeouts: HashMap<i64, i64>,
-    /// Hosts an operator declares dead: every row of theirs is released (not a filter).
-    pub declare_hosts_dead: Vec<String>,
+    /// Release the rows of declared hosts even while they heartbeat.
     pub force: bool,
-    pub idsites: Option<Vec<i64>>,
-    /// Only rows of these hosts, claimed in this window: the filters of Matomo's
-    /// `core:reset-invalidations` (the rows outside are not even looked at).
-    pub only_hosts: Option<Vec<String>>,
-    pub started_after: Option<String>,
-    pub started_before: Option<String>,
-    pub lease_seconds: f64,
-    /// This host name is used by several pid namespaces (the operator's php.ini setting): pids
-    /// of unregistered claims on it prove nothing.
-    pub host_name_shared: bool,
+    /// The rows looked at (the rows outside are not even read): the filters of Matomo's
+    /// `core:reset-invalidations`.
+    pub rows: RowFilter,
+    pub policy: Policy,
 }
 
 pub const OPTION_KEYS: &[&str] = &[
@@ -60,21 +52,24 @@ pub const OPTION_KEYS: &[&str] = &[
     "lease",
 ];
 
+/// The rows a reap reads: in id order, as Matomo releases them; with no time window, also the
+/// rows without ts_started (reported as never_started, never released).
+fn reap_rows(filter: RowFilter) -> RowFilter {
+    RowFilter {
+        include_never_started: filter.started_after.is_none() && filter.started_before.is_none(),
+        by_id: true,
+        ..filter
+    }
+}
+
 impl ReapOptions {
     /// Only what can be proven, as the heartbeat thread reaps: no timeout, no declared hosts.
     pub fn proof_only(lease_seconds: f64) -> ReapOptions {
         ReapOptions {
             dry_run: false,
-            timeout: None,
-            site_timeouts: HashMap::new(),
-            declare_hosts_dead: Vec::new(),
             force: false,
-            idsites: None,
-            only_hosts: None,
-            started_after: None,
-            started_before: None,
-            lease_seconds,
-            host_name_shared: false,
+            rows: reap_rows(RowFilter::default()),
+            policy: Policy::proof_only(lease_seconds),
         }
     }
 
@@ -130,22 +125,27 @@ impl ReapOptions {
         }
         Ok(ReapOptions {
             dry_run: o.bool("dry_run")?.unwrap_or(false),
-            timeout: Some(
-                o.int_in("timeout", 1, i64::from(u32::MAX))?
-                    .unwrap_or(DEFAULT_TIMEOUT),
-            ),
-            site_timeouts,
-            declare_hosts_dead: o.strings("declare_hosts_dead")?.unwrap_or_default(),
             force: o.bool("force")?.unwrap_or(false),
-            idsites: o.ids("idsites")?,
-            only_hosts: o.strings("only_hosts")?,
-            started_after: crate::claims::datetime(&o, "started_after")?,
-            started_before: crate::claims::datetime(&o, "started_before")?,
-            lease_seconds: o
-                .int_in("lease", 1, 86400)?
-                .map(|s| s as f64)
-                .unwrap_or(default_lease),
-            host_name_shared: false,
+            rows: reap_rows(RowFilter {
+                idsites: o.ids("idsites")?,
+                hosts: o.strings("only_hosts")?,
+                started_after: crate::claims::datetime(&o, "started_after")?,
+                started_before: crate::claims::datetime(&o, "started_before")?,
+                ..RowFilter::default()
+            }),
+            policy: Policy {
+                lease_seconds: o
+                    .int_in("lease", 1, 86400)?
+                    .map(|s| s as f64)
+                    .unwrap_or(default_lease),
+                timeout_seconds: Some(
+                    o.int_in("timeout", 1, i64::from(u32::MAX))?
+                        .unwrap_or(DEFAULT_TIMEOUT),
+                ),
+                site_timeouts,
+                hosts_declared_dead: o.strings("declare_hosts_dead")?.unwrap_or_default(),
+                host_name_shared: false,
+            },
         })
     }
 }
@@ -229,10 +229,10 @@ pub fn observe(
         .and_then(|(_, v)| v.parse().ok());
     // Only the registrations that can matter: of the hosts looked at, of hosts declared dead, and
     // of our own host name (another pid namespace using it).
-    let wanted: Option<Vec<String>> = options.only_hosts.as_ref().map(|only| {
+    let wanted: Option<Vec<String>> = options.rows.hosts.as_ref().map(|only| {
         let mut hosts: Vec<String> = only
             .iter()
-            .chain(&options.declare_hosts_dead)
+            .chain(&options.policy.hosts_declared_dead)
             .cloned()
             .collect();
         hosts.extend(me.host.clone());
@@ -251,15 +251,12 @@ pub fn observe(
         database_started_at: uptime.map_or(0.0, |u| db_now - u),
         clock_offset: db_now - (before + after) / 2.0,
         clock_uncertainty: (after - before) / 2.0,
-        lease_seconds: options.lease_seconds,
         shared_host_names: Vec::new(),
         machines_with_live_reaper: Vec::new(),
-        timeout_seconds: options.timeout,
-        site_timeouts: options.site_timeouts.clone(),
-        hosts_declared_dead: options.declare_hosts_dead.clone(),
+        policy: options.policy.clone(),
     };
     let mut shared_host_names: Vec<String> = Vec::new();
-    if options.host_name_shared {
+    if options.policy.host_name_shared {
         shared_host_names.extend(me.host.clone());
     }
     let mine = Machine {
@@ -407,7 +404,7 @@ pub fn dead_registrations(observer: &Observer, local: &impl LocalView) -> Vec<u6
                     LocalProcess::Unreadable => false,
                 }
             } else {
-                r.heartbeat_age(ctx) >= ctx.lease_seconds
+                r.heartbeat_age(ctx) >= ctx.policy.lease_seconds
                     && !ctx.machines_with_live_reaper.contains(&Machine::of(r))
             }
         })
@@ -420,7 +417,7 @@ fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()
     if options.force {
         return Ok(());
     }
-    for host in &options.declare_hosts_dead {
+    for host in &options.policy.hosts_declared_dead {
         let freshest = observer
             .registrations
             .get(&Some(host.clone()))
@@ -428,11 +425,11 @@ fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()
             .flatten()
             .map(|r| r.heartbeat_age(&observer.context))
             .fold(f64::INFINITY, f64::min);
-        if freshest < options.lease_seconds {
+        if freshest < options.policy.lease_seconds {
             return Err(Error::Refused(format!(
                 "reap_orphans(): host '{host}' is alive: a process there heartbeat {freshest:.1} s ago \
                  (lease {} s). Nothing was released. Pass 'force' => true to release its rows anyway.",
-                options.lease_seconds
+                options.policy.lease_seconds
             )));
         }
     }
@@ -446,16 +443,8 @@ pub fn reap(
     me: &Identity,
     options: &ReapOptions,
 ) -> std::result::Result<ReapReport, WorkError> {
-    let filter = RowFilter {
-        idsites: options.idsites.clone(),
-        hosts: options.only_hosts.clone(),
-        started_after: options.started_after.clone(),
-        started_before: options.started_before.clone(),
-        include_never_started: options.started_after.is_none() && options.started_before.is_none(),
-        by_id: true,
-    };
     let local = ProcFs::default();
-    let (mut rows, observer) = rows_then_registry(conn, config, me, options, &filter)?;
+    let (mut rows, observer) = rows_then_registry(conn, config, me, options, &options.rows)?;
     check_declared_hosts(&observer, options).map_err(WorkError::Final)?;
     // Matomo releases row by row in id order; duplicates are judged against what came before.
     rows.sort_by_key(|r| r.idinvalidation);
@@ -567,8 +556,9 @@ mod tests {
     #[test]
     fn options_default_to_matomos_timeout_and_the_ini_lease() {
         let o = ReapOptions::parse(&[], 60.0).expect("valid");
-        assert_eq!(o.timeout, Some(86400));
-        assert_eq!(o.lease_seconds, 60.0);
+        assert_eq!(o.policy.timeout_seconds, Some(86400));
+        assert_eq!(o.policy.lease_seconds, 60.0);
+        assert!(o.rows.by_id && o.rows.include_never_started);
         assert!(!o.dry_run && !o.force);
     }
 
@@ -599,13 +589,17 @@ mod tests {
         )
         .expect("valid");
         assert!(o.dry_run && o.force);
-        assert_eq!(o.timeout, Some(3600));
-        assert_eq!(o.site_timeouts.get(&7), Some(&600));
-        assert_eq!(o.declare_hosts_dead, vec!["server2".to_string()]);
-        assert_eq!(o.idsites, Some(vec![7]));
-        assert_eq!(o.lease_seconds, 30.0);
-        assert_eq!(o.only_hosts, Some(vec!["server2".to_string()]));
-        assert_eq!(o.started_before.as_deref(), Some("2026-11-29 03:00:00"));
+        assert_eq!(o.policy.timeout_seconds, Some(3600));
+        assert_eq!(o.policy.site_timeouts.get(&7), Some(&600));
+        assert_eq!(o.policy.hosts_declared_dead, vec!["server2".to_string()]);
+        assert_eq!(o.rows.idsites, Some(vec![7]));
+        assert_eq!(o.policy.lease_seconds, 30.0);
+        assert_eq!(o.rows.hosts, Some(vec!["server2".to_string()]));
+        assert_eq!(
+            o.rows.started_before.as_deref(),
+            Some("2026-11-29 03:00:00")
+        );
+        assert!(o.rows.by_id && !o.rows.include_never_started);
     }
 
     #[test]
