@@ -257,7 +257,7 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
         return Err(Error::Connection {
             target: config.target(),
             detail: "could not start a thread to connect".into(),
-            code: 2002,
+            code: errno::CONNECTION_ERROR,
         });
     }
     let allowed = config.connect_timeout + std::time::Duration::from_millis(500);
@@ -270,7 +270,7 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
                  connect_timeout ({} s): is something else listening there, or is the server hung?",
                 config.connect_timeout.as_secs()
             ),
-            code: 2013,
+            code: errno::SERVER_LOST,
         }),
     }
 }
@@ -278,9 +278,9 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
 fn connection_error(config: &DbConfig, e: &mysql::Error) -> Error {
     let (code, detail) = match e {
         mysql::Error::MySqlError(m) => (m.code, m.message.clone()),
-        mysql::Error::IoError(io) => (2002, io.to_string()),
-        mysql::Error::DriverError(d) => (2002, d.to_string()),
-        other => (2002, other.to_string()),
+        mysql::Error::IoError(io) => (errno::CONNECTION_ERROR, io.to_string()),
+        mysql::Error::DriverError(d) => (errno::CONNECTION_ERROR, d.to_string()),
+        other => (errno::CONNECTION_ERROR, other.to_string()),
     };
     Error::Connection {
         target: format!("{} as '{}'", config.target(), config.username),
@@ -300,7 +300,7 @@ pub fn is_connection_lost(e: &mysql::Error) -> bool {
                 | errno::SERVER_SHUTDOWN
                 | errno::SERVER_GONE
                 | errno::SERVER_LOST
-                | 4031
+                | errno::CLIENT_INTERACTION_TIMEOUT
         ),
         other => other.is_connectivity_error(),
     }

@@ -69,6 +69,12 @@ pub mod errno {
     /// CR_SERVER_GONE_ERROR / CR_SERVER_LOST: the client-side codes for a dead connection.
     pub const SERVER_GONE: u16 = 2006;
     pub const SERVER_LOST: u16 = 2013;
+    /// CR_CONNECTION_ERROR: could not connect. Our code for a connect failure the server gave
+    /// no number for (refused, unreachable, a thread that could not start).
+    pub const CONNECTION_ERROR: u16 = 2002;
+    /// ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24+): the server closed a connection idle
+    /// longer than wait_timeout, and says so on the next statement.
+    pub const CLIENT_INTERACTION_TIMEOUT: u16 = 4031;
 }
 
 impl Error {

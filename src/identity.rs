@@ -76,12 +76,6 @@ fn parse_namespace_link(link: &str) -> Option<u64> {
     link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// When a local process started, in Unix seconds; None if there is no such process (in this
-/// pid namespace) or /proc cannot tell.
-pub fn process_start_time(pid: &str) -> Option<f64> {
-    process_status(pid).map(|s| s.started_at)
-}
-
 /// What /proc says about one local process.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcessStatus {
@@ -388,6 +382,6 @@ mod tests {
         assert!(pid_exists(std::process::id()));
         // pid_max never reaches this.
         assert!(!pid_exists(u32::MAX - 1));
-        assert!(process_start_time(&(u32::MAX - 1).to_string()).is_none());
+        assert!(process_status(&(u32::MAX - 1).to_string()).is_none());
     }
 }

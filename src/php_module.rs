@@ -1,5 +1,5 @@
-//! Module lifecycle hooks: php.ini settings, exception classes, phpinfo(), request shutdown,
-//! shutdown. These run outside any PHP call, where a panic would abort PHP: nothing here may
+//! Module lifecycle hooks: php.ini settings (from `settings::INI`), exception and name classes,
+//! phpinfo(), request shutdown, shutdown. These run outside any PHP call, where a panic would abort PHP: nothing here may
 //! panic, and startup neither connects nor starts a thread (php-fpm forks its workers after
 //! startup). Request shutdown may use the connection, in the process that claimed.
 

@@ -135,7 +135,7 @@ impl ReapOptions {
             }),
             policy: Policy {
                 lease_seconds: o
-                    .int_in("lease", 1, 86400)?
+                    .int_in("lease", 1, crate::settings::MAX_SECONDS as i64)?
                     .map(|s| s as f64)
                     .unwrap_or(default_lease),
                 timeout_seconds: Some(

@@ -389,7 +389,7 @@ mod tests {
         assert!(!nothing_left_to_release(&Error::Connection {
             target: String::new(),
             detail: String::new(),
-            code: 2002,
+            code: crate::error::errno::CONNECTION_ERROR,
         }));
     }
 }

@@ -101,6 +101,9 @@ const fn whole_number(text: &CStr) -> u64 {
     n
 }
 
+/// The longest heartbeat interval or lease taken (a day); longer values are mistakes.
+pub const MAX_SECONDS: u64 = 86_400;
+
 pub const DEFAULT_HEARTBEAT_INTERVAL: u64 = whole_number(HEARTBEAT_INTERVAL.default);
 pub const DEFAULT_LEASE: u64 = whole_number(LEASE.default);
 
@@ -137,7 +140,7 @@ impl HeartbeatSettings {
     pub fn parse(interval: Option<&str>, lease: Option<&str>, auto_reap: Option<&str>) -> Self {
         let seconds = |v: Option<&str>, default: u64| {
             v.and_then(|s| s.trim().parse::<u64>().ok())
-                .filter(|n| (1..=86400).contains(n))
+                .filter(|n| (1..=MAX_SECONDS).contains(n))
                 .unwrap_or(default)
         };
         let interval = seconds(interval, DEFAULT_HEARTBEAT_INTERVAL);
