@@ -108,7 +108,7 @@ final class ReapRequest
         $this->releasedSites = SiteQueue::releasedSites($report['rows']);
         $lines = [];
         foreach ($report['rows'] as $r) {
-            if ($r['action'] === 'kept' && !$this->dryRun) {
+            if ($r['action'] === Native\Action::KEPT && !$this->dryRun) {
                 continue;
             }
             $lines[] = sprintf('#%d site %d %s..%s %s pid %s (%s, %s): %s', $r['idinvalidation'], $r['idsite'],

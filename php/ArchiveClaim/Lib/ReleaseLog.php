@@ -9,11 +9,12 @@ declare(strict_types=1);
 
 namespace Piwik\Plugins\ArchiveClaim\Lib;
 
+use Matomo\ArchiveClaim as Native;
 use Piwik\Log\LoggerInterface;
 
 final class ReleaseLog
 {
-    private const RELEASED = ['reset' => 're-queued', 'deleted_duplicate' => 'deleted (a duplicate of queued work)'];
+    private const RELEASED = [Native\Action::RESET => 're-queued', Native\Action::DELETED_DUPLICATE => 'deleted (a duplicate of queued work)'];
 
     /**
      * Logs each released row of a reap report (rows kept or lost to a race are not news).

@@ -26,6 +26,7 @@ declare(strict_types=1);
 
 namespace Piwik\Plugins\ArchiveClaim\Lib;
 
+use Matomo\ArchiveClaim as Native;
 use Piwik\CronArchive\SharedSiteIds;
 use Piwik\Log\LoggerInterface;
 
@@ -42,7 +43,7 @@ final class SiteQueue
     {
         $sites = [];
         foreach ($rows as $r) {
-            if (in_array($r['action'] ?? '', ['reset', 'deleted_duplicate'], true) && (int) ($r['idsite'] ?? 0) > 0) {
+            if (in_array($r['action'] ?? '', [Native\Action::RESET, Native\Action::DELETED_DUPLICATE], true) && (int) ($r['idsite'] ?? 0) > 0) {
                 $sites[(int) $r['idsite']] = true;
             }
         }

@@ -8,6 +8,8 @@ declare(strict_types=1);
 
 namespace Piwik\Plugins\ArchiveClaim\Lib;
 
+use Matomo\ArchiveClaim as Native;
+
 final class StatusView
 {
     private const PERIODS = [1 => 'day', 2 => 'week', 3 => 'month', 4 => 'year', 5 => 'range'];
@@ -18,7 +20,7 @@ final class StatusView
         $hosts = [];
         foreach ($rows as $r) {
             $host = $r['processing_host'] ?? '(unknown host)';
-            $hosts[$host] ??= ['in_progress' => 0, 'dead' => 0, 'alive' => 0, 'unknown' => 0];
+            $hosts[$host] ??= ['in_progress' => 0, Native\Verdict::DEAD => 0, Native\Verdict::ALIVE => 0, Native\Verdict::UNKNOWN => 0];
             $hosts[$host]['in_progress']++;
             $hosts[$host][$r['verdict']]++;
         }
@@ -28,7 +30,7 @@ final class StatusView
 
     public static function deadCount(array $rows): int
     {
-        return count(array_filter($rows, fn ($r) => $r['verdict'] === 'dead'));
+        return count(array_filter($rows, fn ($r) => $r['verdict'] === Native\Verdict::DEAD));
     }
 
     /** @return string[] */
