@@ -10,6 +10,11 @@ pub const INI_HEARTBEAT_INTERVAL: &str = "matomo_archive_claim.heartbeat_interva
 pub const INI_LEASE: &str = "matomo_archive_claim.lease";
 pub const INI_AUTO_REAP: &str = "matomo_archive_claim.auto_reap";
 pub const INI_HOST_NAME_SHARED: &str = "matomo_archive_claim.host_name_shared";
+/// Where the heartbeat thread writes what it did: a file path, `syslog`, or empty for PHP's
+/// own `error_log` (see `thread_log`).
+pub const INI_LOG: &str = "matomo_archive_claim.log";
+/// PHP's own setting, read for the thread's log when ours is empty.
+pub const INI_PHP_ERROR_LOG: &str = "error_log";
 
 pub const DEFAULT_HEARTBEAT_INTERVAL: u64 = 5;
 pub const DEFAULT_LEASE: u64 = 60;
