@@ -104,19 +104,12 @@ final class MatomoE2ETest extends TestCase
 
     private function queueRow(array $row): int
     {
-        $row += ['idarchive' => null, 'name' => 'done', 'idsite' => 2, 'date1' => '2024-02-05', 'date2' => '2024-02-05',
-            'period' => 1, 'status' => 0, 'report' => null];
-        $cols = implode(', ', array_map(fn ($c) => "`$c`", array_keys($row)));
-        $marks = implode(', ', array_fill(0, count($row), '?'));
-        self::m()->pdo()->prepare("INSERT INTO matomo_archive_invalidations ($cols, ts_invalidated) VALUES ($marks, NOW())")
-            ->execute(array_values($row));
-        return (int) self::m()->pdo()->lastInsertId();
+        return self::m()->queueRow($row);
     }
 
     private function claimAs(int $id, string $host, string $pid, string $started = 'NOW()'): void
     {
-        self::m()->pdo()->prepare("UPDATE matomo_archive_invalidations SET status = 1, processing_host = ?, process_id = ?,
-            ts_started = $started WHERE idinvalidation = ?")->execute([$host, $pid, $id]);
+        self::m()->claimAs($id, $host, $pid, $started);
     }
 
     /** A pid that no process holds right now. */
