@@ -123,7 +123,8 @@ impl Lease {
 
     fn note_error(&self, e: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.last_error_ms.store(monotonic_ms().max(1), Ordering::Relaxed);
+        self.last_error_ms
+            .store(monotonic_ms().max(1), Ordering::Relaxed);
         if let Ok(mut last) = self.last_error.try_lock() {
             *last = Some(e);
         }
@@ -268,8 +269,14 @@ pub fn ensure_registered(
     let spawned = std::thread::Builder::new()
         .name("archive-claim-heartbeat".into())
         .spawn(move || {
-            Heartbeat::new(beat_config, thread_registered, thread_lease, beat_conn, thread_log)
-                .run(stop_rx);
+            Heartbeat::new(
+                beat_config,
+                thread_registered,
+                thread_lease,
+                beat_conn,
+                thread_log,
+            )
+            .run(stop_rx);
             let _ = stopped_tx.send(());
         });
     let handle = match spawned {
@@ -476,7 +483,14 @@ impl Heartbeat {
     fn say(&mut self, message: &str) {
         if let Err(e) = self.log.write(message) {
             let what = format!("cannot write the log {}: {e}", self.log.describe());
-            if self.lease.last_error.try_lock().ok().and_then(|l| l.clone()) != Some(what.clone()) {
+            if self
+                .lease
+                .last_error
+                .try_lock()
+                .ok()
+                .and_then(|l| l.clone())
+                != Some(what.clone())
+            {
                 self.lease.note_error(what);
             }
         }

@@ -130,7 +130,14 @@ pub fn heartbeat(
                 "UPDATE {table} SET heartbeat_at = {DB_NOW}, beats = ?, reap_runs = ?, \
                  released = ?, errors = ?, last_error = ? WHERE idprocess = ?"
             ),
-            (c.beats, c.reap_runs, c.released, c.errors, last_error, idprocess),
+            (
+                c.beats,
+                c.reap_runs,
+                c.released,
+                c.errors,
+                last_error,
+                idprocess,
+            ),
         );
         match with_counters {
             Ok(()) => written = true,

@@ -38,12 +38,10 @@ impl LogTarget {
     /// Ours first, then PHP's `error_log`, then stderr. Pure.
     pub fn resolve(ours: Option<&str>, php_error_log: Option<&str>) -> LogTarget {
         let pick = |v: Option<&str>| {
-            v.map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| match s {
-                    "syslog" => LogTarget::Syslog,
-                    path => LogTarget::File(path.to_owned()),
-                })
+            v.map(str::trim).filter(|s| !s.is_empty()).map(|s| match s {
+                "syslog" => LogTarget::Syslog,
+                path => LogTarget::File(path.to_owned()),
+            })
         };
         pick(ours)
             .or_else(|| pick(php_error_log))
@@ -124,10 +122,7 @@ mod tests {
             LogTarget::resolve(Some(" "), Some("/tmp/php.log")),
             LogTarget::File("/tmp/php.log".into())
         );
-        assert_eq!(
-            LogTarget::resolve(None, Some("syslog")),
-            LogTarget::Syslog
-        );
+        assert_eq!(LogTarget::resolve(None, Some("syslog")), LogTarget::Syslog);
         assert_eq!(LogTarget::resolve(Some(""), None), LogTarget::Stderr);
     }
 
