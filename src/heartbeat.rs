@@ -240,6 +240,7 @@ pub fn ensure_registered(
     let settings = HeartbeatSettings::from_ini();
     // Resolved here, on the PHP thread: the heartbeat thread must not read PHP's settings.
     let log = LogTarget::from_ini();
+    let announce = LogTarget::dedicated_from_ini();
     let beat_config = heartbeat_config(config, &settings);
     // The heartbeat's connection first: without it the registration would read as death a
     // lease from now while this process lives and claims.
@@ -269,14 +270,15 @@ pub fn ensure_registered(
     let spawned = std::thread::Builder::new()
         .name("archive-claim-heartbeat".into())
         .spawn(move || {
-            Heartbeat::new(
+            let mut heartbeat = Heartbeat::new(
                 beat_config,
                 thread_registered,
                 thread_lease,
                 beat_conn,
                 thread_log,
-            )
-            .run(stop_rx);
+            );
+            heartbeat.announce = announce;
+            heartbeat.run(stop_rx);
             let _ = stopped_tx.send(());
         });
     let handle = match spawned {
@@ -441,6 +443,8 @@ struct Heartbeat {
     /// Pids already found gone, so a registration kept as evidence wakes nobody twice.
     gone: std::collections::HashSet<u32>,
     log: LogTarget,
+    /// Whether to say when it starts (see `LogTarget::dedicated_from_ini`).
+    announce: bool,
     /// The error last written to the log, and how many ticks failed since: a database that is
     /// down for an hour makes one line when it goes and one when it comes back, not thousands.
     logged_error: Option<String>,
@@ -473,6 +477,7 @@ impl Heartbeat {
             row_owners: Vec::new(),
             gone: std::collections::HashSet::new(),
             log,
+            announce: false,
             logged_error: None,
             failed_ticks: 0,
             counter_columns: true,
@@ -541,8 +546,7 @@ impl Heartbeat {
             s.lease.as_secs(),
             if s.auto_reap { "on" } else { "off" }
         );
-        // Not on stderr: a CLI archiver's stderr is what cron mails, every run.
-        if self.log != LogTarget::Stderr {
+        if self.announce {
             self.say(&line);
         }
         // The first beat at once: it takes the reaper locks while the registration is new.

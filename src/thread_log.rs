@@ -9,7 +9,8 @@
 //! - `syslog`: libc's syslog(3), which is thread-safe;
 //! - empty (the default): wherever PHP's own `error_log` setting points at registration (a
 //!   file, or `syslog`); when that is unset too, PHP itself would write to the SAPI's log
-//!   (stderr for the CLI), so the thread writes to stderr.
+//!   (stderr for the CLI), so the thread writes to stderr. There, only news: releases and
+//!   errors, not the thread's start.
 //!
 //! Each line is one `write(2)` on a descriptor opened with O_APPEND, as PHP writes its error
 //! log, so lines of several processes sharing the file do not interleave. The file is opened
@@ -33,6 +34,13 @@ impl LogTarget {
             settings::ini(INI_LOG).as_deref(),
             settings::ini(INI_PHP_ERROR_LOG).as_deref(),
         )
+    }
+
+    /// Whether the operator named a log of its own (`matomo_archive_claim.log`): only then does
+    /// the thread also say when it starts. PHP's error log and stderr get news only (releases,
+    /// errors): every archiving child registers, and cron mails a CLI's stderr.
+    pub fn dedicated_from_ini() -> bool {
+        settings::ini(INI_LOG).is_some_and(|s| !s.trim().is_empty())
     }
 
     /// Ours first, then PHP's `error_log`, then stderr. Pure.
