@@ -49,7 +49,13 @@ fn heartbeats(args: &[String]) {
                         if Instant::now() >= stop {
                             break 'outer;
                         }
-                        registry::heartbeat(&mut conn, &cfg, *id).expect("beat");
+                        registry::heartbeat(
+                            &mut conn,
+                            &cfg,
+                            *id,
+                            Some(&registry::ThreadCounters::default()),
+                        )
+                        .expect("beat");
                         beats += 1;
                     }
                 }

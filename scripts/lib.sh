@@ -30,6 +30,10 @@ declare -A needed=(
   [xz-utils]=/usr/bin/xz
   [curl]=/usr/bin/curl
   [python3]=/usr/bin/python3
+  # The operator's page and the System Check in a real browser (tests/php/OperatorPageTest.php).
+  [chromium]=/usr/bin/chromium
+  [chromium-driver]=/usr/bin/chromedriver
+  [python3-selenium]=/usr/lib/python3/dist-packages/selenium
 )
 
 missing_packages() {

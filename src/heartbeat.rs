@@ -34,6 +34,7 @@ use crate::reap::{self, Action, ReapEntry, ReapOptions};
 use crate::registry::{self, ReaperDuty};
 use crate::schema;
 use crate::settings::HeartbeatSettings;
+use crate::thread_log::LogTarget;
 
 /// How long shutdown waits for the thread to delete its registration.
 const STOP_WAIT: Duration = Duration::from_secs(3);
@@ -67,10 +68,15 @@ pub struct Lease {
     acknowledged_ms: AtomicU64,
     /// Whether the heartbeat thread holds this host's reaper lock.
     reaping: AtomicBool,
-    /// The last error the thread met (for phpinfo), and counters.
+    /// The last error the thread met (kept after it recovers, for phpinfo() and the plugin's
+    /// page), when (monotonic ms), and counters.
     last_error: Mutex<Option<String>>,
+    last_error_ms: AtomicU64,
     beats: AtomicU64,
+    /// Looks for orphans made (each reap pass, released anything or not).
+    reap_runs: AtomicU64,
     released: AtomicU64,
+    errors: AtomicU64,
     /// None: not looked yet; Some(false): automatic reaping backs off (no index on status).
     indexed: Mutex<Option<bool>>,
 }
@@ -82,8 +88,11 @@ impl Lease {
             acknowledged_ms: AtomicU64::new(0),
             reaping: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            last_error_ms: AtomicU64::new(0),
             beats: AtomicU64::new(0),
+            reap_runs: AtomicU64::new(0),
             released: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             indexed: Mutex::new(None),
         };
         lease.acknowledged();
@@ -112,9 +121,23 @@ impl Lease {
         }
     }
 
-    fn note_error(&self, e: Option<String>) {
+    fn note_error(&self, e: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.last_error_ms
+            .store(monotonic_ms().max(1), Ordering::Relaxed);
         if let Ok(mut last) = self.last_error.try_lock() {
-            *last = e;
+            *last = Some(e);
+        }
+    }
+
+    /// What the registry row shows of this thread (see `registry::heartbeat`).
+    fn counters(&self) -> registry::ThreadCounters {
+        registry::ThreadCounters {
+            beats: self.beats.load(Ordering::Relaxed),
+            reap_runs: self.reap_runs.load(Ordering::Relaxed),
+            released: self.released.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            last_error: self.last_error.try_lock().ok().and_then(|e| e.clone()),
         }
     }
 }
@@ -127,6 +150,7 @@ fn monotonic_ms() -> u64 {
 struct Beat {
     registered: Registered,
     lease: Arc<Lease>,
+    log: LogTarget,
     stop: pidfd::StopSender,
     stopped: Receiver<()>,
     handle: Option<JoinHandle<()>>,
@@ -164,10 +188,16 @@ fn with_beat<T>(f: impl FnOnce(&Beat) -> T) -> Option<T> {
 #[derive(Debug, Clone, Default)]
 pub struct Status {
     pub beats: u64,
+    pub reap_runs: u64,
     pub released: u64,
+    pub errors: u64,
     pub reaping: bool,
     pub last_beat_age: f64,
+    /// The last error met (None: none yet) and how many seconds ago.
     pub last_error: Option<String>,
+    pub last_error_age: Option<f64>,
+    /// Where the thread's log goes.
+    pub log: String,
     /// Some(false): no index on `status`, so this host's automatic reaping looks once per
     /// lease instead of every interval.
     pub status_indexed: Option<bool>,
@@ -176,7 +206,9 @@ pub struct Status {
 pub fn status() -> Option<Status> {
     with_beat(|beat| Status {
         beats: beat.lease.beats.load(Ordering::Relaxed),
+        reap_runs: beat.lease.reap_runs.load(Ordering::Relaxed),
         released: beat.lease.released.load(Ordering::Relaxed),
+        errors: beat.lease.errors.load(Ordering::Relaxed),
         reaping: beat.lease.reaping.load(Ordering::Relaxed),
         last_beat_age: beat.lease.age().as_secs_f64(),
         last_error: beat
@@ -185,6 +217,11 @@ pub fn status() -> Option<Status> {
             .try_lock()
             .ok()
             .and_then(|e| e.clone()),
+        last_error_age: match beat.lease.last_error_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(monotonic_ms().saturating_sub(at) as f64 / 1000.0),
+        },
+        log: beat.log.describe(),
         status_indexed: beat.lease.indexed.try_lock().ok().and_then(|i| *i),
     })
 }
@@ -201,6 +238,9 @@ pub fn ensure_registered(
     forget_inherited();
     let identity = Identity::current();
     let settings = HeartbeatSettings::from_ini();
+    // Resolved here, on the PHP thread: the heartbeat thread must not read PHP's settings.
+    let log = LogTarget::from_ini();
+    let announce = LogTarget::dedicated_from_ini();
     let beat_config = heartbeat_config(config, &settings);
     // The heartbeat's connection first: without it the registration would read as death a
     // lease from now while this process lives and claims.
@@ -226,10 +266,19 @@ pub fn ensure_registered(
     let (stopped_tx, stopped) = mpsc::channel();
     let thread_registered = registered.clone();
     let thread_lease = lease.clone();
+    let thread_log = log.clone();
     let spawned = std::thread::Builder::new()
         .name("archive-claim-heartbeat".into())
         .spawn(move || {
-            Heartbeat::new(beat_config, thread_registered, thread_lease, beat_conn).run(stop_rx);
+            let mut heartbeat = Heartbeat::new(
+                beat_config,
+                thread_registered,
+                thread_lease,
+                beat_conn,
+                thread_log,
+            );
+            heartbeat.announce = announce;
+            heartbeat.run(stop_rx);
             let _ = stopped_tx.send(());
         });
     let handle = match spawned {
@@ -245,6 +294,7 @@ pub fn ensure_registered(
         *b.borrow_mut() = Some(Beat {
             registered: registered.clone(),
             lease,
+            log,
             stop,
             stopped,
             handle: Some(handle),
@@ -272,7 +322,7 @@ pub fn fence_claim(conn: &mut Conn, config: &DbConfig) -> std::result::Result<bo
     if lease.age() < half {
         return Ok(true);
     }
-    if registry::heartbeat(conn, config, lease.idprocess())? {
+    if registry::heartbeat(conn, config, lease.idprocess(), None)?.0 {
         lease.acknowledged();
         return Ok(true);
     }
@@ -392,10 +442,25 @@ struct Heartbeat {
     row_owners: Vec<u32>,
     /// Pids already found gone, so a registration kept as evidence wakes nobody twice.
     gone: std::collections::HashSet<u32>,
+    log: LogTarget,
+    /// Whether to say when it starts (see `LogTarget::dedicated_from_ini`).
+    announce: bool,
+    /// The error last written to the log, and how many ticks failed since: a database that is
+    /// down for an hour makes one line when it goes and one when it comes back, not thousands.
+    logged_error: Option<String>,
+    failed_ticks: u64,
+    /// False once the registry turned out to lack the counter columns (an older schema).
+    counter_columns: bool,
 }
 
 impl Heartbeat {
-    fn new(config: DbConfig, registered: Registered, lease: Arc<Lease>, conn: Conn) -> Heartbeat {
+    fn new(
+        config: DbConfig,
+        registered: Registered,
+        lease: Arc<Lease>,
+        conn: Conn,
+        log: LogTarget,
+    ) -> Heartbeat {
         Heartbeat {
             config,
             registered,
@@ -411,11 +476,79 @@ impl Heartbeat {
             watch: pidfd::Watch::default(),
             row_owners: Vec::new(),
             gone: std::collections::HashSet::new(),
+            log,
+            announce: false,
+            logged_error: None,
+            failed_ticks: 0,
+            counter_columns: true,
+        }
+    }
+
+    /// A line in the thread's log; a log that cannot be written counts as an error, once.
+    fn say(&mut self, message: &str) {
+        if let Err(e) = self.log.write(message) {
+            let what = format!("cannot write the log {}: {e}", self.log.describe());
+            if self
+                .lease
+                .last_error
+                .try_lock()
+                .ok()
+                .and_then(|l| l.clone())
+                != Some(what.clone())
+            {
+                self.lease.note_error(what);
+            }
+        }
+    }
+
+    fn who(&self) -> String {
+        let me = &self.registered.identity;
+        format!(
+            "heartbeat thread of pid {} on {}",
+            me.pid,
+            me.host.as_deref().unwrap_or("(no host name)")
+        )
+    }
+
+    fn note_outcome(&mut self, outcome: std::result::Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                if self.logged_error.take().is_some() {
+                    let line = format!(
+                        "{}: working again after {} failed attempts",
+                        self.who(),
+                        self.failed_ticks
+                    );
+                    self.say(&line);
+                }
+                self.failed_ticks = 0;
+            }
+            Err(e) => {
+                self.failed_ticks += 1;
+                self.lease.note_error(e.clone());
+                if self.logged_error.as_ref() != Some(&e) {
+                    let line = format!("{}: error: {e}", self.who());
+                    self.say(&line);
+                    self.logged_error = Some(e);
+                }
+            }
         }
     }
 
     fn run(mut self, stop: pidfd::StopSignal) {
         let interval = self.registered.settings.interval;
+        let s = self.registered.settings;
+        let line = format!(
+            "{}: started as process #{} (heartbeat every {} s, lease {} s, automatic reaping {})",
+            self.who(),
+            self.lease.idprocess(),
+            s.interval.as_secs(),
+            s.lease.as_secs(),
+            if s.auto_reap { "on" } else { "off" }
+        );
+        if self.announce {
+            self.say(&line);
+        }
         // The first beat at once: it takes the reaper locks while the registration is new.
         let mut next_beat = Instant::now();
         loop {
@@ -430,7 +563,7 @@ impl Heartbeat {
                 next_beat = Instant::now() + interval;
             }
             let outcome = self.tick(beat_due);
-            self.lease.note_error(outcome.err());
+            self.note_outcome(outcome);
         }
         let idprocess = self.lease.idprocess();
         if let Some(c) = self.conn.as_mut() {
@@ -513,11 +646,17 @@ impl Heartbeat {
         if self.lease.age() > lease {
             self.quiet_until = Some(Instant::now() + lease);
         }
-        let conn = self.conn()?;
-        if !registry::heartbeat(conn, &config, idprocess)? {
+        // The counters as of the previous beat (this one is counted once acknowledged).
+        let counters = self.counter_columns.then(|| self.lease.counters());
+        let (found, counters_written) =
+            registry::heartbeat(self.conn()?, &config, idprocess, counters.as_ref())?;
+        if counters.is_some() && !counters_written {
+            self.counter_columns = false;
+        }
+        if !found {
             // Pruned while we were frozen: register again (the rows we hold may have been
             // reaped meanwhile; our fenced complete/release will then simply change nothing).
-            let id = registry::register(conn, &config, &identity, reaps, zone.as_deref())?;
+            let id = registry::register(self.conn()?, &config, &identity, reaps, zone.as_deref())?;
             self.lease.idprocess.store(id, Ordering::Release);
         }
         self.lease.acknowledged();
@@ -633,6 +772,7 @@ impl Heartbeat {
         let (config, me) = (self.config.clone(), self.registered.identity.clone());
         match reap::reap(self.conn()?, &config, &me, &options) {
             Ok(report) => {
+                self.lease.reap_runs.fetch_add(1, Ordering::Relaxed);
                 let released: Vec<ReapEntry> = report
                     .entries
                     .iter()
@@ -643,6 +783,10 @@ impl Heartbeat {
                     self.lease
                         .released
                         .fetch_add(released.len() as u64, Ordering::Relaxed);
+                    for e in &released {
+                        let line = release_line(&self.who(), e);
+                        self.say(&line);
+                    }
                     record_releases(released);
                 }
                 Ok(Some(report))
@@ -651,6 +795,29 @@ impl Heartbeat {
             Err(WorkError::Sql(e)) => Err(e),
         }
     }
+}
+
+/// One line per released row: which, whose, what was done and why.
+fn release_line(who: &str, e: &ReapEntry) -> String {
+    let r = &e.row;
+    format!(
+        "{who}: {} invalidation {} (site {}, period {}, {}..{}, {}) held by {} pid {} for {} s: {}, {}",
+        match e.action {
+            Action::DeletedDuplicate => "deleted (a duplicate of queued work)",
+            _ => "re-queued",
+        },
+        r.idinvalidation,
+        r.idsite,
+        r.period,
+        r.date1,
+        r.date2,
+        r.name,
+        r.processing_host.as_deref().unwrap_or("-"),
+        r.process_id.as_deref().unwrap_or("-"),
+        r.age_seconds.map_or("?".to_owned(), |a| a.to_string()),
+        e.decision.verdict.as_str(),
+        e.decision.reason.as_str()
+    )
 }
 
 /// Whether a duty last done at `last` (never: None) is due again.

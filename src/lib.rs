@@ -23,6 +23,7 @@ pub mod registry;
 pub mod request_scope;
 pub mod schema;
 pub mod settings;
+pub mod thread_log;
 
 use ext_php_rs::prelude::*;
 use php_module::startup;

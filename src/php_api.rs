@@ -211,8 +211,12 @@ pub fn register_process() -> PhpResult<ZBox<ZendHashTable>> {
         let status = crate::heartbeat::status().unwrap_or_default();
         ht.insert("beats", status.beats as i64)?;
         ht.insert("reaping", status.reaping)?;
+        ht.insert("reap_runs", status.reap_runs as i64)?;
         ht.insert("released", status.released as i64)?;
+        ht.insert("errors", status.errors as i64)?;
         ht.insert("last_error", status.last_error)?;
+        ht.insert("last_error_age", status.last_error_age)?;
+        ht.insert("log", status.log)?;
         Ok(())
     })
 }

@@ -146,7 +146,8 @@ pub extern "C" fn info(_module: *mut ModuleEntry) {
         info_table_row!(
             "heartbeat thread",
             format!(
-                "{} beats, last acknowledged {:.1} s ago; {}; {} rows released; last error: {}",
+                "{} beats, last acknowledged {:.1} s ago; {}; {} looks for orphans, {} rows released; \
+                 {} errors, last: {}",
                 s.beats,
                 s.last_beat_age,
                 if s.reaping {
@@ -154,12 +155,25 @@ pub extern "C" fn info(_module: *mut ModuleEntry) {
                 } else {
                     "not this host's reaper"
                 },
+                s.reap_runs,
                 s.released,
-                s.last_error.as_deref().unwrap_or("none")
+                s.errors,
+                match (&s.last_error, s.last_error_age) {
+                    (Some(e), Some(age)) => format!("{e} ({age:.0} s ago)"),
+                    _ => "none".to_owned(),
+                }
             )
             .as_str()
         );
     }
+    info_table_row!(
+        "heartbeat thread log",
+        format!(
+            "{} (matomo_archive_claim.log; empty: PHP's error_log, else stderr)",
+            crate::thread_log::LogTarget::from_ini().describe()
+        )
+        .as_str()
+    );
     info_table_row!(
         "host name shared by pid namespaces",
         if beat.host_name_shared {

@@ -38,6 +38,11 @@ pub fn create_table_sql(config: &DbConfig) -> String {
           reaps TINYINT(1) NOT NULL DEFAULT 0,
           registered_at DOUBLE NOT NULL,
           heartbeat_at DOUBLE NOT NULL,
+          beats BIGINT UNSIGNED NULL,
+          reap_runs BIGINT UNSIGNED NULL,
+          released BIGINT UNSIGNED NULL,
+          errors BIGINT UNSIGNED NULL,
+          last_error VARCHAR(255) NULL,
           PRIMARY KEY (idprocess),
           INDEX index_host_pid (host, pid),
           INDEX index_heartbeat_at (heartbeat_at)
@@ -83,17 +88,72 @@ pub fn register(
     Ok(conn.last_insert_id())
 }
 
-/// Refreshes the heartbeat; false if the row is gone (pruned while we were frozen).
-pub fn heartbeat(conn: &mut Conn, config: &DbConfig, idprocess: u64) -> SqlResult<bool> {
-    conn.exec_drop(
-        format!(
-            "UPDATE {} SET heartbeat_at = {DB_NOW} WHERE idprocess = ?",
-            config.table(TABLE)
-        ),
-        (idprocess,),
-    )?;
+/// What a heartbeat thread has done so far, shown beside its registration (the plugin's page
+/// reads them: the thread of an archiver elsewhere can be seen only through the database).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ThreadCounters {
+    pub beats: u64,
+    pub reap_runs: u64,
+    pub released: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// The counter columns, added by `install_schema()` to registries made before them.
+pub const COUNTER_COLUMNS: &[(&str, &str)] = &[
+    ("beats", "BIGINT UNSIGNED NULL"),
+    ("reap_runs", "BIGINT UNSIGNED NULL"),
+    ("released", "BIGINT UNSIGNED NULL"),
+    ("errors", "BIGINT UNSIGNED NULL"),
+    ("last_error", "VARCHAR(255) NULL"),
+];
+
+/// Refreshes the heartbeat, and the thread's counters if given. Returns whether the row is
+/// still there (false: pruned while we were frozen) and whether the counters were written
+/// (false: the registry predates their columns; the beat itself is then made without them,
+/// so an older schema never costs a beat).
+pub fn heartbeat(
+    conn: &mut Conn,
+    config: &DbConfig,
+    idprocess: u64,
+    counters: Option<&ThreadCounters>,
+) -> SqlResult<(bool, bool)> {
+    let table = config.table(TABLE);
+    let mut written = false;
+    if let Some(c) = counters {
+        let last_error = c
+            .last_error
+            .as_deref()
+            .map(|e| e.chars().take(255).collect::<String>());
+        let with_counters = conn.exec_drop(
+            format!(
+                "UPDATE {table} SET heartbeat_at = {DB_NOW}, beats = ?, reap_runs = ?, \
+                 released = ?, errors = ?, last_error = ? WHERE idprocess = ?"
+            ),
+            (
+                c.beats,
+                c.reap_runs,
+                c.released,
+                c.errors,
+                last_error,
+                idprocess,
+            ),
+        );
+        match with_counters {
+            Ok(()) => written = true,
+            Err(mysql::Error::MySqlError(e)) if e.code == errno::UNKNOWN_COLUMN => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !written {
+        conn.exec_drop(
+            format!("UPDATE {table} SET heartbeat_at = {DB_NOW} WHERE idprocess = ?"),
+            (idprocess,),
+        )?;
+    }
     // An UPDATE within the same microsecond changes nothing but still matched the row.
-    Ok(conn.affected_rows() > 0 || exists(conn, config, idprocess)?)
+    let found = conn.affected_rows() > 0 || exists(conn, config, idprocess)?;
+    Ok((found, written))
 }
 
 fn exists(conn: &mut Conn, config: &DbConfig, idprocess: u64) -> SqlResult<bool> {

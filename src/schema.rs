@@ -142,7 +142,31 @@ pub fn install(
                 "rebuilt table {registry_name} (the process registry) with heartbeats in UTC epoch seconds"
             ));
         }
-        Some(_) => {}
+        Some(shape) => {
+            // The heartbeat threads' counters (0.3): beats go on without them meanwhile.
+            let missing: Vec<&(&str, &str)> = registry::COUNTER_COLUMNS
+                .iter()
+                .filter(|(name, _)| !shape.columns.iter().any(|c| c.eq_ignore_ascii_case(name)))
+                .collect();
+            if !missing.is_empty() {
+                if !options.dry_run {
+                    let clauses: Vec<String> = missing
+                        .iter()
+                        .map(|(name, def)| format!("ADD COLUMN `{name}` {def}"))
+                        .collect();
+                    conn.query_drop(format!(
+                        "ALTER TABLE {} {}",
+                        config.table(registry::TABLE),
+                        clauses.join(", ")
+                    ))?;
+                }
+                let names: Vec<&str> = missing.iter().map(|(name, _)| *name).collect();
+                changes.push(format!(
+                    "added columns {} to {registry_name} (what each heartbeat thread did)",
+                    names.join(", ")
+                ));
+            }
+        }
     }
     Ok(Some(SchemaReport {
         table: table_name,

@@ -74,14 +74,26 @@ pub const HOST_NAME_SHARED: IniSetting = IniSetting {
     changeable: Changeable::Anywhere,
     secret: false,
 };
+/// Where the heartbeat thread writes what it did: a file path, `syslog`, or empty for PHP's
+/// own `error_log` (see `thread_log`).
+pub const LOG: IniSetting = IniSetting {
+    name: c"matomo_archive_claim.log",
+    default: c"",
+    changeable: Changeable::Anywhere,
+    secret: false,
+};
+
+/// PHP's own setting, read for the thread's log when ours is empty.
+pub const PHP_ERROR_LOG: &str = "error_log";
 
 /// Every setting, in the order phpinfo() shows them.
-pub const INI: [IniSetting; 5] = [
+pub const INI: [IniSetting; 6] = [
     DATABASE,
     HEARTBEAT_INTERVAL,
     LEASE,
     AUTO_REAP,
     HOST_NAME_SHARED,
+    LOG,
 ];
 
 /// A default that is a whole number, read at compile time (a non-digit fails the build).
@@ -111,6 +123,11 @@ static READER: OnceCell<fn(&str) -> Option<String>> = OnceCell::new();
 
 pub fn set_reader(reader: fn(&str) -> Option<String>) {
     let _ = READER.set(reader);
+}
+
+/// A setting of PHP's own (not ours), by name; None outside PHP.
+pub fn php_setting(name: &str) -> Option<String> {
+    READER.get().and_then(|read| read(name))
 }
 
 /// How the heartbeat thread runs, from php.ini.

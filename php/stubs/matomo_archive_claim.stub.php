@@ -232,9 +232,13 @@ function reap_orphans(?array $options = null): array {}
  *
  * @return array{idprocess: int, host: ?string, pid: int, started_at: ?float, start_ticks: ?int,
  *   boot_id: ?string, pid_namespace: ?int, works_for: ?int, heartbeat_interval: int, lease: int,
- *   auto_reap: bool, beats: int, reaping: bool, released: int, last_error: ?string}
+ *   auto_reap: bool, beats: int, reaping: bool, reap_runs: int, released: int, errors: int,
+ *   last_error: ?string, last_error_age: ?float, log: string}
  *   works_for: the core:archive pid this archiving child works for (its heartbeat keeps that
- *   process's claims alive); beats, reaping, released, last_error: the heartbeat thread so far
+ *   process's claims alive); beats, reaping (this host's reaper), reap_runs (looks for orphans),
+ *   released, errors, last_error (kept after recovery) and last_error_age (seconds): the
+ *   heartbeat thread so far, also written beside the registration at each beat; log: where the
+ *   thread writes its lines (matomo_archive_claim.log; empty: PHP's error_log, else stderr)
  * @throws ConfigurationException|ConnectionException|QueryException
  */
 function register_process(): array {}

@@ -104,19 +104,12 @@ final class MatomoE2ETest extends TestCase
 
     private function queueRow(array $row): int
     {
-        $row += ['idarchive' => null, 'name' => 'done', 'idsite' => 2, 'date1' => '2024-02-05', 'date2' => '2024-02-05',
-            'period' => 1, 'status' => 0, 'report' => null];
-        $cols = implode(', ', array_map(fn ($c) => "`$c`", array_keys($row)));
-        $marks = implode(', ', array_fill(0, count($row), '?'));
-        self::m()->pdo()->prepare("INSERT INTO matomo_archive_invalidations ($cols, ts_invalidated) VALUES ($marks, NOW())")
-            ->execute(array_values($row));
-        return (int) self::m()->pdo()->lastInsertId();
+        return self::m()->queueRow($row);
     }
 
     private function claimAs(int $id, string $host, string $pid, string $started = 'NOW()'): void
     {
-        self::m()->pdo()->prepare("UPDATE matomo_archive_invalidations SET status = 1, processing_host = ?, process_id = ?,
-            ts_started = $started WHERE idinvalidation = ?")->execute([$host, $pid, $id]);
+        self::m()->claimAs($id, $host, $pid, $started);
     }
 
     /** A pid that no process holds right now. */
@@ -591,8 +584,8 @@ final class MatomoE2ETest extends TestCase
             $parent = proc_get_status($run1)['pid'];
             $seen = [];
             for ($i = 0; $i < 600 && !$child && proc_get_status($run1)['running']; $i++) {
-                $seen += self::processes('climulti:request');
-                foreach (self::processes('climulti:request', $dayChild) as $pid => $cmd) {
+                $seen += self::processes(self::m()->root . '/console', 'climulti:request');
+                foreach (self::processes(self::m()->root . '/console', 'climulti:request', $dayChild) as $pid => $cmd) {
                     // A detached child's sh is gone at once (no ancestry left); a synchronous one runs under it.
                     if (str_contains($cmd, "runid=$parent") || in_array($parent, self::ancestors($pid), true)) {
                         $child = $pid;
@@ -602,7 +595,7 @@ final class MatomoE2ETest extends TestCase
             }
             $this->assertGreaterThan(0, $child, "core:archive started a child for the heavy day:\n" . file_get_contents($out1)
                 . json_encode($this->invalidations('idsite = ' . self::HEAVY_SITE)) . "\nchildren seen:\n" . implode("\n", $seen));
-            $this->assertSame($detached, str_contains(self::processes('climulti:request', $dayChild)[$child] ?? '', "runid=$parent"),
+            $this->assertSame($detached, str_contains(self::processes(self::m()->root . '/console', 'climulti:request', $dayChild)[$child] ?? '', "runid=$parent"),
                 "CliMulti ran the heavy day as a $mode");
             usleep(500000);
             $held = $this->invalidations("$dayRow AND status = 1");
@@ -620,7 +613,7 @@ final class MatomoE2ETest extends TestCase
             $mostAtOnce = 0;
             $childEnd = null;
             while (microtime(true) - $killedAt < 60) {
-                $now = self::processes('climulti:request', $dayChild);
+                $now = self::processes(self::m()->root . '/console', 'climulti:request', $dayChild);
                 $dayChildren += $now;
                 $mostAtOnce = max($mostAtOnce, count($now));
                 $alive = file_exists("/proc/$child") && !str_contains((string) @file_get_contents("/proc/$child/stat"), ') Z ');
@@ -673,7 +666,7 @@ final class MatomoE2ETest extends TestCase
                 self::$figures["kill -9 to the day archived again by the running second core:archive ($mode)"] = sprintf('%.0f s (log time, whole seconds)', strtotime($at . ' UTC') - $killedAt);
             }
         } finally {
-            foreach (array_keys(self::processes('climulti:request', 'idSite=' . self::HEAVY_SITE . '&')) as $pid) {
+            foreach (array_keys(self::processes(self::m()->root . '/console', 'climulti:request', 'idSite=' . self::HEAVY_SITE . '&')) as $pid) {
                 posix_kill($pid, SIGKILL);
             }
             if ($run2) {
@@ -748,7 +741,7 @@ final class MatomoE2ETest extends TestCase
             $run1 = $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $out1);
             $parent = proc_get_status($run1)['pid'];
             for ($i = 0; $i < 600 && !$child && proc_get_status($run1)['running']; $i++) {
-                foreach (self::processes('climulti:request', $dayChild) as $pid => $cmd) {
+                foreach (self::processes(self::m()->root . '/console', 'climulti:request', $dayChild) as $pid => $cmd) {
                     if (str_contains($cmd, "runid=$parent") || in_array($parent, self::ancestors($pid), true)) {
                         $child = $pid;
                     }
@@ -799,7 +792,7 @@ final class MatomoE2ETest extends TestCase
             $this->assertMatchesRegularExpression('/ArchiveClaim: .* put site 1 back into Matomo\'s shared site queue/', $log);
             $this->assertSame([], $this->invalidations('idsite IN (1, 2)'));
         } finally {
-            foreach (array_keys(self::processes('climulti:request', 'date=' . self::HEAVY_DAY)) as $pid) {
+            foreach (array_keys(self::processes(self::m()->root . '/console', 'climulti:request', 'date=' . self::HEAVY_DAY)) as $pid) {
                 posix_kill($pid, SIGKILL);
             }
             $pdo->exec('DELETE FROM matomo_archive_invalidations WHERE idsite IN (1, 2)');
@@ -921,6 +914,15 @@ final class MatomoE2ETest extends TestCase
     public function testUpdateFrom010AndUninstall(): void
     {
         $pdo = self::m()->pdo();
+        // 0.2.0's registry had no heartbeat counters: the update adds them.
+        $pdo->exec('ALTER TABLE matomo_archive_claim_process DROP COLUMN beats, DROP COLUMN reap_runs, DROP COLUMN released,
+            DROP COLUMN errors, DROP COLUMN last_error');
+        $pdo->exec("UPDATE matomo_option SET option_value = '0.2.0' WHERE option_name = 'version_ArchiveClaim'");
+        [$code, $out] = self::m()->console(['core:update', '--yes']);
+        $this->assertSame(0, $code, $out);
+        $this->assertSame([], array_diff(['beats', 'reap_runs', 'released', 'errors', 'last_error'],
+            $this->columns('matomo_archive_claim_process')), "the update added the counters:\n$out");
+
         $pdo->exec('DROP TABLE matomo_archive_claim_process');
         $pdo->exec('ALTER TABLE matomo_archive_invalidations DROP INDEX index_archive_claim_status_host');
         $pdo->exec("UPDATE matomo_option SET option_value = '0.1.0' WHERE option_name = 'version_ArchiveClaim'");
@@ -930,7 +932,7 @@ final class MatomoE2ETest extends TestCase
         $this->assertSame(0, $code, $out);
         $this->assertTrue($this->hasTable('matomo_archive_claim_process'), "the update created the registry:\n$out");
         $this->assertContains('index_archive_claim_status_host', $this->indexes('matomo_archive_invalidations'));
-        $this->assertSame('0.2.0', $pdo->query("SELECT option_value FROM matomo_option WHERE option_name = 'version_ArchiveClaim'")->fetchColumn());
+        $this->assertSame('0.3.0', $pdo->query("SELECT option_value FROM matomo_option WHERE option_name = 'version_ArchiveClaim'")->fetchColumn());
         $this->assertSame(self::$checksum, self::m()->coreChecksum(), 'no file of Matomo was edited');
 
         [$code, $out] = self::m()->console(['plugin:deactivate', 'ArchiveClaim']);

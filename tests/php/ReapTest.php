@@ -268,6 +268,64 @@ final class ReapTest extends ExtensionTestCase
         $this->assertSame(1, (int) $this->row($remote)['status'], 'automatic reaping never applies the timeout');
     }
 
+    /**
+     * What the heartbeat thread did is on record three ways: a line per release (row, owner,
+     * reason) in the file matomo_archive_claim.log names, its counters beside its registration
+     * (for the plugin's page) and in register_process()'s answer.
+     */
+    public function testTheHeartbeatThreadLogsEachReleaseAndCountsWhatItDid(): void
+    {
+        $log = sys_get_temp_dir() . '/archive-claim-thread-' . getmypid() . '.log';
+        @unlink($log);
+        [$held, $orphan] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
+        $server = $this->sameHost(['auto_reap' => 1, 'heartbeat_interval' => 1, 'lease' => 3, 'log' => $log]);
+        $server->send(['cmd' => 'claim', 'ids' => [$held]]);
+        $victim = $server->send(['cmd' => 'spawn', 'ids' => [$orphan]]);
+        $server->send(['cmd' => 'kill', 'pid' => $victim['pid']]);
+
+        $deadline = microtime(true) + 10;
+        while ((int) $this->row($orphan)['status'] === 1 && microtime(true) < $deadline) {
+            usleep(100000);
+        }
+        $this->assertSame(0, (int) $this->row($orphan)['status'], 're-queued by the heartbeat thread');
+        $me = $server->send(['cmd' => 'register']);
+        usleep(1200000); // one more beat writes the counters of the release
+        $text = (string) @file_get_contents($log);
+        @unlink($log);
+        $this->assertMatchesRegularExpression("/started as process #\\d+/", $text);
+        $this->assertMatchesRegularExpression("/re-queued invalidation $orphan \\(site 2, period 1, .*\\) held by "
+            . preg_quote(gethostname(), '/') . " pid {$victim['pid']} for \\d+ s: dead, pid_gone/", $text);
+        $this->assertStringNotContainsString("invalidation $held ", $text, 'a live claim is never released');
+
+        $this->assertSame($log, $me['log']);
+        $this->assertGreaterThanOrEqual(1, $me['released']);
+        $this->assertGreaterThanOrEqual(1, $me['reap_runs']);
+        $this->assertSame(0, $me['errors']);
+        $row = $this->pdo->query("SELECT beats, reap_runs, released, errors, last_error FROM matomo_archive_claim_process
+            WHERE idprocess = {$me['idprocess']}")->fetch(\PDO::FETCH_ASSOC);
+        $this->assertGreaterThanOrEqual(2, (int) $row['beats']);
+        $this->assertGreaterThanOrEqual(1, (int) $row['reap_runs']);
+        $this->assertSame(1, (int) $row['released']);
+        $this->assertSame([0, null], [(int) $row['errors'], $row['last_error']]);
+    }
+
+    /** A registry made before the counter columns costs no beat: they are simply not written. */
+    public function testARegistryWithoutTheCounterColumnsStillHeartbeats(): void
+    {
+        \Matomo\ArchiveClaim\install_schema();
+        $this->pdo->exec('ALTER TABLE matomo_archive_claim_process DROP COLUMN beats, DROP COLUMN reap_runs,
+            DROP COLUMN released, DROP COLUMN errors, DROP COLUMN last_error');
+        [$id] = $this->queue([[]]);
+        $server = $this->sameHost();
+        $server->send(['cmd' => 'claim', 'ids' => [$id]]);
+        $pid = (int) $this->row($id)['process_id'];
+        $beat = fn () => (float) $this->pdo->query("SELECT heartbeat_at FROM matomo_archive_claim_process WHERE pid = $pid")->fetchColumn();
+        $first = $beat();
+        usleep(2300000);
+        $this->assertGreaterThan($first, $beat(), 'the heartbeat moved on');
+        $this->assertSame(0, $server->send(['cmd' => 'register'])['errors']);
+    }
+
     public function testARegistrationHeartbeatsAndACleanExitRemovesIt(): void
     {
         [$id] = $this->queue([[]]);

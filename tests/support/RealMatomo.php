@@ -122,6 +122,25 @@ final class RealMatomo
         return $this->pdo;
     }
 
+    /** Queues an invalidation (Matomo's columns; defaults: a day of site 2); returns its id. */
+    public function queueRow(array $row): int
+    {
+        $row += ['idarchive' => null, 'name' => 'done', 'idsite' => 2, 'date1' => '2024-02-05', 'date2' => '2024-02-05',
+            'period' => 1, 'status' => 0, 'report' => null];
+        $cols = implode(', ', array_map(fn ($c) => "`$c`", array_keys($row)));
+        $marks = implode(', ', array_fill(0, count($row), '?'));
+        $this->pdo()->prepare("INSERT INTO matomo_archive_invalidations ($cols, ts_invalidated) VALUES ($marks, NOW())")
+            ->execute(array_values($row));
+        return (int) $this->pdo()->lastInsertId();
+    }
+
+    /** Marks an invalidation in progress as a claimer on $host with $pid would (Matomo 5.3's statement). */
+    public function claimAs(int $id, string $host, string $pid, string $started = 'NOW()'): void
+    {
+        $this->pdo()->prepare("UPDATE matomo_archive_invalidations SET status = 1, processing_host = ?, process_id = ?,
+            ts_started = $started WHERE idinvalidation = ?")->execute([$host, $pid, $id]);
+    }
+
     /** Matomo's [database] settings, for configure() in the test process. */
     public function database(): array
     {
@@ -171,26 +190,44 @@ final class RealMatomo
         file_put_contents($file, $ini);
     }
 
-    /** Tracks visits through Matomo's real tracker (matomo.php under `php -S`), as install.sh does. */
-    public function trackVisits(int $idSite, string $day, int $visits): void
+    /**
+     * Serves this Matomo with PHP's built-in web server on a free port of 127.0.0.1 (a trusted
+     * host from then on), with or without the extension; returns its base URL and a function
+     * that stops it.
+     *
+     * @param string|null $log file for the server's output (its request log and PHP's errors)
+     * @return array{0: string, 1: \Closure(): void}
+     */
+    public function serve(bool $withExtension, ?string $log = null): array
     {
         $port = (int) explode(':', stream_socket_get_name(stream_socket_server('tcp://127.0.0.1:0'), false))[1];
         $file = "$this->root/config/config.ini.php";
         file_put_contents($file, preg_replace('/^\[General\]$/m', "[General]\ntrusted_hosts[] = \"127.0.0.1:$port\"", file_get_contents($file), 1));
-        $server = proc_open([PHP_BINARY, '-S', "127.0.0.1:$port", '-t', $this->root], [1 => ['file', '/dev/null', 'w'], 2 => ['file', '/dev/null', 'w']], $p);
+        $out = ['file', $log ?? '/dev/null', 'a'];
+        $server = proc_open([PHP_BINARY, '-S', "127.0.0.1:$port", '-t', $this->root], [0 => ['file', '/dev/null', 'r'], 1 => $out, 2 => $out],
+            $p, null, $this->env($withExtension));
+        for ($i = 0; $i < 50 && !@fsockopen('127.0.0.1', $port); $i++) {
+            usleep(100000);
+        }
+        return ["http://127.0.0.1:$port/", function () use ($server): void {
+            proc_terminate($server);
+            proc_close($server);
+        }];
+    }
+
+    /** Tracks visits through Matomo's real tracker (matomo.php under `php -S`), as install.sh does. */
+    public function trackVisits(int $idSite, string $day, int $visits): void
+    {
+        [$url, $stop] = $this->serve(false);
         try {
-            for ($i = 0; $i < 50 && !@fsockopen('127.0.0.1', $port); $i++) {
-                usleep(100000);
-            }
-            [$code, $out] = self::run(['python3', self::sharedDir() . '/send_visits.py', "http://127.0.0.1:$port/matomo.php",
+            [$code, $out] = self::run(['python3', self::sharedDir() . '/send_visits.py', "{$url}matomo.php",
                 trim(file_get_contents("$this->root/tmp/e2e-token")), (string) $idSite, $day, '1', (string) $visits],
                 ['PATH' => getenv('PATH')]);
             if ($code !== 0) {
                 throw new \RuntimeException("send_visits.py failed: $out");
             }
         } finally {
-            proc_terminate($server);
-            proc_close($server);
+            $stop();
         }
     }
 

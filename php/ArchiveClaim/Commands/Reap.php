@@ -16,6 +16,7 @@ use Piwik\Plugin\ConsoleCommand;
 use Piwik\Plugins\ArchiveClaim\ArchiveClaim;
 use Piwik\Plugins\ArchiveClaim\Lib\Extension;
 use Piwik\Plugins\ArchiveClaim\Lib\ReapRequest;
+use Piwik\Plugins\ArchiveClaim\Lib\ReleaseLog;
 use Piwik\Plugins\ArchiveClaim\Lib\SiteQueue;
 
 class Reap extends ConsoleCommand
@@ -61,8 +62,10 @@ class Reap extends ConsoleCommand
             $this->getOutput()->writeln('<error>' . $e->getMessage() . '</error>');
             return ReapRequest::USAGE;
         }
+        $by = 'archiveclaim:reap pid ' . getmypid();
+        ReleaseLog::remember($request->reportRows, $by);
         // As after a run's own reset: a running or the next core:archive takes the sites.
-        $added = SiteQueue::requeue(StaticContainer::get(LoggerInterface::class), $request->releasedSites, 'archiveclaim:reap pid ' . getmypid());
+        $added = SiteQueue::requeue(StaticContainer::get(LoggerInterface::class), $request->releasedSites, $by);
         if ($added) {
             $lines[] = 'Put site ' . implode(', ', $added) . " back into Matomo's shared site queue.";
         }

@@ -12,6 +12,7 @@ use Matomo\ArchiveClaim as Native;
 use Piwik\Config;
 use Piwik\Plugin\ConsoleCommand;
 use Piwik\Plugins\ArchiveClaim\Lib\Extension;
+use Piwik\Plugins\ArchiveClaim\Lib\Fleet;
 use Piwik\Plugins\ArchiveClaim\Lib\ReapRequest;
 use Piwik\Plugins\ArchiveClaim\Lib\StatusView;
 
@@ -45,7 +46,7 @@ class Status extends ConsoleCommand
         if ($sites) {
             $filters['idsites'] = ReapRequest::idsites($sites);
         }
-        $rows = Native\in_progress($filters);
+        $rows = Fleet::rows($filters);
         if ($this->getInput()->getOption('json')) {
             $this->getOutput()->writeln(StatusView::json($rows));
         } else {

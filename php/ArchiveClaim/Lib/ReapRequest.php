@@ -101,11 +101,15 @@ final class ReapRequest
     /** @var list<int> after run(): the sites of the rows it released (for SiteQueue::requeue()) */
     public array $releasedSites = [];
 
+    /** @var list<array<string, mixed>> the report's rows of the last run() (the plugin remembers the released ones) */
+    public array $reportRows = [];
+
     /** @return array{0: int, 1: string[]} exit code and output lines */
     public function run(): array
     {
         $report = Native\reap_orphans($this->options());
         $this->releasedSites = SiteQueue::releasedSites($report['rows']);
+        $this->reportRows = $report['rows'];
         $lines = [];
         foreach ($report['rows'] as $r) {
             if ($r['action'] === Native\Action::KEPT && !$this->dryRun) {

@@ -24,6 +24,7 @@ final class ReleaseLog
      */
     public static function rows(LoggerInterface $logger, array $rows, string $by): int
     {
+        self::remember($rows, $by);
         $released = 0;
         foreach ($rows as $r) {
             if (!isset(self::RELEASED[$r['action'] ?? ''])) {
@@ -39,6 +40,72 @@ final class ReleaseLog
                 ]);
         }
         return $released;
+    }
+
+    /** Matomo option holding the latest releases for the plugin's page. */
+    public const RECENT_OPTION = 'ArchiveClaim_recentReleases';
+
+    /** How many releases the page can show (the oldest go first). */
+    public const RECENT_KEPT = 100;
+
+    /**
+     * Keeps the released rows of a report in Matomo's option table, newest first, for the
+     * operator's page: Matomo's log is a file on the host that released them, the page may run
+     * on another. Serialised by a database lock so that two runs releasing at once both count.
+     * Never fails the caller: only the page's list is lost.
+     *
+     * @param list<array<string, mixed>> $rows
+     */
+    public static function remember(array $rows, string $by): void
+    {
+        $new = [];
+        $now = time();
+        foreach ($rows as $r) {
+            if (!isset(self::RELEASED[$r['action'] ?? ''])) {
+                continue;
+            }
+            $new[] = ['at' => $now, 'by' => $by, 'action' => $r['action']] + array_intersect_key($r, array_flip([
+                'idinvalidation', 'idsite', 'period', 'date1', 'date2', 'name', 'report', 'processing_host',
+                'process_id', 'age_seconds', 'verdict', 'reason']));
+        }
+        if (!$new || !class_exists(\Piwik\Option::class)) {
+            return;
+        }
+        $lock = 'ArchiveClaim.recentReleases';
+        try {
+            if (!\Piwik\Db::getDbLock($lock, 5)) {
+                return;
+            }
+            try {
+                $kept = self::recent();
+                \Piwik\Option::set(self::RECENT_OPTION, json_encode(array_slice(array_merge(array_reverse($new), $kept), 0, self::RECENT_KEPT),
+                    JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES));
+            } finally {
+                \Piwik\Db::releaseDbLock($lock);
+            }
+        } catch (\Throwable $e) {
+            // The release happened; only its line on the page is missing.
+        }
+    }
+
+    /** @return list<array<string, mixed>> the releases remembered, newest first */
+    public static function recent(): array
+    {
+        \Piwik\Option::clearCachedOption(self::RECENT_OPTION);
+        $kept = json_decode((string) \Piwik\Option::get(self::RECENT_OPTION), true);
+        return is_array($kept) ? $kept : [];
+    }
+
+    /** What this process's heartbeat thread released, onto the page's list only (no logger at hand). */
+    public static function rememberBackground(): void
+    {
+        if (!function_exists('Matomo\ArchiveClaim\background_releases')) {
+            return;
+        }
+        try {
+            self::remember(\Matomo\ArchiveClaim\background_releases(), 'the heartbeat thread of pid ' . getmypid());
+        } catch (\Matomo\ArchiveClaim\Exception $e) {
+        }
     }
 
     /**

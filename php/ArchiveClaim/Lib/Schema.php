@@ -26,6 +26,15 @@ final class Schema
 
     public const REGISTRY = 'archive_claim_process';
 
+    /** What each heartbeat thread did (src/registry.rs COUNTER_COLUMNS), added in 0.3.0. */
+    public const COUNTER_COLUMNS = [
+        'beats' => 'BIGINT UNSIGNED NULL',
+        'reap_runs' => 'BIGINT UNSIGNED NULL',
+        'released' => 'BIGINT UNSIGNED NULL',
+        'errors' => 'BIGINT UNSIGNED NULL',
+        'last_error' => 'VARCHAR(255) NULL',
+    ];
+
     /**
      * @param \Closure(string): list<string> $column runs a query, returns its first column
      * @param \Closure(string): void $execute runs a statement
@@ -79,6 +88,17 @@ final class Schema
             ($this->execute)("DROP TABLE `$registry`");
             ($this->execute)($this->registrySql());
             $changes[] = "rebuilt table $registry (the process registry) with heartbeats in UTC epoch seconds";
+        } else {
+            $has = array_map('strtolower', $this->names('COLUMN_NAME', 'COLUMNS', $registry));
+            $missing = array_diff_key(self::COUNTER_COLUMNS, array_flip($has));
+            if ($missing) {
+                $clauses = [];
+                foreach ($missing as $name => $definition) {
+                    $clauses[] = "ADD COLUMN `$name` $definition";
+                }
+                ($this->execute)("ALTER TABLE `$registry` " . implode(', ', $clauses));
+                $changes[] = 'added columns ' . implode(', ', array_keys($missing)) . " to $registry (what each heartbeat thread did)";
+            }
         }
         return $changes;
     }
@@ -121,6 +141,11 @@ final class Schema
           reaps TINYINT(1) NOT NULL DEFAULT 0,
           registered_at DOUBLE NOT NULL,
           heartbeat_at DOUBLE NOT NULL,
+          beats BIGINT UNSIGNED NULL,
+          reap_runs BIGINT UNSIGNED NULL,
+          released BIGINT UNSIGNED NULL,
+          errors BIGINT UNSIGNED NULL,
+          last_error VARCHAR(255) NULL,
           PRIMARY KEY (idprocess),
           INDEX index_host_pid (host, pid),
           INDEX index_heartbeat_at (heartbeat_at)

@@ -48,7 +48,7 @@ final class StatusView
                     continue;
                 }
                 $lines[] = sprintf('  #%-8d site %-5d %-5s %s..%s  %-24s pid %-8s %9s  %-7s %s',
-                    $r['idinvalidation'], $r['idsite'], self::PERIODS[$r['period']] ?? (string) $r['period'],
+                    $r['idinvalidation'], $r['idsite'], self::period((int) $r['period']),
                     $r['date1'], $r['date2'], self::shorten($r['name'] . ($r['report'] ? " ({$r['report']})" : ''), 24),
                     $r['process_id'] ?? '-', self::age((int) $r['age_seconds']), $r['verdict'], $r['reason']);
             }
@@ -60,6 +60,11 @@ final class StatusView
     {
         return json_encode(['hosts' => self::byHost($rows), 'rows' => $rows],
             JSON_PRETTY_PRINT | JSON_UNESCAPED_SLASHES | JSON_THROW_ON_ERROR);
+    }
+
+    public static function period(int $period): string
+    {
+        return self::PERIODS[$period] ?? (string) $period;
     }
 
     public static function age(int $seconds): string
