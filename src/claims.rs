@@ -8,7 +8,7 @@ use crate::connection;
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, RegisterError, Registered};
 use crate::identity::Identity;
-use crate::invalidations::{self, InvalidationRow, Owner, RowFilter};
+use crate::invalidations::{self, InvalidationRow, Owner, RowFilter, TimeBound};
 use crate::liveness::Decision;
 use crate::options::{Key, Options, Value};
 use crate::reap::{self, ReapError, ReapOptions, ReapReport};
@@ -17,8 +17,12 @@ use crate::schema::{self, SchemaOptions, SchemaReport};
 use crate::settings::HeartbeatSettings;
 
 /// After a failed registration, claims go on unregistered (judged as a stock claimer's) and try
-/// to register again after this long.
-const REGISTRATION_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// to register again after half a lease (30 s by default): often enough that a process whose
+/// database was read-only for a while soon has heartbeat recovery again, seldom enough that a
+/// lasting failure (a connection limit) costs the server little.
+fn registration_retry_after() -> Duration {
+    HeartbeatSettings::from_ini().lease / 2
+}
 
 thread_local! {
     /// (pid, when) of the last failed implicit registration: claims do not retry it each time.
@@ -34,7 +38,7 @@ fn register_before_claim(
     let pid = std::process::id();
     let backing_off = REGISTRATION_FAILED
         .get()
-        .is_some_and(|(p, at)| p == pid && at.elapsed() < REGISTRATION_RETRY_AFTER);
+        .is_some_and(|(p, at)| p == pid && at.elapsed() < registration_retry_after());
     if backing_off {
         return Ok(());
     }
@@ -247,16 +251,30 @@ pub fn parse_schema_options(entries: &[(Key, Value)]) -> Result<SchemaOptions> {
     })
 }
 
-/// 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD' on the database clock, as Matomo writes ts_started.
-pub fn datetime(o: &Options, key: &str) -> Result<Option<String>> {
+/// 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD' on the database clock, as Matomo writes ts_started, or
+/// an int: an instant in Unix seconds, which the database turns into its own local time (a
+/// caller's "an hour ago" is an instant, and only the database knows its time zone).
+pub fn datetime(o: &Options, key: &str) -> Result<Option<TimeBound>> {
+    if let Some(Value::Int(t)) = o.get(key) {
+        return if (0..=i64::from(i32::MAX)).contains(t) {
+            Ok(Some(TimeBound::Unix(*t)))
+        } else {
+            Err(Error::invalid(format!(
+                "{}(): option '{key}' as Unix seconds must be between 0 and {}, got {t}",
+                o.function(),
+                i32::MAX
+            )))
+        };
+    }
     let Some(s) = o.string(key)? else {
         return Ok(None);
     };
     if is_datetime(s) {
-        Ok(Some(s.to_owned()))
+        Ok(Some(TimeBound::Local(s.to_owned())))
     } else {
         Err(Error::invalid(format!(
-            "{}(): option '{key}' must look like '2026-11-29 03:00:00' (database time), got '{}'",
+            "{}(): option '{key}' must look like '2026-11-29 03:00:00' (database time) or be Unix \
+             seconds (an int), got '{}'",
             o.function(),
             s.chars().take(40).collect::<String>()
         )))
@@ -313,7 +331,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(f.idsites, Some(vec![3]));
-        assert_eq!(f.started_before.as_deref(), Some("2026-11-29 03:00:00"));
+        assert_eq!(
+            f.started_before,
+            Some(TimeBound::Local("2026-11-29 03:00:00".into()))
+        );
         assert!(is_datetime("2024-02-29") && is_datetime("2026-12-31 23:59:59"));
 
         for bad in [

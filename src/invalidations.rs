@@ -84,13 +84,33 @@ impl InvalidationRow {
     }
 }
 
+/// A bound on ts_started, which is a local time of the database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TimeBound {
+    /// 'YYYY-MM-DD[ HH:MM:SS]' as the database writes ts_started: compared as it is.
+    Local(String),
+    /// An instant (Unix seconds): turned into the database's local time by the database
+    /// (`FROM_UNIXTIME`), so "an hour ago" means the same whatever time zone it runs in.
+    Unix(i64),
+}
+
+impl TimeBound {
+    /// The SQL for this bound (one placeholder) and its parameter.
+    fn sql(&self) -> (&'static str, Value) {
+        match self {
+            TimeBound::Local(s) => ("?", Value::from(s.as_str())),
+            TimeBound::Unix(t) => ("FROM_UNIXTIME(?)", Value::from(*t)),
+        }
+    }
+}
+
 /// Filters of `in_progress()` (and the row selection of a reap).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowFilter {
     pub idsites: Option<Vec<i64>>,
     pub hosts: Option<Vec<String>>,
-    pub started_after: Option<String>,
-    pub started_before: Option<String>,
+    pub started_after: Option<TimeBound>,
+    pub started_before: Option<TimeBound>,
     /// Also rows in progress without ts_started (a reap reports them as never_started).
     pub include_never_started: bool,
     /// In id order, as a reap walks them, instead of oldest claim first: sorting 10,000 rows
@@ -603,12 +623,14 @@ pub fn in_progress(
         params.extend(hosts.iter().map(|h| Value::from(h.as_str())));
     }
     if let Some(after) = &filter.started_after {
-        inner += " AND ts_started > ?";
-        params.push(Value::from(after.as_str()));
+        let (sql, value) = after.sql();
+        inner += &format!(" AND ts_started > {sql}");
+        params.push(value);
     }
     if let Some(before) = &filter.started_before {
-        inner += " AND ts_started < ?";
-        params.push(Value::from(before.as_str()));
+        let (sql, value) = before.sql();
+        inner += &format!(" AND ts_started < {sql}");
+        params.push(value);
     }
     // A zone the server cannot convert (its tables unloaded since) reads as our session's.
     let order = if filter.by_id {

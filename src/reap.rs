@@ -12,7 +12,7 @@ use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
 use crate::invalidations::{
-    self, Fence, InvalidationRow, ReleaseOutcome, RowFilter, Settlement, Slot,
+    self, Fence, InvalidationRow, ReleaseOutcome, RowFilter, Settlement, Slot, TimeBound,
 };
 use crate::liveness::{
     self, ClaimFacts, Context, Decision, LocalProcess, LocalView, Machine, Registration, Verdict,
@@ -37,8 +37,8 @@ pub struct ReapOptions {
     /// Only rows of these hosts, claimed in this window: the filters of Matomo's
     /// `core:reset-invalidations` (the rows outside are not even looked at).
     pub only_hosts: Option<Vec<String>>,
-    pub started_after: Option<String>,
-    pub started_before: Option<String>,
+    pub started_after: Option<TimeBound>,
+    pub started_before: Option<TimeBound>,
     pub lease_seconds: f64,
     /// This host name is used by several pid namespaces (the operator's php.ini setting): pids
     /// of unregistered claims on it prove nothing.
@@ -605,7 +605,10 @@ mod tests {
         assert_eq!(o.idsites, Some(vec![7]));
         assert_eq!(o.lease_seconds, 30.0);
         assert_eq!(o.only_hosts, Some(vec!["server2".to_string()]));
-        assert_eq!(o.started_before.as_deref(), Some("2026-11-29 03:00:00"));
+        assert_eq!(
+            o.started_before,
+            Some(TimeBound::Local("2026-11-29 03:00:00".into()))
+        );
     }
 
     #[test]

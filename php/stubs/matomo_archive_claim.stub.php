@@ -94,8 +94,9 @@ function complete_invalidations(array $ids): int {}
  * 'unknown' and its reason (pid_gone, pid_reused, heartbeat_stale, heartbeat_fresh, pid_alive,
  * remote_unregistered, implausible_pid). Nothing is released.
  *
- * @param array{idsites?: int[], hosts?: string[], started_after?: string, started_before?: string}|null $filters
- *   started_* are 'YYYY-MM-DD HH:MM:SS' in database time
+ * @param array{idsites?: int[], hosts?: string[], started_after?: string|int, started_before?: string|int}|null $filters
+ *   started_* are 'YYYY-MM-DD HH:MM:SS' in database time, or an instant as Unix seconds (an int),
+ *   which the database turns into its own local time
  * @return list<array{idinvalidation: int, idarchive: ?int, name: string, idsite: int, date1: string,
  *   date2: string, period: int, ts_invalidated: ?string, ts_started: string, status: int,
  *   report: ?string, processing_host: ?string, process_id: ?string, age_seconds: int,
@@ -128,13 +129,13 @@ function install_schema(?array $options = null): array {}
  * touched.
  *
  * @param array{dry_run?: bool, timeout?: int, site_timeouts?: array<int, int>, hosts?: string[],
- *   force?: bool, idsites?: int[], only_hosts?: string[], started_after?: string,
- *   started_before?: string, lease?: int}|null $options
+ *   force?: bool, idsites?: int[], only_hosts?: string[], started_after?: string|int,
+ *   started_before?: string|int, lease?: int}|null $options
  *   dry_run: decide and report, change nothing; timeout: seconds (default 86400, Matomo's
  *   archive_failure_recovery_timeout); site_timeouts: idsite => seconds; hosts: host names
  *   declared dead; force: release a declared host's rows even while it heartbeats; idsites:
  *   only these sites; only_hosts, started_after, started_before: only rows of these hosts
- *   claimed in this window ('YYYY-MM-DD HH:MM:SS', database time), the filters of Matomo's
+ *   claimed in this window ('YYYY-MM-DD HH:MM:SS' in database time, or Unix seconds), the filters of Matomo's
  *   core:reset-invalidations; lease: seconds after which a heartbeat is stale (default: php.ini)
  * @return array{dry_run: bool, examined: int, released: int, reset: int, deleted_duplicate: int,
  *   kept: int, lost_race: int, would_reset: int, would_delete: int,
@@ -155,7 +156,7 @@ function reap_orphans(?array $options = null): array {}
  *
  * The heartbeat's own connection is opened first: if it cannot be (a connection limit), the
  * process stays unregistered (ConnectionException) and its claims are judged as a stock
- * claimer's; claims retry registering every 30 s. A registered process claims only while its
+ * claimer's; claims retry registering every half lease (30 s by default). A registered process claims only while its
  * lease is fresh: if its heartbeat thread cannot reach the database, the claim beats first.
  *
  * @return array{idprocess: int, host: ?string, pid: int, started_at: ?float, start_ticks: ?int,

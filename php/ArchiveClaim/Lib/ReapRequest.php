@@ -38,14 +38,18 @@ final class ReapRequest
     ) {
     }
 
-    /** A strtotime() phrase ("1 hour ago", "2026-11-29 03:00") as Matomo's UTC datetime. */
-    public static function time(string $value, string $option): string
+    /**
+     * A strtotime() phrase ("1 hour ago", "2026-11-29 03:00", read as UTC unless it names a zone)
+     * as the instant it means, in Unix seconds. ts_started is a local time of the database, in
+     * whatever zone it runs: the extension turns the instant into that local time there.
+     */
+    public static function time(string $value, string $option): int
     {
         $t = strtotime($value . (preg_match('/UTC|GMT|[+-]\d\d:?\d\d$/', $value) ? '' : ' UTC'));
         if ($t === false) {
             throw new \InvalidArgumentException("Invalid value for --$option: '$value' (try \"1 hour ago\" or \"2026-11-29 03:00:00\")");
         }
-        return gmdate('Y-m-d H:i:s', $t);
+        return $t;
     }
 
     /** @return int[] from "--idsite=1 --idsite=3,4" */
