@@ -50,6 +50,7 @@ fn read_ini(key: &str) -> Option<String> {
 pub fn startup(_ty: i32, module_number: i32) -> i32 {
     IniEntryDef::register(INI_ENTRIES.as_slice(), module_number);
     settings::set_reader(read_ini);
+    crate::php_api::mark_sensitive_parameters();
     if php_exceptions::register() {
         0
     } else {

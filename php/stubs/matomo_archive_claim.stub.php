@@ -37,8 +37,11 @@ class SchemaException extends Exception {}
  * @throws \ValueError for an integer key, an unsafe tables_prefix or charset, a missing host/dbname
  * @throws \TypeError for a value of the wrong type
  * @throws ConfigurationException when enable_ssl is on (this build cannot speak TLS)
+ *
+ * $database is #[\SensitiveParameter]: a stack trace shows it as SensitiveParameterValue, never
+ * the array with its password (mark your own functions that pass it on the same way).
  */
-function configure(array $database): void {}
+function configure(#[\SensitiveParameter] array $database): void {}
 
 /**
  * The calling process as the extension records it.

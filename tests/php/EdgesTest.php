@@ -58,4 +58,26 @@ final class EdgesTest extends ExtensionTestCase
         $this->assertSame(0, $exit, $out . $err);
         $this->assertSame("refused\nclaimed registered=0\nclaimed registered=1\n", $out, $err);
     }
+
+    public function testThePasswordIsInNoTraceOfAnExceptionFromConfigure(): void
+    {
+        // With zend.exception_ignore_args = 0 (PHP's development default) a trace carries every
+        // argument: configure()'s [database] array once appeared there, password and all.
+        $code = <<<'PHP'
+            function connect_like_a_plugin(#[\SensitiveParameter] array $database): void { Matomo\ArchiveClaim\configure($database); }
+            $db = ['host' => 'db', 'dbname' => 'matomo', 'username' => 'u', 'password' => 'S3cret-pw', 'enable_ssl' => '1'];
+            foreach (['Matomo\ArchiveClaim\configure', 'connect_like_a_plugin'] as $f) {
+                try { $f($db); echo "configured\n"; }
+                catch (Matomo\ArchiveClaim\ConfigurationException $e) {
+                    echo get_class($e->getTrace()[0]['args'][0] ?? null), "\n";
+                    echo print_r($e->getTrace(), true), "\n", $e, "\n", var_export($e, true), "\n";
+                }
+            }
+            PHP;
+        [$exit, $out, $err] = $this->runPhp($code, ['zend.exception_ignore_args' => 0]);
+        $this->assertSame(0, $exit, $out . $err);
+        $this->assertSame(2, substr_count($out, "SensitiveParameterValue\n"), $out);
+        $this->assertStringContainsString('enable_ssl', $out, 'the exceptions were thrown');
+        $this->assertStringNotContainsString('S3cret-pw', $out . $err);
+    }
 }
