@@ -1,7 +1,7 @@
 //! The operations behind the PHP functions: who we are + one connection + the table's SQL.
 //! Nothing here knows about PHP.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use crate::connection;
@@ -27,6 +27,67 @@ fn registration_retry_after() -> Duration {
 thread_local! {
     /// (pid, when) of the last failed implicit registration: claims do not retry it each time.
     static REGISTRATION_FAILED: Cell<Option<(u32, Instant)>> = const { Cell::new(None) };
+    /// (database and table, host name) already found storable: checked once, not per claim.
+    static HOST_STORABLE: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
+/// Refuses a host name that `processing_host` (or this connection's charset) cannot hold as it
+/// is: the row would record another name (an emoji becomes '?' in utf8mb3), which our release,
+/// completion and reaper could never match again, so the claim would stay in progress.
+fn check_host_storable(
+    conn: &mut mysql::Conn,
+    config: &crate::config::DbConfig,
+    owner: &Owner,
+) -> std::result::Result<std::result::Result<(), Error>, mysql::Error> {
+    let Some(host) = owner.processing_host.as_deref() else {
+        return Ok(Ok(()));
+    };
+    let key = (
+        format!(
+            "{}/{}/{}",
+            config.target(),
+            config.dbname,
+            config.table_name(invalidations::TABLE)
+        ),
+        host.to_owned(),
+    );
+    if HOST_STORABLE.with_borrow(|known| known.as_ref() == Some(&key)) {
+        return Ok(Ok(()));
+    }
+    match invalidations::host_round_trip(conn, config, host)? {
+        Some((charset, back)) if back.as_deref() != Some(host) => {
+            let column = format!(
+                "`{}`.processing_host",
+                config.table_name(invalidations::TABLE)
+            );
+            let shown = back.unwrap_or_default();
+            let message = if charset.eq_ignore_ascii_case("utf8mb4") {
+                format!(
+                    "claim_invalidation(): this host's name '{host}' would be stored as \
+                     '{shown}': the connection's charset ({}) cannot carry it; nothing was claimed. \
+                     Set [database] charset = utf8mb4, or give this host an ASCII name",
+                    config.charset.as_deref().unwrap_or("the server's default")
+                )
+            } else {
+                format!(
+                    "claim_invalidation(): this host's name '{host}' would be stored as \
+                     '{shown}' in {column} ({charset}), and a claim under a name we cannot match \
+                     again could never be released; nothing was claimed. Convert the table to \
+                     utf8mb4 (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4), or give this \
+                     host an ASCII name"
+                )
+            };
+            Ok(Err(if charset.eq_ignore_ascii_case("utf8mb4") {
+                Error::Configuration(message)
+            } else {
+                Error::Schema(message)
+            }))
+        }
+        _ => {
+            HOST_STORABLE.set(Some(key));
+            Ok(Ok(()))
+        }
+    }
 }
 
 /// Registers before a claim unless a recent attempt failed. Only a lost connection is an error
@@ -84,6 +145,9 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
     let owner = current_owner();
     let mut reached_server = false; // request_scope: a failure before the UPDATE sent nothing
     let result = connection::run("claim_invalidation", |conn, config, attempt| {
+        if let Err(refused) = check_host_storable(conn, config, &owner)? {
+            return Ok(Err(refused));
+        }
         // Registered before the claim, so a registration is never younger than its claims.
         register_before_claim(conn, config)?;
         // A registered process claims only while its lease is fresh (beating here if its
@@ -91,8 +155,9 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
         // after our heartbeat went stale.
         heartbeat::fence_claim(conn, config)?;
         reached_server = true;
-        invalidations::claim(conn, config, idinvalidation, &owner, attempt)
-    });
+        invalidations::claim(conn, config, idinvalidation, &owner, attempt).map(Ok)
+    })
+    .and_then(|outcome| outcome);
     // request_scope: remember what this request holds, to give it back when the request ends.
     request_scope::claim_attempted(
         connection::configured(),

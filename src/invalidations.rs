@@ -172,6 +172,36 @@ pub fn claim(
     }
 }
 
+/// The character set of `processing_host` in this table, and the name as it comes back after a
+/// trip through it on this connection. A name the column (or the connection) cannot hold comes
+/// back changed (an emoji through utf8mb3 is stored as '?'): a claim stored under it could never
+/// be matched again by its owner. None: no such column (the claim's own error says so).
+pub fn host_round_trip(
+    conn: &mut Conn,
+    config: &DbConfig,
+    host: &str,
+) -> SqlResult<Option<(String, Option<String>)>> {
+    let charset: Option<Option<String>> = conn.exec_first(
+        "SELECT CHARACTER_SET_NAME FROM information_schema.COLUMNS \
+          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'processing_host'",
+        (config.table_name(TABLE),),
+    )?;
+    let Some(Some(charset)) = charset else {
+        return Ok(None);
+    };
+    // A name the server reported; only characters charset names use go into the SQL.
+    if charset.is_empty()
+        || !charset
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Ok(None);
+    }
+    let back: Option<Option<String>> =
+        conn.exec_first(format!("SELECT CONVERT(? USING {charset})"), (host,))?;
+    Ok(Some((charset, back.flatten())))
+}
+
 /// Ids per statement when a set of rows is read, locked or written: large enough that a reap of
 /// a few thousand orphans is one statement of each kind, small enough for any
 /// `max_allowed_packet` (ids are sent as literals, so no 65,535-placeholder limit applies).

@@ -80,4 +80,54 @@ final class EdgesTest extends ExtensionTestCase
         $this->assertStringContainsString('enable_ssl', $out, 'the exceptions were thrown');
         $this->assertStringNotContainsString('S3cret-pw', $out . $err);
     }
+
+    /** Runs PHP code in a child whose host name (its own UTS namespace) is $host. */
+    private function runPhpAsHost(string $host, string $code): array
+    {
+        $octal = implode('', array_map(fn ($b) => sprintf('\\%03o', ord($b)), str_split($host)));
+        $cmd = array_merge(['unshare', '--uts', 'sh', '-c', "printf '$octal' > /proc/sys/kernel/hostname && exec \"\$@\"", 'sh'],
+            TestDatabase::php(['-d', 'matomo_archive_claim.auto_reap=0', '-r', $code]));
+        $proc = proc_open($cmd, [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
+        $out = stream_get_contents($pipes[1]);
+        $err = stream_get_contents($pipes[2]);
+        fclose($pipes[1]);
+        fclose($pipes[2]);
+        return [proc_close($proc), $out, $err];
+    }
+
+    public function testAHostNameTheTableCannotStoreIsRefusedAndNothingIsClaimed(): void
+    {
+        if (!SimulatedServer::canIsolate()) {
+            $this->markTestSkipped('needs root for unshare --uts (a host name of its own)');
+        }
+        // Older installs have utf8mb3 tables: an emoji host name was stored as '?', and the
+        // claim could then never be completed or released by its owner.
+        $this->pdo->exec("ALTER TABLE {$this->table()} CONVERT TO CHARACTER SET utf8mb3");
+        [$id] = $this->queue([[]]);
+        $code = sprintf(<<<'PHP'
+            Matomo\ArchiveClaim\configure(%s);
+            echo gethostname(), "\n";
+            try { var_export(Matomo\ArchiveClaim\claim_invalidation(%d)); }
+            catch (Matomo\ArchiveClaim\Exception $e) { echo get_class($e), ': ', $e->getMessage(); }
+            echo "\n", Matomo\ArchiveClaim\complete_invalidations([%2$d]), "\n";
+            PHP, var_export($this->config, true), $id);
+        $host = "srv-\u{1F4A5}";
+        [$exit, $out, $err] = $this->runPhpAsHost($host, $code);
+        $this->assertSame(0, $exit, $out . $err);
+        [$seen, $claim, $completed] = explode("\n", $out);
+        $this->assertSame($host, $seen, 'the child has the emoji host name');
+        $this->assertStringStartsWith('Matomo\ArchiveClaim\SchemaException: ', $claim);
+        $this->assertStringContainsString('(utf8mb3)', $claim);
+        $this->assertStringContainsString('nothing was claimed', $claim);
+        $this->assertSame('0', $completed);
+        $row = $this->row($id);
+        $this->assertSame([0, null], [(int) $row['status'], $row['processing_host']], 'the row is still queued');
+
+        // Where the column can hold it, the same name claims and completes.
+        $this->pdo->exec("ALTER TABLE {$this->table()} CONVERT TO CHARACTER SET utf8mb4");
+        [$exit, $out, $err] = $this->runPhpAsHost($host, $code);
+        $this->assertSame(0, $exit, $out . $err);
+        $this->assertSame("$host\ntrue\n1\n", $out);
+        $this->assertNull($this->row($id), 'completed by its owner');
+    }
 }
