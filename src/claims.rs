@@ -294,10 +294,28 @@ pub fn install_schema(options: &SchemaOptions) -> Result<SchemaReport> {
     })
 }
 
-pub const FILTER_KEYS: &[&str] = &["idsites", "hosts", "started_after", "started_before"];
+pub const FILTER_KEYS: &[&str] = &[
+    "idsites",
+    "hosts",
+    "started_after",
+    "started_before",
+    "limit",
+    "after",
+];
+
+/// Rows `in_progress()` returns when no `limit` is given: a bounded answer by default (about
+/// 15 MB of PHP arrays), pages for more.
+pub const DEFAULT_IN_PROGRESS_LIMIT: usize = 10_000;
+
+/// Rows read from the database per statement while an `in_progress()` answer is built: what the
+/// extension holds outside PHP's memory_limit at any time, whatever the limit asked for.
+pub const IN_PROGRESS_CHUNK: usize = 5_000;
 
 pub fn parse_filter(function: &'static str, entries: &[(Key, Value)]) -> Result<RowFilter> {
     let o = Options::new(function, entries, FILTER_KEYS)?;
+    let limit = o
+        .int_in("limit", 1, i64::from(i32::MAX))?
+        .map_or(DEFAULT_IN_PROGRESS_LIMIT, |n| n as usize);
     Ok(RowFilter {
         idsites: o.ids("idsites")?,
         hosts: o.strings("hosts")?,
@@ -305,7 +323,46 @@ pub fn parse_filter(function: &'static str, entries: &[(Key, Value)]) -> Result<
         started_before: datetime(&o, "started_before")?,
         include_never_started: false,
         by_id: false,
+        after: page_cursor(&o)?,
+        limit: Some(limit),
     })
+}
+
+/// `after`: the last row of the previous page (any array with its `ts_started` and
+/// `idinvalidation`; the other keys of a row are ignored).
+fn page_cursor(o: &Options) -> Result<Option<(String, u64)>> {
+    let wrong = || {
+        Error::invalid(format!(
+            "{}(): option 'after' must be the last row of the previous page (an array with \
+             'ts_started' => 'YYYY-MM-DD HH:MM:SS' and 'idinvalidation' => a positive int)",
+            o.function()
+        ))
+    };
+    let entries = match o.get("after") {
+        None => return Ok(None),
+        Some(Value::Array(entries)) => entries,
+        Some(v) => {
+            return Err(Error::wrong_type(format!(
+                "{}(): option 'after' must be an array (a row of the previous page), {} given",
+                o.function(),
+                v.type_name()
+            )))
+        }
+    };
+    let field = |name: &str| {
+        entries
+            .iter()
+            .find(|(k, _)| *k == Key::Str(name.into()))
+            .map(|(_, v)| v)
+    };
+    let ts_started = match field("ts_started") {
+        Some(Value::Str(s)) if s.len() == 19 && is_datetime(s) => s.clone(),
+        _ => return Err(wrong()),
+    };
+    let id = field("idinvalidation")
+        .and_then(|v| crate::options::positive_id("", v).ok())
+        .ok_or_else(wrong)?;
+    Ok(Some((ts_started, id as u64)))
 }
 
 pub fn parse_schema_options(entries: &[(Key, Value)]) -> Result<SchemaOptions> {

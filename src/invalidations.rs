@@ -116,6 +116,11 @@ pub struct RowFilter {
     /// In id order, as a reap walks them, instead of oldest claim first: sorting 10,000 rows
     /// by ts_started cost a third of reading them on a 1M-row table.
     pub by_id: bool,
+    /// Oldest claim first, only rows after this one: (ts_started, idinvalidation) of the last
+    /// row of the previous page.
+    pub after: Option<(String, u64)>,
+    /// At most this many rows.
+    pub limit: Option<usize>,
 }
 
 /// Matomo's claim: one autocommit compare-and-set from queued to in progress.
@@ -662,12 +667,23 @@ pub fn in_progress(
         inner += &format!(" AND ts_started < {sql}");
         params.push(value);
     }
+    if let Some((ts_started, id)) = &filter.after {
+        inner += " AND (ts_started > ? OR (ts_started = ? AND idinvalidation > ?))";
+        params.extend([
+            Value::from(ts_started.as_str()),
+            Value::from(ts_started.as_str()),
+            Value::from(*id),
+        ]);
+    }
     // A zone the server cannot convert (its tables unloaded since) reads as our session's.
-    let order = if filter.by_id {
-        "idinvalidation"
+    let mut order = if filter.by_id {
+        "idinvalidation".to_owned()
     } else {
-        "ts_started ASC, idinvalidation ASC"
+        "ts_started ASC, idinvalidation ASC".to_owned()
     };
+    if let Some(limit) = filter.limit {
+        order += &format!(" LIMIT {limit}");
+    }
     let sql = format!(
         "SELECT idinvalidation, idarchive, name, idsite, CAST(date1 AS CHAR), CAST(date2 AS CHAR), \
                 period, CAST(ts_invalidated AS CHAR), CAST(ts_started AS CHAR), status, report, \

@@ -109,6 +109,14 @@ fn memory_for_logging() -> bool {
     used.saturating_add(LOG_HEADROOM) <= usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
+/// Bytes PHP's allocator may still take before `memory_limit`; None when there is no limit.
+pub fn memory_left() -> Option<usize> {
+    let limit = usize::try_from(ProcessGlobals::get().memory_limit).ok()?;
+    // SAFETY: reads the allocator's counter; called on PHP's thread during a request.
+    let used = unsafe { zend_memory_usage(true) };
+    Some(limit.saturating_sub(used))
+}
+
 fn log_error(message: &str) {
     if !memory_for_logging() {
         return;

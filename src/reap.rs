@@ -440,6 +440,8 @@ pub fn reap(
         started_before: options.started_before.clone(),
         include_never_started: options.started_after.is_none() && options.started_before.is_none(),
         by_id: true,
+        after: None,
+        limit: None,
     };
     let local = ProcFs::default();
     let (mut rows, observer) = rows_then_registry(conn, config, me, options, &filter)?;

@@ -97,7 +97,14 @@ function complete_invalidations(array $ids): int {}
  * 'unknown' and its reason (pid_gone, pid_reused, heartbeat_stale, heartbeat_fresh, pid_alive,
  * remote_unregistered, implausible_pid). Nothing is released.
  *
- * @param array{idsites?: int[], hosts?: string[], started_after?: string|int, started_before?: string|int}|null $filters
+ * At most `limit` rows (default 10,000); for more, page: pass the last row of a page as `after`
+ * and get the rows after it, in the same order. The extension reads 5,000 rows at a time, so
+ * what it holds outside PHP's memory_limit stays small; the answer itself is PHP memory, and an
+ * answer that would not fit in memory_limit is refused (ConfigurationException, nothing held)
+ * before it is built.
+ *
+ * @param array{idsites?: int[], hosts?: string[], started_after?: string|int, started_before?: string|int,
+ *   limit?: int, after?: array{ts_started: string, idinvalidation: int}}|null $filters
  *   started_* are 'YYYY-MM-DD HH:MM:SS' in database time, or an instant as Unix seconds (an int),
  *   which the database turns into its own local time
  * @return list<array{idinvalidation: int, idarchive: ?int, name: string, idsite: int, date1: string,
@@ -105,6 +112,7 @@ function complete_invalidations(array $ids): int {}
  *   report: ?string, processing_host: ?string, process_id: ?string, age_seconds: int,
  *   verdict: string, reason: string}>
  * @throws \ValueError|\TypeError for unknown filter keys or malformed values
+ * @throws ConfigurationException when the answer would pass memory_limit (ask for fewer rows)
  * @throws ConfigurationException|ConnectionException|QueryException|SchemaException
  */
 function in_progress(?array $filters = null): array {}

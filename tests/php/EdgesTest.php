@@ -130,4 +130,64 @@ final class EdgesTest extends ExtensionTestCase
         $this->assertSame("$host\ntrue\n1\n", $out);
         $this->assertNull($this->row($id), 'completed by its owner');
     }
+
+    public function testInProgressPagesOldestFirstWithLimitAndAfter(): void
+    {
+        $ids = $this->queue(array_fill(0, 7, []));
+        foreach ($ids as $i => $id) {
+            // Pairs share a ts_started: the page boundary must not drop or repeat a tied row.
+            $this->claimAs($id, 'server2', (string) (100 + $i), 'NOW() - INTERVAL ' . (10 - intdiv($i, 2)) . ' MINUTE');
+        }
+        $all = \Matomo\ArchiveClaim\in_progress();
+        $this->assertSame($ids, array_column($all, 'idinvalidation'));
+        $paged = [];
+        $after = null;
+        do {
+            $page = \Matomo\ArchiveClaim\in_progress(['limit' => 3] + ($after === null ? [] : ['after' => $after]));
+            $this->assertLessThanOrEqual(3, count($page));
+            $paged = array_merge($paged, $page);
+            $after = $page ? end($page) : null;
+        } while (count($page) === 3);
+        $this->assertSame(array_column($all, 'idinvalidation'), array_column($paged, 'idinvalidation'));
+        $this->assertSame([$ids[5], $ids[6]], array_column(\Matomo\ArchiveClaim\in_progress(['after' => $all[4]]), 'idinvalidation'));
+    }
+
+    public function testInProgressOnAMillionRowsStaysWithinMemoryLimit(): void
+    {
+        // 950,000 rows once took a process past 2 GB under memory_limit=256M: the extension
+        // read every row before PHP saw one, and PHP killed it at its hard limit without
+        // running shutdown functions.
+        $this->pdo->exec("INSERT INTO {$this->table()} (name, idsite, date1, date2, period, ts_invalidated, ts_started,
+            status, processing_host, process_id)
+            SELECT 'done', seq % 100 + 1, '2026-11-28', '2026-11-28', 1, NOW(), NOW() - INTERVAL seq SECOND, 1, 'server2', '7'
+            FROM seq_1_to_1000000");
+        $code = sprintf(<<<'PHP'
+            register_shutdown_function(function () {
+                preg_match('/VmHWM:\s+(\d+) kB/', file_get_contents('/proc/self/status'), $m);
+                echo "shutdown functions ran, peak RSS ", $m[1], " KiB\n";
+            });
+            Matomo\ArchiveClaim\configure(%s);
+            $rows = Matomo\ArchiveClaim\in_progress();
+            echo 'default: ', count($rows), ' rows, the oldest first: ', $rows[0]['age_seconds'] >= 1000000 ? 'yes' : 'no', "\n";
+            $rows = null;
+            try {
+                $rows = Matomo\ArchiveClaim\in_progress(['limit' => 1000000]);
+                echo 'all: ', count($rows), " rows\n";
+            } catch (Matomo\ArchiveClaim\Exception $e) {
+                echo get_class($e), ': ', $e->getMessage(), "\n";
+            }
+            PHP, var_export($this->config, true));
+        [$exit, $out, $err] = $this->runPhp($code, ['memory_limit' => '64M']);
+        $this->assertSame(0, $exit, $out . $err);
+        $this->assertStringContainsString("default: 10000 rows, the oldest first: yes\n", $out, $err);
+        $this->assertStringNotContainsString('all: ', $out, 'a million rows do not fit in 64M');
+        $this->assertStringContainsString('ConfigurationException: in_progress(): ', $out);
+        $this->assertStringContainsString("page with 'after'", $out);
+        $this->assertMatchesRegularExpression('/shutdown functions ran, peak RSS (\d+) KiB/', $out);
+        preg_match('/peak RSS (\d+) KiB/', $out, $m);
+        // PHP itself (about 25 MiB here), its 64 MiB limit and one chunk of 5,000 rows read by
+        // the extension; before, this process passed 1.2 GB and was killed at 128 MiB of PHP
+        // memory, without shutdown functions.
+        $this->assertLessThan(160 * 1024, (int) $m[1], $out);
+    }
 }

@@ -45,7 +45,7 @@ class Status extends ConsoleCommand
         if ($sites) {
             $filters['idsites'] = ReapRequest::idsites($sites);
         }
-        $rows = Native\in_progress($filters);
+        $rows = StatusView::all($filters);
         if ($this->getInput()->getOption('json')) {
             $this->getOutput()->writeln(StatusView::json($rows));
         } else {

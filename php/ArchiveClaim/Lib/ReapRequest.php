@@ -98,8 +98,13 @@ final class ReapRequest
             'started_before' => $options['started_before'] ?? null,
             'started_after' => $options['started_after'] ?? null,
         ]);
-        $hosts = array_column(Native\in_progress($filters), 'processing_host');
-        return array_values(array_unique(array_filter($hosts, fn ($h) => $h !== null && $h !== '')));
+        $hosts = [];
+        foreach (StatusView::pages($filters) as $r) {
+            if ($r['processing_host'] !== null && $r['processing_host'] !== '') {
+                $hosts[$r['processing_host']] = true;
+            }
+        }
+        return array_keys($hosts);
     }
 
     /** @var list<int> after run(): the sites of the rows it released (for SiteQueue::requeue()) */
