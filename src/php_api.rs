@@ -175,10 +175,10 @@ pub fn in_progress(filters: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashTa
             list.push(ht).map_err(result_error)?;
         }
         if let (Some(before), Some(after)) = (before, crate::php_module::memory_left()) {
-            if got > 0 {
-                // What this PHP actually spent per row (the allocator takes whole chunks, so
-                // this is coarse), never below the guess.
-                row_bytes = row_bytes.max(before.saturating_sub(after) / got);
+            // What this PHP actually spent per row (the allocator takes whole chunks, so this
+            // is coarse), never below the guess.
+            if let Some(per_row) = before.saturating_sub(after).checked_div(got) {
+                row_bytes = row_bytes.max(per_row);
             }
         }
         built += got;
