@@ -212,8 +212,10 @@ pub fn unregister() -> bool {
 /// Finds and releases orphans (see `liveness` for the rules).
 pub fn reap_orphans(options: &ReapOptions) -> Result<ReapReport> {
     let me = Identity::current();
+    // Across a reconnect: what the first attempt released stays in the report.
+    let mut carried = reap::Carried::default();
     connection::run("reap_orphans", |conn, config, _| {
-        match reap::reap(conn, config, &me, options) {
+        match reap::reap(conn, config, &me, options, &mut carried) {
             Ok(report) => Ok(Ok(report)),
             Err(ReapError::Refused(e)) => Ok(Err(e)),
             Err(ReapError::Sql(e)) => Err(e),

@@ -633,7 +633,13 @@ impl Heartbeat {
             ..ReapOptions::proof_only(settings.lease.as_secs_f64())
         };
         let (config, me) = (self.config.clone(), self.registered.identity.clone());
-        match reap::reap(self.conn()?, &config, &me, &options) {
+        match reap::reap(
+            self.conn()?,
+            &config,
+            &me,
+            &options,
+            &mut reap::Carried::default(),
+        ) {
             Ok(report) => {
                 let released: Vec<ReapEntry> = report
                     .entries

@@ -385,14 +385,20 @@ pub fn plan_release(
 /// observed (`Fence`), in one transaction: the rows are locked and re-read (`FOR UPDATE`), those
 /// still matching are settled in id order and written with one UPDATE and one DELETE per chunk.
 /// The lock makes every outcome exact. Aligned with `rows`.
+///
+/// `unanswered`: set to what the transaction wrote once all of it is written, and cleared once
+/// its COMMIT is answered. Left set when the connection is lost in between (the COMMIT may or
+/// may not have landed): `landed` tells which, on a new connection.
 pub fn release_fenced(
     conn: &mut Conn,
     config: &DbConfig,
     rows: &[(u64, Fence)],
+    unanswered: &mut Option<HashMap<u64, Settlement>>,
 ) -> SqlResult<Vec<ReleaseOutcome>> {
     let t = config.table(TABLE);
     let ids = sorted_unique(rows.iter().map(|(id, _)| *id));
     let observed: HashMap<u64, &Fence> = rows.iter().map(|(id, f)| (*id, f)).collect();
+    *unanswered = None;
     let settled = in_transaction(conn, |tx| {
         let mut held = Vec::new();
         for chunk in ids.chunks(CHUNK) {
@@ -418,8 +424,11 @@ pub fn release_fenced(
                 }
             }
         }
-        release_held(tx, config, &held)
+        let settled = release_held(tx, config, &held)?;
+        *unanswered = Some(settled.clone());
+        Ok(settled)
     })?;
+    *unanswered = None;
     Ok(rows
         .iter()
         .map(|(id, _)| match settled.get(id) {
@@ -428,6 +437,33 @@ pub fn release_fenced(
             None => ReleaseOutcome::LostRace,
         })
         .collect())
+}
+
+/// Whether a release whose COMMIT went unanswered landed: every row it re-queued is queued
+/// without an owner and every row it deleted is gone. Our transaction held these rows locked
+/// until it ended, so had it been rolled back they would still be in progress as observed
+/// (unless their owner or another reaper released them since, in which case they count here
+/// as well: they were released either way).
+pub fn landed(
+    conn: &mut Conn,
+    config: &DbConfig,
+    wrote: &HashMap<u64, Settlement>,
+) -> SqlResult<bool> {
+    let t = config.table(TABLE);
+    let ids = sorted_unique(wrote.keys().copied());
+    let mut seen: HashMap<u64, bool> = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
+        let rows: Vec<(u64, bool)> = conn.query(format!(
+            "SELECT idinvalidation, (status = {STATUS_QUEUED} AND processing_host IS NULL \
+             AND process_id IS NULL AND ts_started IS NULL) FROM {t} WHERE idinvalidation IN ({})",
+            literal_ids(chunk)
+        ))?;
+        seen.extend(rows);
+    }
+    Ok(wrote.iter().all(|(id, s)| match s {
+        Settlement::Requeue => seen.get(id) == Some(&true),
+        Settlement::Delete => !seen.contains_key(id),
+    }))
 }
 
 /// Gives back the rows among `ids` that `owner` holds right now (Matomo's

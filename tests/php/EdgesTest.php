@@ -190,4 +190,49 @@ final class EdgesTest extends ExtensionTestCase
         // memory, without shutdown functions.
         $this->assertLessThan(160 * 1024, (int) $m[1], $out);
     }
+
+    public function testAReapRetriedAfterALostConnectionReportsWhatItsFirstAttemptReleased(): void
+    {
+        $ids = $this->queue([['idsite' => 1], ['idsite' => 2], ['idsite' => 3]]);
+        // A registered archiver claims the rows and is killed: its registration stays behind.
+        $archiver = proc_open(TestDatabase::php(['-d', 'matomo_archive_claim.auto_reap=0', '-r', sprintf(
+            'Matomo\ArchiveClaim\configure(%s); foreach (%s as $id) { Matomo\ArchiveClaim\claim_invalidation($id); }
+             echo getmypid(), "\n"; sleep(60);', var_export($this->config, true), var_export($ids, true))]),
+            [1 => ['pipe', 'w']], $pipes);
+        $pid = (int) fgets($pipes[1]);
+        exec("kill -9 $pid");
+        proc_close($archiver);
+        $registry = "`{$this->config['tables_prefix']}archive_claim_process`";
+        $idprocess = (int) $this->pdo->query("SELECT idprocess FROM $registry WHERE pid = $pid")->fetchColumn();
+        $this->assertGreaterThan(0, $idprocess, 'the archiver registered');
+
+        // The reap releases the rows (and commits), then forgets the dead registration: hold
+        // that row, so the reap waits there, and end its connection while it waits.
+        $locker = TestDatabase::matomoPdo($this->config);
+        $locker->beginTransaction();
+        $locker->query("SELECT * FROM $registry WHERE idprocess = $idprocess FOR UPDATE")->fetchAll();
+        $reaper = proc_open(TestDatabase::php(['-d', 'matomo_archive_claim.auto_reap=0', '-r', sprintf(
+            'Matomo\ArchiveClaim\configure(%s); $r = Matomo\ArchiveClaim\reap_orphans();
+             echo json_encode([$r["released"], array_column($r["rows"], "action", "idinvalidation"), $r["forgotten_registrations"]]);',
+            var_export($this->config, true))]), [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $reaperPipes);
+        $admin = TestDatabase::admin();
+        $session = false;
+        for ($i = 0; $i < 300 && $session === false; $i++) {
+            usleep(50000);
+            $session = $admin->query("SELECT ID FROM information_schema.PROCESSLIST
+                WHERE INFO LIKE 'DELETE p FROM%' AND DB = " . $admin->quote($this->config['dbname']))->fetchColumn();
+        }
+        $this->assertNotFalse($session, 'the reap reached the registry');
+        $this->assertSame(0, (int) $this->pdo->query("SELECT COUNT(*) FROM {$this->table()} WHERE status = 1")->fetchColumn(),
+            'its release committed before');
+        $admin->exec("KILL CONNECTION $session");
+        $locker->rollBack();
+        $out = stream_get_contents($reaperPipes[1]);
+        $err = stream_get_contents($reaperPipes[2]);
+        $this->assertSame(0, proc_close($reaper), $out . $err);
+        [$released, $actions, $forgotten] = json_decode($out, true);
+        $this->assertSame(3, $released, "the retry's report includes the first attempt's releases: $out");
+        $this->assertSame(array_fill_keys($ids, 'reset'), $actions);
+        $this->assertSame(1, $forgotten, 'and the retry forgot the registration');
+    }
 }
