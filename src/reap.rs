@@ -434,8 +434,11 @@ pub struct Carried {
     /// Releases whose commit was answered.
     released: Vec<ReapEntry>,
     /// A release whose COMMIT went unanswered: its rows and what it wrote.
-    unanswered: Option<(Vec<(InvalidationRow, Decision)>, HashMap<u64, Settlement>)>,
+    unanswered: Option<Unanswered>,
 }
+
+/// The dead rows of a release whose COMMIT went unanswered, and what it wrote to each.
+type Unanswered = (Vec<(InvalidationRow, Decision)>, HashMap<u64, Settlement>);
 
 /// Finds and releases orphans. `Err(Error::InvalidArgument)` when a declared host is alive.
 /// `carried`: what earlier attempts of this call released (empty on a first attempt).
