@@ -1,14 +1,14 @@
 //! The operations behind the PHP functions: who we are + one connection + the table's SQL.
 //! Nothing here knows about PHP.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use crate::connection::{self, WorkError};
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, RegisterError, Registered};
 use crate::identity::Identity;
-use crate::invalidations::{self, InvalidationRow, Owner, RowFilter};
+use crate::invalidations::{self, InvalidationRow, Owner, RowFilter, TimeBound};
 use crate::liveness::Decision;
 use crate::options::{Key, Options, Value};
 use crate::reap::{self, ReapOptions, ReapReport};
@@ -17,12 +17,77 @@ use crate::schema::{self, SchemaOptions, SchemaReport};
 use crate::settings::HeartbeatSettings;
 
 /// After a failed registration, claims go on unregistered (judged as a stock claimer's) and try
-/// to register again after this long.
-const REGISTRATION_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// to register again after half a lease (30 s by default): often enough that a process whose
+/// database was read-only for a while soon has heartbeat recovery again, seldom enough that a
+/// lasting failure (a connection limit) costs the server little.
+fn registration_retry_after() -> Duration {
+    HeartbeatSettings::from_ini().lease / 2
+}
 
 thread_local! {
     /// (pid, when) of the last failed implicit registration: claims do not retry it each time.
     static REGISTRATION_FAILED: Cell<Option<(u32, Instant)>> = const { Cell::new(None) };
+    /// (database and table, host name) already found storable: checked once, not per claim.
+    static HOST_STORABLE: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
+/// Refuses a host name that `processing_host` (or this connection's charset) cannot hold as it
+/// is: the row would record another name (an emoji becomes '?' in utf8mb3), which our release,
+/// completion and reaper could never match again, so the claim would stay in progress.
+fn check_host_storable(
+    conn: &mut mysql::Conn,
+    config: &crate::config::DbConfig,
+    owner: &Owner,
+) -> std::result::Result<std::result::Result<(), Error>, mysql::Error> {
+    let Some(host) = owner.processing_host.as_deref() else {
+        return Ok(Ok(()));
+    };
+    let key = (
+        format!(
+            "{}/{}/{}",
+            config.target(),
+            config.dbname,
+            config.table_name(invalidations::TABLE)
+        ),
+        host.to_owned(),
+    );
+    if HOST_STORABLE.with_borrow(|known| known.as_ref() == Some(&key)) {
+        return Ok(Ok(()));
+    }
+    match invalidations::host_round_trip(conn, config, host)? {
+        Some((charset, back)) if back.as_deref() != Some(host) => {
+            let column = format!(
+                "`{}`.processing_host",
+                config.table_name(invalidations::TABLE)
+            );
+            let shown = back.unwrap_or_default();
+            let message = if charset.eq_ignore_ascii_case("utf8mb4") {
+                format!(
+                    "claim_invalidation(): this host's name '{host}' would be stored as \
+                     '{shown}': the connection's charset ({}) cannot carry it; nothing was claimed. \
+                     Set [database] charset = utf8mb4, or give this host an ASCII name",
+                    config.charset.as_deref().unwrap_or("the server's default")
+                )
+            } else {
+                format!(
+                    "claim_invalidation(): this host's name '{host}' would be stored as \
+                     '{shown}' in {column} ({charset}), and a claim under a name we cannot match \
+                     again could never be released; nothing was claimed. Convert the table to \
+                     utf8mb4 (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4), or give this \
+                     host an ASCII name"
+                )
+            };
+            Ok(Err(if charset.eq_ignore_ascii_case("utf8mb4") {
+                Error::Configuration(message)
+            } else {
+                Error::Schema(message)
+            }))
+        }
+        _ => {
+            HOST_STORABLE.set(Some(key));
+            Ok(Ok(()))
+        }
+    }
 }
 
 /// Registers before a claim unless a recent attempt failed. Only a lost connection is an error
@@ -34,7 +99,7 @@ fn register_before_claim(
     let pid = std::process::id();
     let backing_off = REGISTRATION_FAILED
         .get()
-        .is_some_and(|(p, at)| p == pid && at.elapsed() < REGISTRATION_RETRY_AFTER);
+        .is_some_and(|(p, at)| p == pid && at.elapsed() < registration_retry_after());
     if backing_off {
         return Ok(());
     }
@@ -80,6 +145,7 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
     let owner = current_owner();
     let mut reached_server = false; // request_scope: a failure before the UPDATE sent nothing
     let result = connection::run("claim_invalidation", |conn, config, attempt| {
+        check_host_storable(conn, config, &owner)?.map_err(WorkError::Final)?;
         // Registered before the claim, so a registration is never younger than its claims.
         register_before_claim(conn, config)?;
         // A registered process claims only while its lease is fresh (beating here if its
@@ -154,8 +220,10 @@ pub fn unregister() -> bool {
 /// Finds and releases orphans (see `liveness` for the rules).
 pub fn reap_orphans(options: &ReapOptions) -> Result<ReapReport> {
     let me = Identity::current();
+    // Across a reconnect: what the first attempt released stays in the report.
+    let mut carried = reap::Carried::default();
     connection::run("reap_orphans", |conn, config, _| {
-        reap::reap(conn, config, &me, options)
+        reap::reap(conn, config, &me, options, &mut carried)
     })
 }
 
@@ -229,10 +297,28 @@ pub fn install_schema(options: &SchemaOptions) -> Result<SchemaReport> {
     })
 }
 
-pub const FILTER_KEYS: &[&str] = &["idsites", "hosts", "started_after", "started_before"];
+pub const FILTER_KEYS: &[&str] = &[
+    "idsites",
+    "hosts",
+    "started_after",
+    "started_before",
+    "limit",
+    "after",
+];
+
+/// Rows `in_progress()` returns when no `limit` is given: a bounded answer by default (about
+/// 15 MB of PHP arrays), pages for more.
+pub const DEFAULT_IN_PROGRESS_LIMIT: usize = 10_000;
+
+/// Rows read from the database per statement while an `in_progress()` answer is built: what the
+/// extension holds outside PHP's memory_limit at any time, whatever the limit asked for.
+pub const IN_PROGRESS_CHUNK: usize = 5_000;
 
 pub fn parse_filter(function: &'static str, entries: &[(Key, Value)]) -> Result<RowFilter> {
     let o = Options::new(function, entries, FILTER_KEYS)?;
+    let limit = o
+        .int_in("limit", 1, i64::from(i32::MAX))?
+        .map_or(DEFAULT_IN_PROGRESS_LIMIT, |n| n as usize);
     Ok(RowFilter {
         idsites: o.ids("idsites")?,
         hosts: o.strings("hosts")?,
@@ -240,7 +326,46 @@ pub fn parse_filter(function: &'static str, entries: &[(Key, Value)]) -> Result<
         started_before: datetime(&o, "started_before")?,
         include_never_started: false,
         by_id: false,
+        after: page_cursor(&o)?,
+        limit: Some(limit),
     })
+}
+
+/// `after`: the last row of the previous page (any array with its `ts_started` and
+/// `idinvalidation`; the other keys of a row are ignored).
+fn page_cursor(o: &Options) -> Result<Option<(String, u64)>> {
+    let wrong = || {
+        Error::invalid(format!(
+            "{}(): option 'after' must be the last row of the previous page (an array with \
+             'ts_started' => 'YYYY-MM-DD HH:MM:SS' and 'idinvalidation' => a positive int)",
+            o.function()
+        ))
+    };
+    let entries = match o.get("after") {
+        None => return Ok(None),
+        Some(Value::Array(entries)) => entries,
+        Some(v) => {
+            return Err(Error::wrong_type(format!(
+                "{}(): option 'after' must be an array (a row of the previous page), {} given",
+                o.function(),
+                v.type_name()
+            )))
+        }
+    };
+    let field = |name: &str| {
+        entries
+            .iter()
+            .find(|(k, _)| *k == Key::Str(name.into()))
+            .map(|(_, v)| v)
+    };
+    let ts_started = match field("ts_started") {
+        Some(Value::Str(s)) if s.len() == 19 && is_datetime(s) => s.clone(),
+        _ => return Err(wrong()),
+    };
+    let id = field("idinvalidation")
+        .and_then(|v| crate::options::positive_id("", v).ok())
+        .ok_or_else(wrong)?;
+    Ok(Some((ts_started, id as u64)))
 }
 
 pub fn parse_schema_options(entries: &[(Key, Value)]) -> Result<SchemaOptions> {
@@ -251,16 +376,30 @@ pub fn parse_schema_options(entries: &[(Key, Value)]) -> Result<SchemaOptions> {
     })
 }
 
-/// 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD' on the database clock, as Matomo writes ts_started.
-pub fn datetime(o: &Options, key: &str) -> Result<Option<String>> {
+/// 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD' on the database clock, as Matomo writes ts_started, or
+/// an int: an instant in Unix seconds, which the database turns into its own local time (a
+/// caller's "an hour ago" is an instant, and only the database knows its time zone).
+pub fn datetime(o: &Options, key: &str) -> Result<Option<TimeBound>> {
+    if let Some(Value::Int(t)) = o.get(key) {
+        return if (0..=i64::from(i32::MAX)).contains(t) {
+            Ok(Some(TimeBound::Unix(*t)))
+        } else {
+            Err(Error::invalid(format!(
+                "{}(): option '{key}' as Unix seconds must be between 0 and {}, got {t}",
+                o.function(),
+                i32::MAX
+            )))
+        };
+    }
     let Some(s) = o.string(key)? else {
         return Ok(None);
     };
     if is_datetime(s) {
-        Ok(Some(s.to_owned()))
+        Ok(Some(TimeBound::Local(s.to_owned())))
     } else {
         Err(Error::invalid(format!(
-            "{}(): option '{key}' must look like '2026-11-29 03:00:00' (database time), got '{}'",
+            "{}(): option '{key}' must look like '2026-11-29 03:00:00' (database time) or be Unix \
+             seconds (an int), got '{}'",
             o.function(),
             s.chars().take(40).collect::<String>()
         )))
@@ -317,7 +456,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(f.idsites, Some(vec![3]));
-        assert_eq!(f.started_before.as_deref(), Some("2026-11-29 03:00:00"));
+        assert_eq!(
+            f.started_before,
+            Some(TimeBound::Local("2026-11-29 03:00:00".into()))
+        );
         assert!(is_datetime("2024-02-29") && is_datetime("2026-12-31 23:59:59"));
 
         for bad in [

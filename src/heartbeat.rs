@@ -770,7 +770,13 @@ impl Heartbeat {
         options.rows.hosts = Some(hosts);
         options.policy.host_name_shared = settings.host_name_shared;
         let (config, me) = (self.config.clone(), self.registered.identity.clone());
-        match reap::reap(self.conn()?, &config, &me, &options) {
+        match reap::reap(
+            self.conn()?,
+            &config,
+            &me,
+            &options,
+            &mut reap::Carried::default(),
+        ) {
             Ok(report) => {
                 self.lease.reap_runs.fetch_add(1, Ordering::Relaxed);
                 let released: Vec<ReapEntry> = report

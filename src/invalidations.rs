@@ -84,18 +84,43 @@ impl InvalidationRow {
     }
 }
 
+/// A bound on ts_started, which is a local time of the database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TimeBound {
+    /// 'YYYY-MM-DD[ HH:MM:SS]' as the database writes ts_started: compared as it is.
+    Local(String),
+    /// An instant (Unix seconds): turned into the database's local time by the database
+    /// (`FROM_UNIXTIME`), so "an hour ago" means the same whatever time zone it runs in.
+    Unix(i64),
+}
+
+impl TimeBound {
+    /// The SQL for this bound (one placeholder) and its parameter.
+    fn sql(&self) -> (&'static str, Value) {
+        match self {
+            TimeBound::Local(s) => ("?", Value::from(s.as_str())),
+            TimeBound::Unix(t) => ("FROM_UNIXTIME(?)", Value::from(*t)),
+        }
+    }
+}
+
 /// Filters of `in_progress()` (and the row selection of a reap).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowFilter {
     pub idsites: Option<Vec<i64>>,
     pub hosts: Option<Vec<String>>,
-    pub started_after: Option<String>,
-    pub started_before: Option<String>,
+    pub started_after: Option<TimeBound>,
+    pub started_before: Option<TimeBound>,
     /// Also rows in progress without ts_started (a reap reports them as never_started).
     pub include_never_started: bool,
     /// In id order, as a reap walks them, instead of oldest claim first: sorting 10,000 rows
     /// by ts_started cost a third of reading them on a 1M-row table.
     pub by_id: bool,
+    /// Oldest claim first, only rows after this one: (ts_started, idinvalidation) of the last
+    /// row of the previous page.
+    pub after: Option<(String, u64)>,
+    /// At most this many rows.
+    pub limit: Option<usize>,
 }
 
 /// Matomo's claim: one autocommit compare-and-set from queued to in progress.
@@ -150,6 +175,36 @@ pub fn claim(
         Err(e) => Err(e),
         Ok(()) => Ok(conn.affected_rows() > 0),
     }
+}
+
+/// The character set of `processing_host` in this table, and the name as it comes back after a
+/// trip through it on this connection. A name the column (or the connection) cannot hold comes
+/// back changed (an emoji through utf8mb3 is stored as '?'): a claim stored under it could never
+/// be matched again by its owner. None: no such column (the claim's own error says so).
+pub fn host_round_trip(
+    conn: &mut Conn,
+    config: &DbConfig,
+    host: &str,
+) -> SqlResult<Option<(String, Option<String>)>> {
+    let charset: Option<Option<String>> = conn.exec_first(
+        "SELECT CHARACTER_SET_NAME FROM information_schema.COLUMNS \
+          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'processing_host'",
+        (config.table_name(TABLE),),
+    )?;
+    let Some(Some(charset)) = charset else {
+        return Ok(None);
+    };
+    // A name the server reported; only characters charset names use go into the SQL.
+    if charset.is_empty()
+        || !charset
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Ok(None);
+    }
+    let back: Option<Option<String>> =
+        conn.exec_first(format!("SELECT CONVERT(? USING {charset})"), (host,))?;
+    Ok(Some((charset, back.flatten())))
 }
 
 /// Ids per statement when a set of rows is read, locked or written: large enough that a reap of
@@ -330,14 +385,20 @@ pub fn plan_release(
 /// observed (`Fence`), in one transaction: the rows are locked and re-read (`FOR UPDATE`), those
 /// still matching are settled in id order and written with one UPDATE and one DELETE per chunk.
 /// The lock makes every outcome exact. Aligned with `rows`.
+///
+/// `unanswered`: set to what the transaction wrote once all of it is written, and cleared once
+/// its COMMIT is answered. Left set when the connection is lost in between (the COMMIT may or
+/// may not have landed): `landed` tells which, on a new connection.
 pub fn release_fenced(
     conn: &mut Conn,
     config: &DbConfig,
     rows: &[(u64, Fence)],
+    unanswered: &mut Option<HashMap<u64, Settlement>>,
 ) -> SqlResult<Vec<ReleaseOutcome>> {
     let t = config.table(TABLE);
     let ids = sorted_unique(rows.iter().map(|(id, _)| *id));
     let observed: HashMap<u64, &Fence> = rows.iter().map(|(id, f)| (*id, f)).collect();
+    *unanswered = None;
     let settled = in_transaction(conn, |tx| {
         let mut held = Vec::new();
         for chunk in ids.chunks(CHUNK) {
@@ -363,8 +424,11 @@ pub fn release_fenced(
                 }
             }
         }
-        release_held(tx, config, &held)
+        let settled = release_held(tx, config, &held)?;
+        *unanswered = Some(settled.clone());
+        Ok(settled)
     })?;
+    *unanswered = None;
     Ok(rows
         .iter()
         .map(|(id, _)| match settled.get(id) {
@@ -373,6 +437,33 @@ pub fn release_fenced(
             None => ReleaseOutcome::LostRace,
         })
         .collect())
+}
+
+/// Whether a release whose COMMIT went unanswered landed: every row it re-queued is queued
+/// without an owner and every row it deleted is gone. Our transaction held these rows locked
+/// until it ended, so had it been rolled back they would still be in progress as observed
+/// (unless their owner or another reaper released them since, in which case they count here
+/// as well: they were released either way).
+pub fn landed(
+    conn: &mut Conn,
+    config: &DbConfig,
+    wrote: &HashMap<u64, Settlement>,
+) -> SqlResult<bool> {
+    let t = config.table(TABLE);
+    let ids = sorted_unique(wrote.keys().copied());
+    let mut seen: HashMap<u64, bool> = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
+        let rows: Vec<(u64, bool)> = conn.query(format!(
+            "SELECT idinvalidation, (status = {STATUS_QUEUED} AND processing_host IS NULL \
+             AND process_id IS NULL AND ts_started IS NULL) FROM {t} WHERE idinvalidation IN ({})",
+            literal_ids(chunk)
+        ))?;
+        seen.extend(rows);
+    }
+    Ok(wrote.iter().all(|(id, s)| match s {
+        Settlement::Requeue => seen.get(id) == Some(&true),
+        Settlement::Delete => !seen.contains_key(id),
+    }))
 }
 
 /// Gives back the rows among `ids` that `owner` holds right now (Matomo's
@@ -603,19 +694,32 @@ pub fn in_progress(
         params.extend(hosts.iter().map(|h| Value::from(h.as_str())));
     }
     if let Some(after) = &filter.started_after {
-        inner += " AND ts_started > ?";
-        params.push(Value::from(after.as_str()));
+        let (sql, value) = after.sql();
+        inner += &format!(" AND ts_started > {sql}");
+        params.push(value);
     }
     if let Some(before) = &filter.started_before {
-        inner += " AND ts_started < ?";
-        params.push(Value::from(before.as_str()));
+        let (sql, value) = before.sql();
+        inner += &format!(" AND ts_started < {sql}");
+        params.push(value);
+    }
+    if let Some((ts_started, id)) = &filter.after {
+        inner += " AND (ts_started > ? OR (ts_started = ? AND idinvalidation > ?))";
+        params.extend([
+            Value::from(ts_started.as_str()),
+            Value::from(ts_started.as_str()),
+            Value::from(*id),
+        ]);
     }
     // A zone the server cannot convert (its tables unloaded since) reads as our session's.
-    let order = if filter.by_id {
-        "idinvalidation"
+    let mut order = if filter.by_id {
+        "idinvalidation".to_owned()
     } else {
-        "ts_started ASC, idinvalidation ASC"
+        "ts_started ASC, idinvalidation ASC".to_owned()
     };
+    if let Some(limit) = filter.limit {
+        order += &format!(" LIMIT {limit}");
+    }
     let sql = format!(
         "SELECT idinvalidation, idarchive, name, idsite, CAST(date1 AS CHAR), CAST(date2 AS CHAR), \
                 period, CAST(ts_invalidated AS CHAR), CAST(ts_started AS CHAR), status, report, \

@@ -134,15 +134,71 @@ pub fn complete_invalidations(ids: &ZendHashTable) -> PhpResult<i64> {
 #[php(name = "Matomo\\ArchiveClaim\\in_progress")]
 pub fn in_progress(filters: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashTable>> {
     let entries = to_entries("in_progress", filters)?;
-    let filter = claims::parse_filter("in_progress", &entries)?;
-    let rows = claims::in_progress(&filter)?;
-    ht_result(|list| {
-        for (row, decision) in rows {
-            let ht = row_array(row, &decision)?;
-            list.push(ht)?;
+    let mut filter = claims::parse_filter("in_progress", &entries)?;
+    let mut remaining = filter.limit.unwrap_or(claims::DEFAULT_IN_PROGRESS_LIMIT);
+    let mut list = ZendHashTable::new();
+    // In chunks, each read (and judged against a registry read after it) on its own and turned
+    // into PHP arrays before the next: the extension holds at most one chunk, and the answer
+    // grows in PHP's memory, under memory_limit. No database call is in flight while PHP
+    // allocates, so a memory_limit error leaves no connection half-used.
+    let mut row_bytes = ROW_BYTES_GUESS;
+    let mut built = 0usize;
+    while remaining > 0 {
+        let want = remaining.min(claims::IN_PROGRESS_CHUNK);
+        // Checked before, not left to PHP: in this PHP an allocation past memory_limit inside
+        // an extension's call did not end the call, and it ran on to the process's hard limit,
+        // where PHP was killed without running shutdown functions.
+        if let Some(left) = crate::php_module::memory_left() {
+            if left
+                < want
+                    .saturating_mul(row_bytes)
+                    .saturating_add(MEMORY_HEADROOM)
+            {
+                return Err(Error::Configuration(format!(
+                    "in_progress(): {built} rows so far, and {want} more would pass memory_limit \
+                     ({} MiB left); nothing was changed. Ask for fewer with 'limit' and page with \
+                     'after' (the last row of the previous page), or raise memory_limit",
+                    left >> 20
+                ))
+                .into());
+            }
         }
-        Ok(())
-    })
+        let before = crate::php_module::memory_left();
+        filter.limit = Some(want);
+        let rows = claims::in_progress(&filter)?;
+        let got = rows.len();
+        if let Some((row, _)) = rows.last() {
+            filter.after = row.ts_started.clone().map(|ts| (ts, row.idinvalidation));
+        }
+        for (row, decision) in rows {
+            let ht = row_array(row, &decision).map_err(result_error)?;
+            list.push(ht).map_err(result_error)?;
+        }
+        if let (Some(before), Some(after)) = (before, crate::php_module::memory_left()) {
+            // What this PHP actually spent per row (the allocator takes whole chunks, so this
+            // is coarse), never below the guess.
+            if let Some(per_row) = before.saturating_sub(after).checked_div(got) {
+                row_bytes = row_bytes.max(per_row);
+            }
+        }
+        built += got;
+        remaining -= got;
+        if got < want {
+            break;
+        }
+    }
+    Ok(list)
+}
+
+/// PHP memory one row of `in_progress()` takes (measured: about 1.6 KiB on PHP 8.2), before a
+/// chunk has been measured.
+const ROW_BYTES_GUESS: usize = 2048;
+
+/// Room left for PHP itself after an answer is built: one allocator chunk and a margin.
+const MEMORY_HEADROOM: usize = 4 << 20;
+
+fn result_error(e: ext_php_rs::error::Error) -> PhpException {
+    PhpException::from_message(format!("could not build the result array: {e}"))
 }
 
 /// Finds in-progress rows whose owner is proven dead (or timed out, or on a host declared
@@ -266,6 +322,46 @@ pub fn install_schema(options: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHas
         ht.insert("changes", report.changes)?;
         Ok(())
     })
+}
+
+// PHP's own `ZEND_API` for attributes; ext-php-rs binds no part of it.
+unsafe extern "C" {
+    fn zend_add_attribute(
+        attributes: *mut *mut ext_php_rs::ffi::HashTable,
+        name: *mut ext_php_rs::ffi::zend_string,
+        argc: u32,
+        flags: u32,
+        offset: u32,
+        lineno: u32,
+    ) -> *mut std::ffi::c_void;
+}
+
+/// Marks `configure()`'s `$database` `#[\SensitiveParameter]`, as PHP's own stubs mark
+/// `password_hash()`'s: an exception thrown from it (or from a function it is passed through)
+/// then shows `Object(SensitiveParameterValue)` in `getTrace()` instead of the array with its
+/// password, even with `zend.exception_ignore_args = 0`. ext-php-rs cannot declare parameter
+/// attributes, so this adds one at module startup, after the functions are registered and
+/// before any code runs. Returns false if the function was not found (nothing changed).
+pub fn mark_sensitive_parameters() -> bool {
+    const NAME: &str = "matomo\\archiveclaim\\configure";
+    // SAFETY: module startup, single-threaded; the function table holds our registered
+    // internal functions. The attribute table is persistent (flag 1, as PHP uses for internal
+    // functions) and freed by PHP with the function; the name is an interned string.
+    unsafe {
+        let table = ext_php_rs::ffi::compiler_globals.function_table;
+        if table.is_null() {
+            return false;
+        }
+        let func =
+            ext_php_rs::ffi::zend_hash_str_find_ptr_lc(table, NAME.as_ptr().cast(), NAME.len())
+                .cast::<ext_php_rs::ffi::zend_function>();
+        if func.is_null() {
+            return false;
+        }
+        let name = ext_php_rs::types::ZendStr::new_interned("SensitiveParameter", true).into_raw();
+        // offset: parameter index + 1 (0 is the function itself).
+        !zend_add_attribute(&mut (*func).common.attributes, name, 0, 1, 1, 0).is_null()
+    }
 }
 
 /// Adds every function above to the module (the generated wrappers are private to this file).

@@ -40,6 +40,7 @@ fn read_ini(key: &str) -> Option<String> {
 pub fn startup(_ty: i32, module_number: i32) -> i32 {
     IniEntryDef::register(INI_ENTRIES.as_slice(), module_number);
     settings::set_reader(read_ini);
+    crate::php_api::mark_sensitive_parameters();
     if php_exceptions::register() && php_names::register() {
         0
     } else {
@@ -96,6 +97,14 @@ fn memory_for_logging() -> bool {
     // SAFETY: reads the allocator's counter; called on PHP's thread during a request.
     let used = unsafe { zend_memory_usage(true) };
     used.saturating_add(LOG_HEADROOM) <= usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+/// Bytes PHP's allocator may still take before `memory_limit`; None when there is no limit.
+pub fn memory_left() -> Option<usize> {
+    let limit = usize::try_from(ProcessGlobals::get().memory_limit).ok()?;
+    // SAFETY: reads the allocator's counter; called on PHP's thread during a request.
+    let used = unsafe { zend_memory_usage(true) };
+    Some(limit.saturating_sub(used))
 }
 
 fn log_error(message: &str) {

@@ -436,13 +436,45 @@ fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()
     Ok(())
 }
 
+/// What earlier attempts of one reap released, for the attempt after a lost connection: a
+/// retry reads the rows anew and would no longer see them (they are not in progress now), yet
+/// the report must say what the whole call did.
+#[derive(Default)]
+pub struct Carried {
+    /// Releases whose commit was answered.
+    released: Vec<ReapEntry>,
+    /// A release whose COMMIT went unanswered: its rows and what it wrote.
+    unanswered: Option<Unanswered>,
+}
+
+/// The dead rows of a release whose COMMIT went unanswered, and what it wrote to each.
+type Unanswered = (Vec<(InvalidationRow, Decision)>, HashMap<u64, Settlement>);
+
 /// Finds and releases orphans; `WorkError::Final(Error::Refused)` when a declared host is alive.
+/// `carried`: what earlier attempts of this call released (empty on a first attempt).
 pub fn reap(
     conn: &mut Conn,
     config: &DbConfig,
     me: &Identity,
     options: &ReapOptions,
+    carried: &mut Carried,
 ) -> std::result::Result<ReapReport, WorkError> {
+    if let Some((rows, wrote)) = carried.unanswered.take() {
+        if invalidations::landed(conn, config, &wrote)? {
+            for (row, decision) in rows {
+                let action = match wrote.get(&row.idinvalidation) {
+                    Some(Settlement::Requeue) => Action::Reset,
+                    Some(Settlement::Delete) => Action::DeletedDuplicate,
+                    None => continue, // a lost race then: this attempt reads it again
+                };
+                carried.released.push(ReapEntry {
+                    row,
+                    decision,
+                    action,
+                });
+            }
+        }
+    }
     let local = ProcFs::default();
     let (mut rows, observer) = rows_then_registry(conn, config, me, options, &options.rows)?;
     check_declared_hosts(&observer, options).map_err(WorkError::Final)?;
@@ -461,24 +493,46 @@ pub fn reap(
             (row, decision)
         })
         .collect();
-    let actions = release_dead(conn, config, &decided, options.dry_run)?;
+    let mut unanswered = None;
+    let actions = match release_dead(conn, config, &decided, options.dry_run, &mut unanswered) {
+        Ok(actions) => actions,
+        Err(e) => {
+            if let Some(wrote) = unanswered {
+                let dead = decided
+                    .iter()
+                    .filter(|(_, d)| d.verdict == Verdict::Dead)
+                    .cloned()
+                    .collect();
+                carried.unanswered = Some((dead, wrote));
+            }
+            return Err(e.into());
+        }
+    };
+    let mut entries = Vec::with_capacity(decided.len());
+    for ((row, decision), action) in decided.into_iter().zip(actions) {
+        let entry = ReapEntry {
+            row,
+            decision,
+            action,
+        };
+        if matches!(action, Action::Reset | Action::DeletedDuplicate) {
+            // Committed: whatever fails from here on, this call did release it.
+            carried.released.push(entry);
+        } else {
+            entries.push(entry);
+        }
+    }
     // Registry hygiene: a dead process's registration goes once no row names it.
     let forgotten_registrations = if options.dry_run {
         0
     } else {
         registry::forget(conn, config, &dead_registrations(&observer, &local))?
     };
+    entries.extend(carried.released.iter().cloned());
+    entries.sort_by_key(|e| e.row.idinvalidation);
     Ok(ReapReport {
         dry_run: options.dry_run,
-        entries: decided
-            .into_iter()
-            .zip(actions)
-            .map(|((row, decision), action)| ReapEntry {
-                row,
-                decision,
-                action,
-            })
-            .collect(),
+        entries,
         forgotten_registrations,
     })
 }
@@ -491,6 +545,7 @@ fn release_dead(
     config: &DbConfig,
     decided: &[(InvalidationRow, Decision)],
     dry_run: bool,
+    unanswered: &mut Option<HashMap<u64, Settlement>>,
 ) -> SqlResult<Vec<Action>> {
     let dead: Vec<&InvalidationRow> = decided
         .iter()
@@ -521,7 +576,7 @@ fn release_dead(
     } else {
         let fenced: Vec<(u64, Fence)> =
             dead.iter().map(|r| (r.idinvalidation, r.fence())).collect();
-        invalidations::release_fenced(conn, config, &fenced)?
+        invalidations::release_fenced(conn, config, &fenced, unanswered)?
             .into_iter()
             .map(|o| match o {
                 ReleaseOutcome::Reset => Action::Reset,
@@ -548,6 +603,7 @@ fn release_dead(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::invalidations::TimeBound;
 
     fn s(k: &str, v: Value) -> (Key, Value) {
         (Key::Str(k.into()), v)
@@ -596,8 +652,8 @@ mod tests {
         assert_eq!(o.policy.lease_seconds, 30.0);
         assert_eq!(o.rows.hosts, Some(vec!["server2".to_string()]));
         assert_eq!(
-            o.rows.started_before.as_deref(),
-            Some("2026-11-29 03:00:00")
+            o.rows.started_before,
+            Some(TimeBound::Local("2026-11-29 03:00:00".into()))
         );
         assert!(o.rows.by_id && !o.rows.include_never_started);
     }

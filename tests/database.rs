@@ -417,7 +417,7 @@ fn assert_same_as_matomo(db: &mut TestDb, rows: &[FixtureRow]) -> Vec<&'static s
         .collect();
     assert_eq!(snapshot(db), before, "a dry run writes nothing");
     assert_eq!(planned, expected, "dry run vs Matomo, fixture {rows:?}");
-    let got: Vec<&str> = invalidations::release_fenced(&mut conn, &db.config, &mine)
+    let got: Vec<&str> = invalidations::release_fenced(&mut conn, &db.config, &mine, &mut None)
         .expect("release")
         .into_iter()
         .map(outcome_name)
@@ -625,11 +625,12 @@ fn a_row_reclaimed_or_finished_after_it_was_observed_is_a_lost_race_and_left_alo
     let before = snapshot(&mut db);
 
     let mut conn = connection::connect(&db.config).expect("connect");
-    let outcomes: Vec<&str> = invalidations::release_fenced(&mut conn, &db.config, &observed)
-        .expect("release")
-        .into_iter()
-        .map(outcome_name)
-        .collect();
+    let outcomes: Vec<&str> =
+        invalidations::release_fenced(&mut conn, &db.config, &observed, &mut None)
+            .expect("release")
+            .into_iter()
+            .map(outcome_name)
+            .collect();
     assert_eq!(
         outcomes,
         vec!["lost_race", "lost_race", "lost_race", "reset"]
@@ -689,5 +690,39 @@ fn release_of_many_ids_takes_only_our_claims_and_counts_each_once() {
     assert_eq!(
         invalidations::release_owned(&mut conn, &db.config, &ids, &me()).expect("again"),
         0
+    );
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn an_unanswered_release_is_known_to_have_landed_only_if_its_rows_are_as_it_left_them() {
+    let mut db = TestDb::new(MATOMO_5_3);
+    load(
+        &mut db,
+        &[
+            ("done", 1, None, T10, T11, "me"),
+            ("done", 2, None, T10, T11, "me"),
+        ],
+    );
+    let observed = my_claims(&mut db);
+    let mut conn = connection::connect(&db.config).expect("connect");
+    // What a release of both would write, had its COMMIT gone unanswered: nothing landed yet.
+    let wrote: std::collections::HashMap<u64, invalidations::Settlement> = observed
+        .iter()
+        .map(|(id, _)| (*id, invalidations::Settlement::Requeue))
+        .collect();
+    assert!(!invalidations::landed(&mut conn, &db.config, &wrote).expect("read"));
+    let mut unanswered = None;
+    invalidations::release_fenced(&mut conn, &db.config, &observed, &mut unanswered)
+        .expect("release");
+    assert_eq!(unanswered, None, "the COMMIT was answered");
+    assert!(invalidations::landed(&mut conn, &db.config, &wrote).expect("read"));
+    let gone: std::collections::HashMap<u64, invalidations::Settlement> = observed
+        .iter()
+        .map(|(id, _)| (*id, invalidations::Settlement::Delete))
+        .collect();
+    assert!(
+        !invalidations::landed(&mut conn, &db.config, &gone).expect("read"),
+        "re-queued rows are not deleted ones"
     );
 }

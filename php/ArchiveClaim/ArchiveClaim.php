@@ -25,6 +25,7 @@ use Piwik\Log\LoggerInterface;
 use Piwik\Plugins\ArchiveClaim\Lib\Extension;
 use Piwik\Plugins\ArchiveClaim\Lib\ReleaseLog;
 use Piwik\Plugins\ArchiveClaim\Lib\Schema;
+use Piwik\Plugins\ArchiveClaim\Lib\StatusView;
 
 class ArchiveClaim extends \Piwik\Plugin
 {
@@ -128,7 +129,11 @@ class ArchiveClaim extends \Piwik\Plugin
     {
         $options = ['timeout' => (int) (GeneralConfig::getConfigValue('archive_failure_recovery_timeout') ?: 86400)];
         $siteTimeouts = [];
-        foreach (array_unique(array_column(Native\in_progress(), 'idsite')) as $idSite) {
+        $sites = [];
+        foreach (StatusView::pages() as $r) {
+            $sites[(int) $r['idsite']] = true;
+        }
+        foreach (array_keys($sites) as $idSite) {
             $value = GeneralConfig::getConfigValue('archive_failure_recovery_timeout', (int) $idSite);
             if ($value !== null && (int) $value > 0 && (int) $value !== $options['timeout']) {
                 $siteTimeouts[(int) $idSite] = (int) $value;

@@ -107,8 +107,11 @@ final class Action
  * @throws \ValueError for an integer key, an unsafe tables_prefix or charset, a missing host/dbname
  * @throws \TypeError for a value of the wrong type
  * @throws ConfigurationException when enable_ssl is on (this build cannot speak TLS)
+ *
+ * $database is #[\SensitiveParameter]: a stack trace shows it as SensitiveParameterValue, never
+ * the array with its password (mark your own functions that pass it on the same way).
  */
-function configure(array $database): void {}
+function configure(#[\SensitiveParameter] array $database): void {}
 
 /**
  * The calling process as the extension records it.
@@ -163,13 +166,22 @@ function complete_invalidations(array $ids): int {}
  * plus age_seconds (on the database clock) and the owner's liveness: verdict (a Verdict
  * constant: 'dead', 'alive' or 'unknown') and its reason (a Reason constant). Nothing is released.
  *
- * @param array{idsites?: int[], hosts?: string[], started_after?: string, started_before?: string}|null $filters
- *   started_* are 'YYYY-MM-DD HH:MM:SS' in database time
+ * At most `limit` rows (default 10,000); for more, page: pass the last row of a page as `after`
+ * and get the rows after it, in the same order. The extension reads 5,000 rows at a time, so
+ * what it holds outside PHP's memory_limit stays small; the answer itself is PHP memory, and an
+ * answer that would not fit in memory_limit is refused (ConfigurationException, nothing held)
+ * before it is built.
+ *
+ * @param array{idsites?: int[], hosts?: string[], started_after?: string|int, started_before?: string|int,
+ *   limit?: int, after?: array{ts_started: string, idinvalidation: int}}|null $filters
+ *   started_* are 'YYYY-MM-DD HH:MM:SS' in database time, or an instant as Unix seconds (an int),
+ *   which the database turns into its own local time
  * @return list<array{idinvalidation: int, idarchive: ?int, name: string, idsite: int, date1: string,
  *   date2: string, period: int, ts_invalidated: ?string, ts_started: string, status: int,
  *   report: ?string, processing_host: ?string, process_id: ?string, age_seconds: int,
  *   verdict: string, reason: string}>
  * @throws \ValueError|\TypeError for unknown filter keys or malformed values
+ * @throws ConfigurationException when the answer would pass memory_limit (ask for fewer rows)
  * @throws ConfigurationException|ConnectionException|QueryException|SchemaException
  */
 function in_progress(?array $filters = null): array {}
@@ -198,13 +210,14 @@ function install_schema(?array $options = null): array {}
  *
  * @param array{dry_run?: bool, timeout?: int, site_timeouts?: array<int, int>,
  *   declare_hosts_dead?: string[], force?: bool, idsites?: int[], only_hosts?: string[],
- *   started_after?: string, started_before?: string, lease?: int}|null $options
+ *   started_after?: string|int, started_before?: string|int, lease?: int}|null $options
  *   dry_run: decide and report, change nothing; timeout: seconds (default 86400, Matomo's
  *   archive_failure_recovery_timeout); site_timeouts: idsite => seconds; declare_hosts_dead:
  *   host names an operator declares dead, every row of theirs is released (this is not a
  *   filter; the former name 'hosts' is refused); force: release a declared host's rows even
  *   while it heartbeats; idsites: only these sites; only_hosts, started_after, started_before:
- *   only rows of these hosts claimed in this window ('YYYY-MM-DD HH:MM:SS', database time),
+ *   only rows of these hosts claimed in this window ('YYYY-MM-DD HH:MM:SS' in database time, or
+ *   an instant as Unix seconds),
  *   the filters of Matomo's core:reset-invalidations (in_progress() calls the host filter
  *   'hosts'); lease: seconds after which a heartbeat is stale (default: php.ini)
  * @return array{dry_run: bool, examined: int, released: int, reset: int, deleted_duplicate: int,
@@ -227,7 +240,7 @@ function reap_orphans(?array $options = null): array {}
  *
  * The heartbeat's own connection is opened first: if it cannot be (a connection limit), the
  * process stays unregistered (ConnectionException) and its claims are judged as a stock
- * claimer's; claims retry registering every 30 s. A registered process claims only while its
+ * claimer's; claims retry registering every half lease (30 s by default). A registered process claims only while its
  * lease is fresh: if its heartbeat thread cannot reach the database, the claim beats first.
  *
  * @return array{idprocess: int, host: ?string, pid: int, started_at: ?float, start_ticks: ?int,

@@ -61,6 +61,12 @@ final class BadInputTest extends ExtensionTestCase
             'reap: started_after sql' => ['reap_orphans', [['started_after' => "0' OR '1'='1"]], \ValueError::class, 'started_after'],
             'reap: impossible date' => ['reap_orphans', [['started_after' => '2026-13-45 99:99:99']], \ValueError::class, 'started_after'],
             'in_progress: impossible date' => ['in_progress', [['started_before' => '2026-02-30']], \ValueError::class, 'started_before'],
+            'in_progress: limit zero' => ['in_progress', [['limit' => 0]], \ValueError::class, 'limit'],
+            'in_progress: limit float' => ['in_progress', [['limit' => 1.5]], \TypeError::class, 'limit'],
+            'in_progress: after not a row' => ['in_progress', [['after' => 7]], \TypeError::class, 'after'],
+            'in_progress: after without ts_started' => ['in_progress', [['after' => ['idinvalidation' => 7]]], \ValueError::class, 'after'],
+            'in_progress: after impossible time' => ['in_progress', [['after' => ['idinvalidation' => 7, 'ts_started' => '2026-02-30 00:00:00']]], \ValueError::class, 'after'],
+            'in_progress: unix seconds negative' => ['in_progress', [['started_after' => -1]], \ValueError::class, 'started_after'],
             // install_schema()
             'install_schema: unknown key' => ['install_schema', [['idx' => true]], \ValueError::class, "'idx'"],
             'install_schema: index string' => ['install_schema', [['index' => 'yes']], \TypeError::class, 'index'],

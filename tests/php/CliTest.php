@@ -133,6 +133,35 @@ final class CliTest extends ExtensionTestCase
         $this->assertStringContainsString('--older-than', $err);
     }
 
+    public function testOlderThanMeansAnInstantWhateverTheDatabasesTimeZone(): void
+    {
+        // ts_started is the database's local time; "1 hour ago" was once read as UTC, so with
+        // the database five hours behind UTC a claim two seconds old matched.
+        $admin = TestDatabase::admin();
+        $zone = $admin->query('SELECT @@global.time_zone')->fetchColumn();
+        $admin->exec("SET GLOBAL time_zone = '-05:00'");
+        try {
+            $this->pdo->exec("SET time_zone = '-05:00'");
+            [$fresh, $old] = $this->queue([[], []]);
+            $this->claimAs($fresh, 'server2', '7', 'NOW() - INTERVAL 2 SECOND');
+            $this->claimAs($old, 'server2', '8', 'NOW() - INTERVAL 2 HOUR');
+            foreach (['--older-than=1 hour ago', '--older-than=' . gmdate('Y-m-d H:i:s', time() - 3600)] as $olderThan) {
+                [$code, $out, $err] = $this->tool(['reap', '--dry-run', '--force', '--processing-host=server2', $olderThan],
+                    $this->envConnection());
+                $this->assertSame(3, $code, $err);
+                $this->assertStringContainsString('1 of 1 in-progress invalidations would be released', $out, $olderThan);
+                $this->assertStringContainsString("#$old ", $out);
+                $this->assertStringNotContainsString("#$fresh ", $out);
+            }
+            [, $out] = $this->tool(['reap', '--dry-run', '--force', '--processing-host=server2', '--newer-than=1 hour ago'],
+                $this->envConnection());
+            $this->assertStringContainsString("#$fresh ", $out);
+            $this->assertStringNotContainsString("#$old ", $out);
+        } finally {
+            $admin->exec('SET GLOBAL time_zone = ' . $admin->quote((string) $zone));
+        }
+    }
+
     public function testConnectionFailuresAreExitCode1(): void
     {
         [$code, , $err] = $this->tool(['status', '--password=wrong-password'], $this->envConnection());

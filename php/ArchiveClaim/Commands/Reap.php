@@ -27,8 +27,8 @@ class Reap extends ConsoleCommand
         $this->setDescription('Releases in-progress invalidations whose archiver is proven dead (core:reset-invalidations, safely).');
         $this->addRequiredValueOption('processing-host', null, 'Only rows of this host (repeatable). With --force: release them all.', null, true);
         $this->addRequiredValueOption('idsite', null, 'Only rows of these sites (repeatable, or comma separated).', null, true);
-        $this->addRequiredValueOption('older-than', null, 'Only rows started before this time (strtotime, UTC: "1 hour ago").');
-        $this->addRequiredValueOption('newer-than', null, 'Only rows started after this time (strtotime, UTC).');
+        $this->addRequiredValueOption('older-than', null, 'Only rows started before this time (strtotime: "1 hour ago"; a date without a zone is UTC).');
+        $this->addRequiredValueOption('newer-than', null, 'Only rows started after this time (strtotime; a date without a zone is UTC).');
         $this->addNoValueOption('dry-run', null, 'Show what would be released; change nothing (exit code 3 if anything would be).');
         $this->addNoValueOption('force', null, 'Release every matching row, alive or not (as core:reset-invalidations does).');
         $this->setHelp("Without --force, a row is released only when its owner is proven dead (its pid is gone or reused\n"

@@ -44,7 +44,8 @@ final class Fleet
      */
     public static function rows(array $filters = []): array
     {
-        return Native\in_progress($filters);
+        // Paged: the extension never holds more than a page of a large in-progress set.
+        return StatusView::all($filters);
     }
 
     /**

@@ -38,14 +38,18 @@ final class ReapRequest
     ) {
     }
 
-    /** A strtotime() phrase ("1 hour ago", "2026-11-29 03:00") as Matomo's UTC datetime. */
-    public static function time(string $value, string $option): string
+    /**
+     * A strtotime() phrase ("1 hour ago", "2026-11-29 03:00", read as UTC unless it names a zone)
+     * as the instant it means, in Unix seconds. ts_started is a local time of the database, in
+     * whatever zone it runs: the extension turns the instant into that local time there.
+     */
+    public static function time(string $value, string $option): int
     {
         $t = strtotime($value . (preg_match('/UTC|GMT|[+-]\d\d:?\d\d$/', $value) ? '' : ' UTC'));
         if ($t === false) {
             throw new \InvalidArgumentException("Invalid value for --$option: '$value' (try \"1 hour ago\" or \"2026-11-29 03:00:00\")");
         }
-        return gmdate('Y-m-d H:i:s', $t);
+        return $t;
     }
 
     /** @return int[] from "--idsite=1 --idsite=3,4" */
@@ -94,8 +98,13 @@ final class ReapRequest
             'started_before' => $options['started_before'] ?? null,
             'started_after' => $options['started_after'] ?? null,
         ]);
-        $hosts = array_column(Native\in_progress($filters), 'processing_host');
-        return array_values(array_unique(array_filter($hosts, fn ($h) => $h !== null && $h !== '')));
+        $hosts = [];
+        foreach (StatusView::pages($filters) as $r) {
+            if ($r['processing_host'] !== null && $r['processing_host'] !== '') {
+                $hosts[$r['processing_host']] = true;
+            }
+        }
+        return array_keys($hosts);
     }
 
     /** @var list<int> after run(): the sites of the rows it released (for SiteQueue::requeue()) */

@@ -14,6 +14,28 @@ final class StatusView
 {
     private const PERIODS = [1 => 'day', 2 => 'week', 3 => 'month', 4 => 'year', 5 => 'range'];
 
+    /**
+     * Every in-progress row matching $filters, oldest claim first, a page at a time: each page
+     * is one bounded in_progress() call, so the extension never holds more than a page.
+     *
+     * @return \Generator<int, array<string, mixed>>
+     */
+    public static function pages(array $filters = [], int $pageSize = 10000): \Generator
+    {
+        $after = null;
+        do {
+            $page = Native\in_progress($filters + ['limit' => $pageSize] + ($after === null ? [] : ['after' => $after]));
+            yield from $page;
+            $after = $page === [] ? null : $page[array_key_last($page)];
+        } while (count($page) === $pageSize);
+    }
+
+    /** @return list<array<string, mixed>> every matching row (in PHP's memory, under memory_limit) */
+    public static function all(array $filters = []): array
+    {
+        return iterator_to_array(self::pages($filters), false);
+    }
+
     /** @param list<array<string, mixed>> $rows from Matomo\ArchiveClaim\in_progress() */
     public static function byHost(array $rows): array
     {
