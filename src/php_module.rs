@@ -178,7 +178,7 @@ pub extern "C" fn info(_module: *mut ModuleEntry) {
     info_table_row!(
         "heartbeat thread log",
         format!(
-            "{} (matomo_archive_claim.log; empty: PHP's error_log, else stderr)",
+            "{} (matomo_archive_claim.log; empty: PHP's error_log, else nowhere)",
             crate::thread_log::LogTarget::from_ini().describe()
         )
         .as_str()

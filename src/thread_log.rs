@@ -8,9 +8,11 @@
 //! - a path: lines are appended to that file;
 //! - `syslog`: libc's syslog(3), which is thread-safe;
 //! - empty (the default): wherever PHP's own `error_log` setting points at registration (a
-//!   file, or `syslog`); when that is unset too, PHP itself would write to the SAPI's log
-//!   (stderr for the CLI), so the thread writes to stderr. There, only news: releases and
-//!   errors, not the thread's start.
+//!   file, or `syslog`), only news there (releases and errors, not the thread's start). When
+//!   that is unset too, nowhere: PHP would write to the SAPI's log, which for the CLI is
+//!   stderr, and Matomo reads an archiving child's stderr as its answer (a line there made
+//!   core:archive fail to unserialize it). The counters and `background_releases()` still
+//!   say what the thread did.
 //!
 //! Each line is one `write(2)` on a descriptor opened with O_APPEND, as PHP writes its error
 //! log, so lines of several processes sharing the file do not interleave. The file is opened
@@ -24,7 +26,8 @@ use crate::settings::{self, LOG, PHP_ERROR_LOG};
 pub enum LogTarget {
     File(String),
     Syslog,
-    Stderr,
+    /// No destination configured: nothing is written.
+    Nowhere,
 }
 
 impl LogTarget {
@@ -53,14 +56,14 @@ impl LogTarget {
         };
         pick(ours)
             .or_else(|| pick(php_error_log))
-            .unwrap_or(LogTarget::Stderr)
+            .unwrap_or(LogTarget::Nowhere)
     }
 
     pub fn describe(&self) -> String {
         match self {
             LogTarget::File(path) => path.clone(),
             LogTarget::Syslog => "syslog".to_owned(),
-            LogTarget::Stderr => "stderr".to_owned(),
+            LogTarget::Nowhere => "nowhere (set matomo_archive_claim.log or error_log)".to_owned(),
         }
     }
 
@@ -76,7 +79,7 @@ impl LogTarget {
                     .open(path)?;
                 f.write_all(line(&message).as_bytes())
             }
-            LogTarget::Stderr => std::io::stderr().write_all(line(&message).as_bytes()),
+            LogTarget::Nowhere => Ok(()),
             LogTarget::Syslog => {
                 let text = std::ffi::CString::new(format!("matomo_archive_claim: {message}"))
                     .map_err(std::io::Error::other)?;
@@ -121,7 +124,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ours_then_phps_error_log_then_stderr() {
+    fn ours_then_phps_error_log_then_nowhere() {
         assert_eq!(
             LogTarget::resolve(Some("/var/log/claims.log"), Some("/tmp/php.log")),
             LogTarget::File("/var/log/claims.log".into())
@@ -131,7 +134,7 @@ mod tests {
             LogTarget::File("/tmp/php.log".into())
         );
         assert_eq!(LogTarget::resolve(None, Some("syslog")), LogTarget::Syslog);
-        assert_eq!(LogTarget::resolve(Some(""), None), LogTarget::Stderr);
+        assert_eq!(LogTarget::resolve(Some(""), None), LogTarget::Nowhere);
     }
 
     #[test]

@@ -251,7 +251,7 @@ function reap_orphans(?array $options = null): array {}
  *   process's claims alive); beats, reaping (this host's reaper), reap_runs (looks for orphans),
  *   released, errors, last_error (kept after recovery) and last_error_age (seconds): the
  *   heartbeat thread so far, also written beside the registration at each beat; log: where the
- *   thread writes its lines (matomo_archive_claim.log; empty: PHP's error_log, else stderr)
+ *   thread writes its lines (matomo_archive_claim.log; empty: PHP's error_log, else nowhere)
  * @throws ConfigurationException|ConnectionException|QueryException
  */
 function register_process(): array {}

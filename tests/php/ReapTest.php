@@ -309,6 +309,25 @@ final class ReapTest extends ExtensionTestCase
         $this->assertSame([0, null], [(int) $row['errors'], $row['last_error']]);
     }
 
+    /**
+     * Matomo reads an archiving child's output, stderr included, as its answer: a thread with no
+     * log configured (neither ours nor PHP's error_log) writes nothing there, even as it releases.
+     */
+    public function testAThreadWithNoLogConfiguredWritesNothingToTheProcessOutput(): void
+    {
+        [$orphan] = $this->queue([[]]);
+        $this->claimAs($orphan, gethostname(), (string) $this->goneLocalPid());
+        $config = var_export($this->config, true);
+        [$code, $out, $err] = $this->runPhp("Matomo\\ArchiveClaim\\configure($config);
+            \$deadline = microtime(true) + 10;
+            do { usleep(100000); \$me = Matomo\\ArchiveClaim\\register_process(); } while (\$me['released'] < 1 && microtime(true) < \$deadline);
+            echo 'released ', \$me['released'];",
+            ['matomo_archive_claim.auto_reap' => 1, 'matomo_archive_claim.heartbeat_interval' => 1,
+                'matomo_archive_claim.lease' => 3, 'matomo_archive_claim.log' => '', 'error_log' => '', 'log_errors' => 1]);
+        $this->assertSame([0, 'released 1', ''], [$code, $out, $err]);
+        $this->assertSame(0, (int) $this->row($orphan)['status'], 're-queued by the thread');
+    }
+
     /** A registry made before the counter columns costs no beat: they are simply not written. */
     public function testARegistryWithoutTheCounterColumnsStillHeartbeats(): void
     {
