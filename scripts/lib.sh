@@ -19,6 +19,8 @@ declare -A needed=(
   # A real php-fpm worker driven over FastCGI (tests/php/RequestScopeTest.php).
   [php-fpm]=php-fpm
   [libfcgi-bin]=/usr/bin/cgi-fcgi
+  # A CA and certificates made per run for the TLS tests (tests/php/TlsTest.php).
+  [openssl]=/usr/bin/openssl
   # The end-to-end tests: what ../shared/matomo/install.sh and Matomo 5.2 itself need.
   [php-mbstring]=phpmod:mbstring
   [php-xml]=phpmod:dom
