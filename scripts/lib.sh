@@ -6,6 +6,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 declare -A needed=(
   [php-cli]=/usr/bin/php
   [php-dev]=/usr/bin/php-config
+  # phpize's build (scripts/pie-install-check); php-dev brings autoconf, not make.
+  [make]=/usr/bin/make
   [php-mysql]=pdo_mysql
   [phpunit]=/usr/bin/phpunit
   [mariadb-server]=/usr/sbin/mariadbd
