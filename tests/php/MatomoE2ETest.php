@@ -491,13 +491,17 @@ final class MatomoE2ETest extends TestCase
     }
 
     /**
-     * PHP processes whose command line contains all of $needles (the `sh -c` wrappers CliMulti
-     * starts them with are left out).
+     * PHP processes of this test's Matomo whose command line contains all of $needles (the
+     * `sh -c` wrappers CliMulti starts them with are left out). Other checkouts' suites may run
+     * the same sites and days on this machine at the same time: their archivers are neither
+     * counted nor killed.
      *
      * @return array<int, string> pid => command line
      */
     private static function processes(string ...$needles): array
     {
+        // CliMulti names the console by Matomo's resolved path (PIWIK_INCLUDE_PATH).
+        $needles[] = (realpath(self::m()->root) ?: self::m()->root) . '/console ';
         $found = [];
         foreach (glob('/proc/[0-9]*/cmdline') as $file) {
             $argv = explode("\0", rtrim((string) @file_get_contents($file), "\0"));
