@@ -6,6 +6,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 declare -A needed=(
   [php-cli]=/usr/bin/php
   [php-dev]=/usr/bin/php-config
+  # phpize's build (scripts/pie-install-check); php-dev brings autoconf, not make.
+  [make]=/usr/bin/make
   [php-mysql]=pdo_mysql
   [phpunit]=/usr/bin/phpunit
   [mariadb-server]=/usr/sbin/mariadbd
@@ -19,6 +21,8 @@ declare -A needed=(
   # A real php-fpm worker driven over FastCGI (tests/php/RequestScopeTest.php).
   [php-fpm]=php-fpm
   [libfcgi-bin]=/usr/bin/cgi-fcgi
+  # A CA and certificates made per run for the TLS tests (tests/php/TlsTest.php).
+  [openssl]=/usr/bin/openssl
   # The end-to-end tests: what ../shared/matomo/install.sh and Matomo 5.2 itself need.
   [php-mbstring]=phpmod:mbstring
   [php-xml]=phpmod:dom

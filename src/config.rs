@@ -2,6 +2,7 @@
 //! setting `matomo_archive_claim.database` (a `mysql://` URL). Pure: no PHP, no I/O.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -18,6 +19,12 @@ const USED_KEYS: &[&str] = &[
     "tables_prefix",
     "charset",
     "enable_ssl",
+    "ssl_ca",
+    "ssl_cert",
+    "ssl_key",
+    "ssl_ca_path",
+    "ssl_cipher",
+    "ssl_no_verify",
 ];
 
 /// Keys Matomo has in `[database]` that do not concern a claim. `configure()` ignores every key
@@ -28,12 +35,6 @@ const IGNORED_MATOMO_KEYS: &[&str] = &[
     "type",
     "schema",
     "collation",
-    "ssl_ca",
-    "ssl_cert",
-    "ssl_key",
-    "ssl_ca_path",
-    "ssl_cipher",
-    "ssl_no_verify",
     "aurora_readonly_read_committed",
     "enable_load_data_infile",
 ];
@@ -62,6 +63,22 @@ pub struct DbConfig {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// `enable_ssl = 1`: TLS over TCP. None: plain, as Matomo with `enable_ssl = 0`.
+    pub tls: Option<Tls>,
+}
+
+/// Matomo's `ssl_*` keys as rustls (inside the `mysql` crate) can honour them.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Tls {
+    /// `ssl_ca`: PEM file with the CA certificate(s) the server's certificate must chain to.
+    /// The public CAs the driver has built in (Mozilla's list) are trusted besides it.
+    pub ca: Option<PathBuf>,
+    /// `ssl_cert` and `ssl_key`: the client certificate (PEM, may carry its chain) and its
+    /// private key (PEM: PKCS#8, PKCS#1 or SEC1), for accounts created `REQUIRE X509`.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// False with `ssl_no_verify = 1`: encrypted, but any server certificate is accepted (what
+    /// Matomo's PDO adapter does then: `MYSQL_ATTR_SSL_VERIFY_SERVER_CERT = false`).
+    pub verify: bool,
 }
 
 /// Never prints the password: this is what error messages and `phpinfo()` show.
@@ -112,13 +129,7 @@ impl DbConfig {
         if dbname.is_empty() {
             return Err(Error::invalid("configure(): 'dbname' is empty"));
         }
-        if truthy(o.get("enable_ssl")) {
-            return Err(Error::Configuration(
-                "configure(): enable_ssl is on, but this build of matomo_archive_claim cannot speak TLS; \
-                 connect it over a Unix socket or a trusted network, with enable_ssl = 0"
-                    .into(),
-            ));
-        }
+        let tls = tls_settings(&o)?;
         let seconds = |key: &str, default: Duration| -> Result<Duration> {
             Ok(o.int_in(key, 1, 3600)?
                 .map(|s| Duration::from_secs(s as u64))
@@ -143,6 +154,7 @@ impl DbConfig {
             connect_timeout: seconds("connect_timeout", DEFAULT_CONNECT_TIMEOUT)?,
             read_timeout: seconds("read_timeout", DEFAULT_READ_TIMEOUT)?,
             write_timeout: seconds("write_timeout", DEFAULT_WRITE_TIMEOUT)?,
+            tls,
         };
         check_identifier("tables_prefix", &config.tables_prefix, MAX_PREFIX_LEN, true)?;
         if let Some(charset) = &config.charset {
@@ -217,8 +229,14 @@ impl DbConfig {
     }
 
     pub fn describe(&self) -> String {
+        let tls = match &self.tls {
+            None => "",
+            Some(t) if !t.verify => ", TLS without verification",
+            Some(t) if t.client.is_some() => ", TLS with a client certificate",
+            Some(_) => ", TLS",
+        };
         format!(
-            "{}@{}/{} (tables_prefix '{}')",
+            "{}@{}/{} (tables_prefix '{}'{tls})",
             self.username,
             self.target(),
             self.dbname,
@@ -233,6 +251,54 @@ impl DbConfig {
     pub fn table_name(&self, name: &str) -> String {
         format!("{}{}", self.tables_prefix, name)
     }
+}
+
+/// Matomo reads the `ssl_*` keys only when `enable_ssl` is on; so do we. A key rustls cannot
+/// honour is refused by name: connecting without it would be a weaker connection than the
+/// operator asked for, and nobody would notice.
+fn tls_settings(o: &Options) -> Result<Option<Tls>> {
+    if !truthy(o.get("enable_ssl")) {
+        return Ok(None);
+    }
+    let path = |key: &str| -> Result<Option<PathBuf>> {
+        Ok(o.string(key)?
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from))
+    };
+    if path("ssl_ca_path")?.is_some() {
+        return Err(Error::Configuration(
+            "configure(): ssl_ca_path (a directory of CA certificates) is not supported: the TLS \
+             library used (rustls) reads CA certificates from one file; put them into one PEM \
+             file, name it in ssl_ca and leave ssl_ca_path empty"
+                .into(),
+        ));
+    }
+    if path("ssl_cipher")?.is_some() {
+        return Err(Error::Configuration(
+            "configure(): ssl_cipher is not supported: the TLS library used (rustls) offers only \
+             its own modern cipher suites (TLS 1.2 and 1.3, forward secrecy, AEAD) and takes no \
+             OpenSSL cipher list; leave ssl_cipher empty"
+                .into(),
+        ));
+    }
+    let client = match (path("ssl_cert")?, path("ssl_key")?) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => return Err(Error::Configuration(
+            "configure(): ssl_cert is set but ssl_key is empty: a client certificate needs its key"
+                .into(),
+        )),
+        (None, Some(_)) => return Err(Error::Configuration(
+            "configure(): ssl_key is set but ssl_cert is empty: a client key needs its certificate"
+                .into(),
+        )),
+    };
+    Ok(Some(Tls {
+        ca: path("ssl_ca")?,
+        client,
+        verify: !truthy(o.get("ssl_no_verify")),
+    }))
 }
 
 fn entry(key: &str, value: String) -> (Key, Value) {
@@ -411,15 +477,112 @@ mod tests {
         assert_eq!(c.table("archive_invalidations"), "`archive_invalidations`");
     }
 
-    #[test]
-    fn tls_is_refused_rather_than_silently_dropped() {
+    fn with(overrides: &[(&str, &str)]) -> Vec<(Key, Value)> {
         let mut e = matomo_defaults();
-        e.push(entry("enable_ssl", "1".into()));
-        e.retain(|(k, v)| !(*k == Key::Str("enable_ssl".into()) && *v == Value::Str("0".into())));
-        assert!(matches!(
-            DbConfig::from_matomo(&e),
-            Err(Error::Configuration(_))
-        ));
+        e.retain(|(k, _)| !overrides.iter().any(|(o, _)| *k == Key::Str((*o).into())));
+        e.extend(matomo(overrides));
+        e
+    }
+
+    #[test]
+    fn ssl_keys_are_ignored_while_enable_ssl_is_off_as_matomo_does() {
+        let c = DbConfig::from_matomo(&with(&[
+            ("ssl_ca", "/etc/ssl/db-ca.pem"),
+            ("ssl_cipher", "AES128-SHA"),
+            ("ssl_ca_path", "/etc/ssl/certs"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.tls, None);
+    }
+
+    #[test]
+    fn enable_ssl_takes_matomos_ssl_keys() {
+        let c = DbConfig::from_matomo(&with(&[
+            ("enable_ssl", "1"),
+            ("ssl_ca", "/etc/ssl/db-ca.pem"),
+            ("ssl_cert", "/etc/ssl/client.pem"),
+            ("ssl_key", "/etc/ssl/client-key.pem"),
+            ("ssl_no_verify", ""),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            c.tls,
+            Some(Tls {
+                ca: Some("/etc/ssl/db-ca.pem".into()),
+                client: Some((
+                    "/etc/ssl/client.pem".into(),
+                    "/etc/ssl/client-key.pem".into()
+                )),
+                verify: true,
+            })
+        );
+        assert!(c.describe().contains("TLS with a client certificate"));
+        // Matomo's test configuration turns verification off; its production default verifies.
+        let unverified =
+            DbConfig::from_matomo(&with(&[("enable_ssl", "1"), ("ssl_no_verify", "1")]))
+                .expect("valid");
+        assert_eq!(
+            unverified.tls,
+            Some(Tls {
+                ca: None,
+                client: None,
+                verify: false
+            })
+        );
+        let mut absent = with(&[("enable_ssl", "1")]);
+        absent.retain(|(k, _)| *k != Key::Str("ssl_no_verify".into()));
+        let c = DbConfig::from_matomo(&absent).expect("valid");
+        assert!(
+            c.tls.is_some_and(|t| t.verify),
+            "verified unless told otherwise"
+        );
+    }
+
+    #[test]
+    fn ssl_keys_rustls_cannot_honour_are_refused_by_name() {
+        for (key, value) in [
+            ("ssl_cipher", "ECDHE-RSA-AES256-GCM-SHA384"),
+            ("ssl_ca_path", "/etc/ssl/certs"),
+            ("ssl_cert", "/etc/ssl/client.pem"),
+            ("ssl_key", "/etc/ssl/client-key.pem"),
+        ] {
+            match DbConfig::from_matomo(&with(&[("enable_ssl", "1"), (key, value)])) {
+                Err(Error::Configuration(m)) => assert!(m.contains(key), "{m}"),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_url_takes_the_same_ssl_keys() {
+        let c = DbConfig::from_url(
+            "mysql://u:p@db.example/m?enable_ssl=1&ssl_ca=%2Fetc%2Fssl%2Fca.pem&ssl_no_verify=0",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.tls,
+            Some(Tls {
+                ca: Some("/etc/ssl/ca.pem".into()),
+                client: None,
+                verify: true
+            })
+        );
+        let plain_slashes =
+            DbConfig::from_url("mysql://u:p@h:3306/m?enable_ssl=1&ssl_ca=/etc/ssl/ca.pem")
+                .expect("ok");
+        assert_eq!(
+            plain_slashes.tls.and_then(|t| t.ca),
+            Some("/etc/ssl/ca.pem".into())
+        );
+        match DbConfig::from_url("mysql://u:p@h/m?enable_ssl=1&ssl_cipher=RC4") {
+            Err(Error::Configuration(m)) => {
+                assert!(
+                    m.starts_with("matomo_archive_claim.database: ssl_cipher"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

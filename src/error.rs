@@ -24,7 +24,7 @@ pub enum Error {
     )]
     NotConfigured,
 
-    /// Settings that cannot work (for example TLS, which this build does not speak).
+    /// Settings that cannot work (an ssl_* key rustls cannot honour, an unreadable ssl_ca).
     #[error("{0}")]
     Configuration(String),
 
@@ -75,6 +75,13 @@ pub mod errno {
     /// ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24+): the server closed a connection idle
     /// longer than wait_timeout, and says so on the next statement.
     pub const CLIENT_INTERACTION_TIMEOUT: u16 = 4031;
+    /// CR_SSL_CONNECTION_ERROR: what we report when TLS is what failed.
+    pub const SSL_CONNECTION_ERROR: u16 = 2026;
+    /// ER_ACCESS_DENIED_ERROR: also what an account created REQUIRE SSL/X509 says without them.
+    pub const ACCESS_DENIED: u16 = 1045;
+    /// MySQL's ER_SECURE_TRANSPORT_REQUIRED (require_secure_transport = ON, plain TCP); MariaDB
+    /// (10.11) answers ACCESS_DENIED instead.
+    pub const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
 }
 
 impl Error {

@@ -97,16 +97,18 @@ final class Action
 /**
  * Sets the connection for this process from the [database] section of Matomo's config.ini.php.
  *
- * Keys: host, port, unix_socket, username, password, dbname, tables_prefix, charset, and the
+ * Keys: host, port, unix_socket, username, password, dbname, tables_prefix, charset; with
+ * enable_ssl = 1 also ssl_ca, ssl_cert, ssl_key and ssl_no_verify (TLS over TCP); and the
  * extension's own connect_timeout, read_timeout, write_timeout (seconds). Pass the section as it
- * is: keys the extension does not read (adapter, schema, ssl_*, and whatever a Matomo release
- * adds) are ignored; the ones it reads are checked.
+ * is: keys the extension does not read (adapter, schema, and whatever a Matomo release adds)
+ * are ignored; the ones it reads are checked.
  * Nothing connects until the first call that needs the database.
  *
  * @param array<string, mixed> $database
  * @throws \ValueError for an integer key, an unsafe tables_prefix or charset, a missing host/dbname
  * @throws \TypeError for a value of the wrong type
- * @throws ConfigurationException when enable_ssl is on (this build cannot speak TLS)
+ * @throws ConfigurationException with enable_ssl = 1: for ssl_cipher or ssl_ca_path (which rustls
+ *   cannot honour), or ssl_cert without ssl_key or the reverse
  *
  * $database is #[\SensitiveParameter]: a stack trace shows it as SensitiveParameterValue, never
  * the array with its password (mark your own functions that pass it on the same way).

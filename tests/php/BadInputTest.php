@@ -33,7 +33,10 @@ final class BadInputTest extends ExtensionTestCase
             'configure: nothing' => ['configure', [[]], \ValueError::class, 'host'],
             'configure: timeout 0' => ['configure', [$db + ['read_timeout' => 0]], \ValueError::class, 'read_timeout'],
             'configure: charset injection' => ['configure', [$db + ['charset' => 'utf8; DROP TABLE x']], \ValueError::class, 'charset'],
-            'configure: tls' => ['configure', [$db + ['enable_ssl' => 1]], \Matomo\ArchiveClaim\ConfigurationException::class, 'enable_ssl'],
+            'configure: ssl_cipher' => ['configure', [$db + ['enable_ssl' => 1, 'ssl_cipher' => 'AES256-SHA']], \Matomo\ArchiveClaim\ConfigurationException::class, 'ssl_cipher'],
+            'configure: ssl_ca_path' => ['configure', [$db + ['enable_ssl' => '1', 'ssl_ca_path' => '/etc/ssl/certs']], \Matomo\ArchiveClaim\ConfigurationException::class, 'ssl_ca_path'],
+            'configure: ssl_cert alone' => ['configure', [$db + ['enable_ssl' => true, 'ssl_cert' => '/etc/ssl/c.pem']], \Matomo\ArchiveClaim\ConfigurationException::class, 'ssl_key'],
+            'configure: ssl_ca array' => ['configure', [$db + ['enable_ssl' => 1, 'ssl_ca' => ['/a.pem']]], \TypeError::class, 'ssl_ca'],
             'configure: deep nesting' => ['configure', [$db + ['ssl_ca' => [[[[['x']]]]]]], \ValueError::class, 'nest'],
             // claim_invalidation()
             'claim: zero' => ['claim_invalidation', [0], \ValueError::class, 'idinvalidation'],

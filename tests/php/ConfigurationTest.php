@@ -83,11 +83,24 @@ final class ConfigurationTest extends ExtensionTestCase
         }
     }
 
-    public function testTlsIsRefusedRatherThanSilentlyDropped(): void
+    public function testSslKeysRustlsCannotHonourAreRefusedRatherThanSilentlyDropped(): void
     {
         $this->expectException(\Matomo\ArchiveClaim\ConfigurationException::class);
-        $this->expectExceptionMessage('enable_ssl');
-        configure(['enable_ssl' => '1'] + $this->config);
+        $this->expectExceptionMessage('ssl_cipher');
+        configure(['enable_ssl' => '1', 'ssl_cipher' => 'ECDHE-RSA-AES128-GCM-SHA256'] + $this->config);
+    }
+
+    public function testTlsAskedOfAServerWithoutItSaysSo(): void
+    {
+        // The test server has no certificate: TLS is not offered, and nothing falls back to plain.
+        configure(['enable_ssl' => '1', 'ssl_no_verify' => '1'] + $this->config);
+        try {
+            in_progress();
+            $this->fail('connected in plain text although enable_ssl is on');
+        } catch (\Matomo\ArchiveClaim\ConnectionException $e) {
+            $this->assertSame(2026, $e->getCode());
+            $this->assertStringContainsString('does not offer TLS', $e->getMessage());
+        }
     }
 
     public function testCallingTheDatabaseUnconfiguredSaysHowToConfigure(): void

@@ -10,6 +10,11 @@
 # server is started and the command runs against the one it names (and cannot restart it).
 # MATOMO_ARCHIVE_CLAIM_TEST_DB_FAKETIME='@2026-03-29 01:59:55' starts the server's clock there
 # (libfaketime; the clock runs on from it), in the time zone TZ names: a DST change on demand.
+# MATOMO_ARCHIVE_CLAIM_TEST_DB_TLS=1 makes a CA, a server certificate (for 127.0.0.1 and
+# localhost), a client certificate and a second CA that signed nothing here, all in
+# $MATOMO_ARCHIVE_CLAIM_TEST_TLS_DIR (ca.pem, server.pem, client.pem, client-key.pem,
+# other-ca.pem), and starts the server with them and require_secure_transport = ON: TCP
+# connections must use TLS (the socket, local, needs none).
 set -euo pipefail
 
 if [[ -n "${MATOMO_ARCHIVE_CLAIM_TEST_DSN:-}" ]]; then
@@ -46,6 +51,30 @@ port=$(php -r '$s = stream_socket_server("tcp://127.0.0.1:0"); echo explode(":",
 user_flag=
 [[ $(id -u) -eq 0 ]] && user_flag=--user=root
 
+tls_flags=
+if [[ "${MATOMO_ARCHIVE_CLAIM_TEST_DB_TLS:-0}" == 1 ]]; then
+  command -v openssl >/dev/null || { echo "with-mariadb: openssl is missing (apt-get install openssl)" >&2; exit 2; }
+  tls="$dir/tls"
+  mkdir "$tls"
+  # Two days of validity: long enough for any run, and a leaked key is worth nothing after.
+  ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2)
+  {
+    openssl req -x509 "${ec[@]}" -keyout "$tls/ca-key.pem" -out "$tls/ca.pem" -subj "/CN=archive-claim test CA"
+    openssl req -x509 "${ec[@]}" -keyout "$tls/other-ca-key.pem" -out "$tls/other-ca.pem" -subj "/CN=archive-claim other CA"
+    openssl req -x509 "${ec[@]}" -CA "$tls/ca.pem" -CAkey "$tls/ca-key.pem" \
+      -keyout "$tls/server-key.pem" -out "$tls/server.pem" -subj "/CN=127.0.0.1" \
+      -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -addext "basicConstraints=critical,CA:FALSE" \
+      -addext "extendedKeyUsage=serverAuth"
+    # The client's key in the older PKCS#1 RSA form, as mysql_ssl_rsa_setup and many operators' files have it.
+    openssl genrsa -traditional -out "$tls/client-key.pem" 2048
+    openssl req -x509 -key "$tls/client-key.pem" -days 2 -CA "$tls/ca.pem" -CAkey "$tls/ca-key.pem" \
+      -out "$tls/client.pem" -subj "/CN=archiver" -addext "basicConstraints=critical,CA:FALSE" \
+      -addext "extendedKeyUsage=clientAuth"
+  } >"$dir/tls.log" 2>&1 || { cat "$dir/tls.log" >&2; exit 2; }
+  tls_flags="--ssl-ca=$tls/ca.pem --ssl-cert=$tls/server.pem --ssl-key=$tls/server-key.pem --require-secure-transport=ON"
+  export MATOMO_ARCHIVE_CLAIM_TEST_TLS_DIR="$tls"
+fi
+
 mariadb-install-db --no-defaults --datadir="$dir/data" $user_flag \
   --auth-root-authentication-method=normal --skip-test-db --skip-name-resolve >"$dir/install.log" 2>&1 \
   || { cat "$dir/install.log" >&2; exit 2; }
@@ -60,7 +89,7 @@ mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mysqld.sock" --port=
   --bind-address=127.0.0.1 $user_flag --skip-name-resolve --pid-file="$dir/mysqld.pid" \\
   --log-error="$dir/error.log" --max-connections=400 --innodb-buffer-pool-size=256M \\
   --innodb-log-file-size=64M --innodb-flush-log-at-trx-commit="${MATOMO_ARCHIVE_CLAIM_TEST_FLUSH:-2}" \\
-  --skip-log-bin >>"$dir/error.log" 2>&1 </dev/null &
+  --skip-log-bin $tls_flags >>"$dir/error.log" 2>&1 </dev/null &
 for _ in \$(seq 1 200); do
   mariadb-admin --no-defaults --socket="$dir/mysqld.sock" -uroot ping >/dev/null 2>&1 && exit 0
   sleep 0.05
