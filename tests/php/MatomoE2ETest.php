@@ -588,8 +588,8 @@ final class MatomoE2ETest extends TestCase
             $parent = proc_get_status($run1)['pid'];
             $seen = [];
             for ($i = 0; $i < 600 && !$child && proc_get_status($run1)['running']; $i++) {
-                $seen += self::processes(self::m()->root . '/console', 'climulti:request');
-                foreach (self::processes(self::m()->root . '/console', 'climulti:request', $dayChild) as $pid => $cmd) {
+                $seen += self::processes('climulti:request');
+                foreach (self::processes('climulti:request', $dayChild) as $pid => $cmd) {
                     // A detached child's sh is gone at once (no ancestry left); a synchronous one runs under it.
                     if (str_contains($cmd, "runid=$parent") || in_array($parent, self::ancestors($pid), true)) {
                         $child = $pid;
@@ -599,7 +599,7 @@ final class MatomoE2ETest extends TestCase
             }
             $this->assertGreaterThan(0, $child, "core:archive started a child for the heavy day:\n" . file_get_contents($out1)
                 . json_encode($this->invalidations('idsite = ' . self::HEAVY_SITE)) . "\nchildren seen:\n" . implode("\n", $seen));
-            $this->assertSame($detached, str_contains(self::processes(self::m()->root . '/console', 'climulti:request', $dayChild)[$child] ?? '', "runid=$parent"),
+            $this->assertSame($detached, str_contains(self::processes('climulti:request', $dayChild)[$child] ?? '', "runid=$parent"),
                 "CliMulti ran the heavy day as a $mode");
             usleep(500000);
             $held = $this->invalidations("$dayRow AND status = 1");
@@ -617,7 +617,7 @@ final class MatomoE2ETest extends TestCase
             $mostAtOnce = 0;
             $childEnd = null;
             while (microtime(true) - $killedAt < 60) {
-                $now = self::processes(self::m()->root . '/console', 'climulti:request', $dayChild);
+                $now = self::processes('climulti:request', $dayChild);
                 $dayChildren += $now;
                 $mostAtOnce = max($mostAtOnce, count($now));
                 $alive = file_exists("/proc/$child") && !str_contains((string) @file_get_contents("/proc/$child/stat"), ') Z ');
@@ -670,7 +670,7 @@ final class MatomoE2ETest extends TestCase
                 self::$figures["kill -9 to the day archived again by the running second core:archive ($mode)"] = sprintf('%.0f s (log time, whole seconds)', strtotime($at . ' UTC') - $killedAt);
             }
         } finally {
-            foreach (array_keys(self::processes(self::m()->root . '/console', 'climulti:request', 'idSite=' . self::HEAVY_SITE . '&')) as $pid) {
+            foreach (array_keys(self::processes('climulti:request', 'idSite=' . self::HEAVY_SITE . '&')) as $pid) {
                 posix_kill($pid, SIGKILL);
             }
             if ($run2) {
@@ -745,7 +745,7 @@ final class MatomoE2ETest extends TestCase
             $run1 = $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $out1);
             $parent = proc_get_status($run1)['pid'];
             for ($i = 0; $i < 600 && !$child && proc_get_status($run1)['running']; $i++) {
-                foreach (self::processes(self::m()->root . '/console', 'climulti:request', $dayChild) as $pid => $cmd) {
+                foreach (self::processes('climulti:request', $dayChild) as $pid => $cmd) {
                     if (str_contains($cmd, "runid=$parent") || in_array($parent, self::ancestors($pid), true)) {
                         $child = $pid;
                     }
@@ -796,7 +796,7 @@ final class MatomoE2ETest extends TestCase
             $this->assertMatchesRegularExpression('/ArchiveClaim: .* put site 1 back into Matomo\'s shared site queue/', $log);
             $this->assertSame([], $this->invalidations('idsite IN (1, 2)'));
         } finally {
-            foreach (array_keys(self::processes(self::m()->root . '/console', 'climulti:request', 'date=' . self::HEAVY_DAY)) as $pid) {
+            foreach (array_keys(self::processes('climulti:request', 'date=' . self::HEAVY_DAY)) as $pid) {
                 posix_kill($pid, SIGKILL);
             }
             $pdo->exec('DELETE FROM matomo_archive_invalidations WHERE idsite IN (1, 2)');
