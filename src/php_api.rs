@@ -236,7 +236,9 @@ fn row_array(
     row: InvalidationRow,
     decision: &Decision,
 ) -> ext_php_rs::error::Result<ZBox<ZendHashTable>> {
-    let mut ht = ZendHashTable::new();
+    // Sized for its 16 keys and a reap's `action`: no rehash while it fills (a reap report of
+    // 10,000 rows grew each of its arrays twice).
+    let mut ht = ZendHashTable::with_capacity(17);
     ht.insert("idinvalidation", row.idinvalidation as i64)?;
     ht.insert("idarchive", row.idarchive)?;
     ht.insert("name", row.name)?;
