@@ -236,6 +236,7 @@ pub fn parse_filter(function: &'static str, entries: &[(Key, Value)]) -> Result<
         started_before: datetime(&o, "started_before")?,
         include_never_started: false,
         by_id: false,
+        decision_columns_only: false,
     })
 }
 

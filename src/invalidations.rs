@@ -70,6 +70,9 @@ pub struct InvalidationRow {
     pub in_dst_fold: bool,
     /// The time zone ts_started was read in: the registered claimer's, else this session's.
     pub claim_zone: Option<String>,
+    /// Whether idarchive, name, ts_invalidated and report were read (see
+    /// `RowFilter::decision_columns_only`); empty otherwise.
+    pub archive_details: bool,
 }
 
 impl InvalidationRow {
@@ -96,6 +99,9 @@ pub struct RowFilter {
     /// In id order, as a reap walks them, instead of oldest claim first: sorting 10,000 rows
     /// by ts_started cost a third of reading them on a 1M-row table.
     pub by_id: bool,
+    /// Only the columns a reap decides on, which the plugin's index covers (no table row is
+    /// read); `read_details` adds the others for the rows that need them.
+    pub decision_columns_only: bool,
 }
 
 /// Matomo's claim: one autocommit compare-and-set from queued to in progress.
@@ -589,12 +595,26 @@ pub fn in_progress(
     registry: Option<&str>,
 ) -> SqlResult<Vec<InvalidationRow>> {
     let t = config.table(TABLE);
+    let details = if filter.decision_columns_only {
+        ("NULL", "''", "NULL", "NULL")
+    } else {
+        (
+            "idarchive",
+            "name",
+            "CAST(ts_invalidated AS CHAR)",
+            "report",
+        )
+    };
     let mut sql = format!(
-        "SELECT idinvalidation, idarchive, name, idsite, CAST(date1 AS CHAR), CAST(date2 AS CHAR), \
-                period, CAST(ts_invalidated AS CHAR), CAST(ts_started AS CHAR), status, report, \
+        "SELECT idinvalidation, {}, {}, idsite, CAST(date1 AS CHAR), CAST(date2 AS CHAR), \
+                period, {}, CAST(ts_started AS CHAR), status, {}, \
                 processing_host, process_id, TIMESTAMPDIFF(SECOND, ts_started, NOW()), \
                 {}, @@session.time_zone \
            FROM {t} WHERE status = ?",
+        details.0,
+        details.1,
+        details.2,
+        details.3,
         claim_time_sql("@@session.time_zone")
     );
     if !filter.include_never_started {
@@ -633,10 +653,48 @@ pub fn in_progress(
         .into_iter()
         .map(row_from_sql)
         .collect::<SqlResult<_>>()?;
+    for row in &mut rows {
+        row.archive_details = !filter.decision_columns_only;
+    }
     if let Some(registry) = registry {
         read_in_owner_zones(conn, config, registry, &mut rows)?;
     }
     Ok(rows)
+}
+
+/// Reads idarchive, name, ts_invalidated and report of rows read with
+/// `decision_columns_only` (a reap's released rows, for its report). A row gone meanwhile keeps
+/// them unread.
+pub fn read_details(
+    conn: &mut Conn,
+    config: &DbConfig,
+    rows: &mut [&mut InvalidationRow],
+) -> SqlResult<()> {
+    let t = config.table(TABLE);
+    let index: HashMap<u64, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.idinvalidation, i))
+        .collect();
+    let ids = sorted_unique(index.keys().copied());
+    for chunk in ids.chunks(CHUNK) {
+        let found: Vec<Row> = conn.query(format!(
+            "SELECT idinvalidation, idarchive, name, CAST(ts_invalidated AS CHAR), report \
+               FROM {t} WHERE idinvalidation IN ({})",
+            literal_ids(chunk)
+        ))?;
+        for mut found in found {
+            let id: u64 = col(&mut found, 0)?;
+            let Some(&i) = index.get(&id) else { continue };
+            let row = &mut *rows[i];
+            row.idarchive = col(&mut found, 1)?;
+            row.name = col(&mut found, 2)?;
+            row.ts_invalidated = col(&mut found, 3)?;
+            row.report = col(&mut found, 4)?;
+            row.archive_details = true;
+        }
+    }
+    Ok(())
 }
 
 /// Owners per statement when their zones are looked up.
@@ -759,6 +817,7 @@ fn row_from_sql(mut row: Row) -> SqlResult<InvalidationRow> {
         claimed_at: col(&mut row, 14)?,
         in_dst_fold: col::<Option<i64>>(&mut row, 15)?.unwrap_or(0) != 0,
         claim_zone: col(&mut row, 16)?,
+        archive_details: true,
     })
 }
 

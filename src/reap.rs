@@ -440,6 +440,7 @@ pub fn reap(
         started_before: options.started_before.clone(),
         include_never_started: options.started_after.is_none() && options.started_before.is_none(),
         by_id: true,
+        decision_columns_only: true,
     };
     let local = ProcFs::default();
     let (mut rows, observer) = rows_then_registry(conn, config, me, options, &filter)?;
@@ -459,6 +460,17 @@ pub fn reap(
             (row, decision)
         })
         .collect();
+    let mut decided = decided;
+    // The report's other columns, for the rows to be released only (kept rows show what
+    // they were decided on), read before anything is written.
+    let mut dead: Vec<&mut InvalidationRow> = decided
+        .iter_mut()
+        .filter(|(_, d)| d.verdict == Verdict::Dead)
+        .map(|(row, _)| row)
+        .collect();
+    if !dead.is_empty() {
+        invalidations::read_details(conn, config, &mut dead)?;
+    }
     let actions = release_dead(conn, config, &decided, options.dry_run)?;
     // Registry hygiene: a dead process's registration goes once no row names it.
     let forgotten_registrations = if options.dry_run {

@@ -185,7 +185,7 @@ final class MatomoE2ETest extends TestCase
         $this->assertContains('index_archive_claim_status_host', $this->indexes('matomo_archive_invalidations'));
         $this->assertTrue($this->hasTable('matomo_archive_claim_process'), 'the process registry');
         $this->assertStringContainsString('ArchiveClaim: schema added column processing_host VARCHAR(100) NULL DEFAULT NULL; '
-            . 'added column process_id VARCHAR(15) NULL DEFAULT NULL; added index index_archive_claim_status_host (status, processing_host); '
+            . 'added column process_id VARCHAR(15) NULL DEFAULT NULL; added index index_archive_claim_status_host (status, processing_host, process_id, ts_started, idsite, date1, date2, period); '
             . 'created table matomo_archive_claim_process (the process registry)', self::m()->log());
 
         // What the plugin's SQL made is exactly what the extension's install_schema() makes
@@ -930,7 +930,7 @@ final class MatomoE2ETest extends TestCase
         $this->assertSame(0, $code, $out);
         $this->assertTrue($this->hasTable('matomo_archive_claim_process'), "the update created the registry:\n$out");
         $this->assertContains('index_archive_claim_status_host', $this->indexes('matomo_archive_invalidations'));
-        $this->assertSame('0.2.0', $pdo->query("SELECT option_value FROM matomo_option WHERE option_name = 'version_ArchiveClaim'")->fetchColumn());
+        $this->assertSame('0.3.0', $pdo->query("SELECT option_value FROM matomo_option WHERE option_name = 'version_ArchiveClaim'")->fetchColumn());
         $this->assertSame(self::$checksum, self::m()->coreChecksum(), 'no file of Matomo was edited');
 
         [$code, $out] = self::m()->console(['plugin:deactivate', 'ArchiveClaim']);

@@ -1,0 +1,21 @@
+<?php
+/**
+ * 0.3.0 widens the plugin's index on archive_invalidations from (status, processing_host) to
+ * one that covers what a reap reads (Schema::OWNER_INDEX_COLUMNS); install() replaces it in one
+ * ALTER where [ArchiveClaim] index is on.
+ */
+
+declare(strict_types=1);
+
+namespace Piwik\Plugins\ArchiveClaim;
+
+use Piwik\Updater;
+use Piwik\Updates as PiwikUpdates;
+
+class Updates_0_3_0 extends PiwikUpdates
+{
+    public function doUpdate(Updater $updater)
+    {
+        (new ArchiveClaim())->install();
+    }
+}
