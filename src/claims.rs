@@ -328,6 +328,7 @@ pub fn parse_filter(function: &'static str, entries: &[(Key, Value)]) -> Result<
         by_id: false,
         after: page_cursor(&o)?,
         limit: Some(limit),
+        decision_columns_only: false,
     })
 }
 

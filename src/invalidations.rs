@@ -70,6 +70,9 @@ pub struct InvalidationRow {
     pub in_dst_fold: bool,
     /// The time zone ts_started was read in: the registered claimer's, else this session's.
     pub claim_zone: Option<String>,
+    /// Whether idarchive, name, ts_invalidated and report were read (see
+    /// `RowFilter::decision_columns_only`); empty otherwise.
+    pub archive_details: bool,
 }
 
 impl InvalidationRow {
@@ -121,6 +124,9 @@ pub struct RowFilter {
     pub after: Option<(String, u64)>,
     /// At most this many rows.
     pub limit: Option<usize>,
+    /// Only the columns a reap decides on, which the plugin's index covers (no table row is
+    /// read); `read_details` adds the others for the rows that need them.
+    pub decision_columns_only: bool,
 }
 
 /// Matomo's claim: one autocommit compare-and-set from queued to in progress.
@@ -306,11 +312,11 @@ fn chunks_by_slot(rows: &[(u64, Slot)]) -> Vec<Vec<u64>> {
     chunks
 }
 
-/// The duplicate facts of a set of rows (unique ids), one query per chunk: every row in
-/// progress of the same archive (with Matomo's started-after comparison made by the server),
-/// told apart here as inside or outside the set, and whether a queued one exists. In-progress
-/// twins are few (Matomo does not start an archive that is already in progress); queued ones may
-/// be many, so those are only tested.
+/// The duplicate facts of a set of rows (unique ids), one query per chunk: every other row of
+/// the same archive, queued or in progress (with Matomo's started-after comparison made by the
+/// server), the ones in progress told apart here as inside or outside the set. One pass: the
+/// earlier form (in-progress twins, UNION ALL an EXISTS for queued ones) read every row of the
+/// set twice, half of a dry run's duplicate check.
 ///
 /// The plan is pinned: `r` first (the ids), `o` reached only through Matomo's index on (idsite,
 /// date1, period). `status + 0` keeps an index on status out of it, and no id list is offered
@@ -335,27 +341,27 @@ fn twin_facts<Q: Queryable>(
             idinvalidation,
             ..TwinFacts::default()
         }));
+        // One pass over the twins of every row, queued and in progress alike: Matomo has no
+        // other status, and a queued twin is a duplicate whatever its times.
         let found: Vec<Row> = q.query(format!(
-            "SELECT r.idinvalidation, o.idinvalidation, o.ts_started > r.ts_invalidated \
+            "SELECT r.idinvalidation, o.idinvalidation, o.status + 0 = {STATUS_QUEUED}, \
+                    o.ts_started > r.ts_invalidated \
                FROM {t} r STRAIGHT_JOIN {t} o \
-                 ON {SAME_ARCHIVE} AND o.status + 0 = {STATUS_IN_PROGRESS} \
-              WHERE r.idinvalidation IN ({list}) \
-             UNION ALL \
-             SELECT r.idinvalidation, NULL, NULL FROM {t} r \
-              WHERE r.idinvalidation IN ({list}) AND EXISTS (SELECT 1 FROM {t} o \
-                    WHERE {SAME_ARCHIVE} AND o.status + 0 = {STATUS_QUEUED})"
+                 ON {SAME_ARCHIVE} AND o.status + 0 IN ({STATUS_QUEUED}, {STATUS_IN_PROGRESS}) \
+              WHERE r.idinvalidation IN ({list})"
         ))?;
         for mut row in found {
             let id: u64 = col(&mut row, 0)?;
-            let twin: Option<u64> = col(&mut row, 1)?;
-            let started_after = col::<Option<i64>>(&mut row, 2)? == Some(1);
+            let twin: u64 = col(&mut row, 1)?;
+            let queued = col::<Option<i64>>(&mut row, 2)? == Some(1);
+            let started_after = col::<Option<i64>>(&mut row, 3)? == Some(1);
             let Some(&i) = index.get(&id) else { continue };
-            match twin {
-                None => facts[i].outside_duplicate = true,
-                Some(twin) if index.contains_key(&twin) => {
-                    facts[i].released_twins.push((twin, started_after))
-                }
-                Some(_) => facts[i].outside_duplicate |= started_after,
+            if queued {
+                facts[i].outside_duplicate = true;
+            } else if index.contains_key(&twin) {
+                facts[i].released_twins.push((twin, started_after));
+            } else {
+                facts[i].outside_duplicate |= started_after;
             }
         }
     }
@@ -587,15 +593,23 @@ fn in_transaction<T>(
 /// A prepared statement used once: its text carries a list of ids, so it would never be
 /// reused, and the driver's statement cache would keep up to 32 of them (about 1 MB each) and
 /// as many open on the server for the life of the process.
+fn exec_uncached_typed<Q: Queryable, T: mysql::prelude::FromRow>(
+    q: &mut Q,
+    sql: String,
+    params: impl Into<Params>,
+) -> SqlResult<Vec<T>> {
+    let stmt = q.prep(sql)?;
+    let result = q.exec(&stmt, params);
+    q.close(stmt)?;
+    result
+}
+
 fn exec_uncached<Q: Queryable>(
     q: &mut Q,
     sql: String,
     params: impl Into<Params>,
 ) -> SqlResult<Vec<Row>> {
-    let stmt = q.prep(sql)?;
-    let result = q.exec(&stmt, params);
-    q.close(stmt)?;
-    result
+    exec_uncached_typed(q, sql, params)
 }
 
 fn sorted_unique(ids: impl Iterator<Item = u64>) -> Vec<u64> {
@@ -659,6 +673,12 @@ fn claim_time_sql(zone: &str) -> String {
 /// claim first, with the age on the database clock. `registry`: the process registry's table,
 /// if it exists: a row claimed by a registered process is read in the time zone that process's
 /// session wrote it in (what it recorded when it registered), any other in this session's.
+///
+/// Three steps, because a time zone that is not a constant of the statement costs the server a
+/// zone lookup per call (about 9 µs; six calls per row took 40 of the 65 ms of reading 10,000
+/// rows in one statement): the rows, read in this session's zone; the zone of each distinct
+/// owner (a few hundred at most, not one look-up per row); the few rows claimed in another zone,
+/// read again in theirs.
 pub fn in_progress(
     conn: &mut Conn,
     config: &DbConfig,
@@ -666,72 +686,220 @@ pub fn in_progress(
     registry: Option<&str>,
 ) -> SqlResult<Vec<InvalidationRow>> {
     let t = config.table(TABLE);
-    let writer_zone = match registry {
-        Some(p) => format!(
-            "COALESCE((SELECT p.time_zone FROM {p} p WHERE p.host <=> i.processing_host \
-             AND p.pid = i.process_id AND p.works_for IS NULL ORDER BY p.idprocess DESC LIMIT 1), \
-             @@session.time_zone)"
-        ),
-        None => "@@session.time_zone".to_owned(),
+    let details = if filter.decision_columns_only {
+        ("NULL", "''", "NULL", "NULL")
+    } else {
+        (
+            "idarchive",
+            "name",
+            "CAST(ts_invalidated AS CHAR)",
+            "report",
+        )
     };
-    let mut inner = format!("SELECT i.*, {writer_zone} AS claim_zone FROM {t} i WHERE status = ?");
+    let mut sql = format!(
+        "SELECT idinvalidation, {}, {}, idsite, CAST(date1 AS CHAR), CAST(date2 AS CHAR), \
+                period, {}, CAST(ts_started AS CHAR), status, {}, \
+                processing_host, process_id, TIMESTAMPDIFF(SECOND, ts_started, NOW()), \
+                {}, @@session.time_zone \
+           FROM {t} WHERE status = ?",
+        details.0,
+        details.1,
+        details.2,
+        details.3,
+        claim_time_sql("@@session.time_zone")
+    );
     if !filter.include_never_started {
-        inner += " AND ts_started IS NOT NULL";
+        sql += " AND ts_started IS NOT NULL";
     }
     let mut params = vec![Value::from(STATUS_IN_PROGRESS)];
     if let Some(idsites) = &filter.idsites {
         if idsites.is_empty() {
             return Ok(Vec::new());
         }
-        inner += &format!(" AND idsite IN ({})", placeholders(idsites.len()));
+        sql += &format!(" AND idsite IN ({})", placeholders(idsites.len()));
         params.extend(idsites.iter().map(|s| Value::from(*s)));
     }
     if let Some(hosts) = &filter.hosts {
         if hosts.is_empty() {
             return Ok(Vec::new());
         }
-        inner += &format!(" AND processing_host IN ({})", placeholders(hosts.len()));
+        sql += &format!(" AND processing_host IN ({})", placeholders(hosts.len()));
         params.extend(hosts.iter().map(|h| Value::from(h.as_str())));
     }
     if let Some(after) = &filter.started_after {
-        let (sql, value) = after.sql();
-        inner += &format!(" AND ts_started > {sql}");
+        let (bound, value) = after.sql();
+        sql += &format!(" AND ts_started > {bound}");
         params.push(value);
     }
     if let Some(before) = &filter.started_before {
-        let (sql, value) = before.sql();
-        inner += &format!(" AND ts_started < {sql}");
+        let (bound, value) = before.sql();
+        sql += &format!(" AND ts_started < {bound}");
         params.push(value);
     }
     if let Some((ts_started, id)) = &filter.after {
-        inner += " AND (ts_started > ? OR (ts_started = ? AND idinvalidation > ?))";
+        sql += " AND (ts_started > ? OR (ts_started = ? AND idinvalidation > ?))";
         params.extend([
             Value::from(ts_started.as_str()),
             Value::from(ts_started.as_str()),
             Value::from(*id),
         ]);
     }
-    // A zone the server cannot convert (its tables unloaded since) reads as our session's.
-    let mut order = if filter.by_id {
-        "idinvalidation".to_owned()
+    sql += if filter.by_id {
+        " ORDER BY idinvalidation"
     } else {
-        "ts_started ASC, idinvalidation ASC".to_owned()
+        " ORDER BY ts_started ASC, idinvalidation ASC"
     };
     if let Some(limit) = filter.limit {
-        order += &format!(" LIMIT {limit}");
+        sql += &format!(" LIMIT {limit}");
     }
-    let sql = format!(
-        "SELECT idinvalidation, idarchive, name, idsite, CAST(date1 AS CHAR), CAST(date2 AS CHAR), \
-                period, CAST(ts_invalidated AS CHAR), CAST(ts_started AS CHAR), status, report, \
-                processing_host, process_id, TIMESTAMPDIFF(SECOND, ts_started, NOW()), \
-                {}, read_zone \
-           FROM (SELECT x.*, IF(CONVERT_TZ(ts_started, claim_zone, '+00:00') IS NULL, \
-                                @@session.time_zone, claim_zone) AS read_zone FROM ({inner}) x) y \
-          ORDER BY {order}",
-        claim_time_sql("read_zone")
-    );
     let rows: Vec<Row> = conn.exec(sql, params)?;
-    rows.into_iter().map(row_from_sql).collect()
+    let mut rows: Vec<InvalidationRow> = rows
+        .into_iter()
+        .map(row_from_sql)
+        .collect::<SqlResult<_>>()?;
+    for row in &mut rows {
+        row.archive_details = !filter.decision_columns_only;
+    }
+    if let Some(registry) = registry {
+        read_in_owner_zones(conn, config, registry, &mut rows)?;
+    }
+    Ok(rows)
+}
+
+/// Reads idarchive, name, ts_invalidated and report of rows read with
+/// `decision_columns_only` (a reap's released rows, for its report). A row gone meanwhile keeps
+/// them unread.
+pub fn read_details(
+    conn: &mut Conn,
+    config: &DbConfig,
+    rows: &mut [&mut InvalidationRow],
+) -> SqlResult<()> {
+    let t = config.table(TABLE);
+    let index: HashMap<u64, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.idinvalidation, i))
+        .collect();
+    let ids = sorted_unique(index.keys().copied());
+    for chunk in ids.chunks(CHUNK) {
+        let found: Vec<Row> = conn.query(format!(
+            "SELECT idinvalidation, idarchive, name, CAST(ts_invalidated AS CHAR), report \
+               FROM {t} WHERE idinvalidation IN ({})",
+            literal_ids(chunk)
+        ))?;
+        for mut found in found {
+            let id: u64 = col(&mut found, 0)?;
+            let Some(&i) = index.get(&id) else { continue };
+            let row = &mut *rows[i];
+            row.idarchive = col(&mut found, 1)?;
+            row.name = col(&mut found, 2)?;
+            row.ts_invalidated = col(&mut found, 3)?;
+            row.report = col(&mut found, 4)?;
+            row.archive_details = true;
+        }
+    }
+    Ok(())
+}
+
+/// Owners per statement when their zones are looked up.
+const OWNERS_CHUNK: usize = 500;
+
+/// Re-reads the claim time of rows whose registered owner's session wrote ts_started in another
+/// zone than this session's. The owner is the latest registration of the row's host and pid
+/// that works for nobody, matched by the server (its collation and number conversion); a zone
+/// the server cannot convert (its tables unloaded since) reads as this session's.
+fn read_in_owner_zones(
+    conn: &mut Conn,
+    config: &DbConfig,
+    registry: &str,
+    rows: &mut [InvalidationRow],
+) -> SqlResult<()> {
+    let mut owners: Vec<(Option<String>, Option<String>)> = rows
+        .iter()
+        .filter(|r| r.ts_started.is_some())
+        .map(|r| (r.processing_host.clone(), r.process_id.clone()))
+        .collect();
+    owners.sort();
+    owners.dedup();
+    let mut zone_of: HashMap<(Option<String>, Option<String>), String> = HashMap::new();
+    for chunk in owners.chunks(OWNERS_CHUNK) {
+        let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
+        let mut union = String::new();
+        for (i, (host, pid)) in chunk.iter().enumerate() {
+            union += if i == 0 {
+                "SELECT ? AS h, ? AS pid"
+            } else {
+                " UNION ALL SELECT ?, ?"
+            };
+            params.push(host.as_deref().map_or(Value::NULL, Value::from));
+            params.push(pid.as_deref().map_or(Value::NULL, Value::from));
+        }
+        let found: Vec<(Option<String>, Option<String>, Option<String>)> = exec_uncached_typed(
+            conn,
+            format!(
+                "SELECT h, pid, zone FROM (SELECT o.h, o.pid, (SELECT p.time_zone FROM {registry} p \
+                   WHERE p.host <=> o.h AND p.pid = o.pid AND p.works_for IS NULL \
+                   ORDER BY p.idprocess DESC LIMIT 1) AS zone FROM ({union}) o) z \
+                  WHERE zone IS NOT NULL AND BINARY zone <> BINARY @@session.time_zone \
+                    AND CONVERT_TZ(TIMESTAMP'2000-01-01 00:00:00', zone, '+00:00') IS NOT NULL"
+            ),
+            params,
+        )?;
+        for (h, pid, zone) in found {
+            if let Some(zone) = zone {
+                zone_of.insert((h, pid), zone);
+            }
+        }
+    }
+    if zone_of.is_empty() {
+        return Ok(());
+    }
+    let t = config.table(TABLE);
+    let mut by_zone: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if r.ts_started.is_none() {
+            continue;
+        }
+        let key = (r.processing_host.clone(), r.process_id.clone());
+        if let Some(zone) = zone_of.get(&key) {
+            by_zone
+                .entry(zone.as_str())
+                .or_default()
+                .push(r.idinvalidation);
+            index.insert(r.idinvalidation, i);
+        }
+    }
+    for (zone, ids) in by_zone {
+        for chunk in ids.chunks(CHUNK) {
+            let found: Vec<Row> = exec_uncached(
+                conn,
+                format!(
+                    "SELECT idinvalidation, CAST(ts_started AS CHAR), {} FROM {t} \
+                      WHERE idinvalidation IN ({})",
+                    claim_time_sql("?"),
+                    literal_ids(chunk)
+                ),
+                vec![Value::from(zone); 5],
+            )?;
+            for mut found in found {
+                let id: u64 = col(&mut found, 0)?;
+                let ts_started: Option<String> = col(&mut found, 1)?;
+                let Some(row) = index.get(&id).map(|&i| &mut rows[i]) else {
+                    continue;
+                };
+                // Re-claimed between the two reads: the first reading stands (the row is then
+                // someone else's, and a compare-and-set on it will fail).
+                if row.ts_started != ts_started {
+                    continue;
+                }
+                row.claimed_at = col(&mut found, 2)?;
+                row.in_dst_fold = col::<Option<i64>>(&mut found, 3)?.unwrap_or(0) != 0;
+                row.claim_zone = Some(zone.to_owned());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn row_from_sql(mut row: Row) -> SqlResult<InvalidationRow> {
@@ -753,6 +921,7 @@ fn row_from_sql(mut row: Row) -> SqlResult<InvalidationRow> {
         claimed_at: col(&mut row, 14)?,
         in_dst_fold: col::<Option<i64>>(&mut row, 15)?.unwrap_or(0) != 0,
         claim_zone: col(&mut row, 16)?,
+        archive_details: true,
     })
 }
 

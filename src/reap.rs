@@ -58,6 +58,7 @@ fn reap_rows(filter: RowFilter) -> RowFilter {
     RowFilter {
         include_never_started: filter.started_after.is_none() && filter.started_before.is_none(),
         by_id: true,
+        decision_columns_only: true,
         ..filter
     }
 }
@@ -493,6 +494,17 @@ pub fn reap(
             (row, decision)
         })
         .collect();
+    let mut decided = decided;
+    // The report's other columns, for the rows to be released only (kept rows show what
+    // they were decided on), read before anything is written.
+    let mut dead: Vec<&mut InvalidationRow> = decided
+        .iter_mut()
+        .filter(|(_, d)| d.verdict == Verdict::Dead)
+        .map(|(row, _)| row)
+        .collect();
+    if !dead.is_empty() {
+        invalidations::read_details(conn, config, &mut dead)?;
+    }
     let mut unanswered = None;
     let actions = match release_dead(conn, config, &decided, options.dry_run, &mut unanswered) {
         Ok(actions) => actions,

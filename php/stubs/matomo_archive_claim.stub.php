@@ -190,7 +190,8 @@ function in_progress(?array $filters = null): array {}
 
 /**
  * Idempotently adds what claims need: the processing_host and process_id columns (Matomo 5.3's
- * exact types) to an older table, and on request an index on (status, processing_host).
+ * exact types) to an older table, and on request an index on (status, processing_host, ...)
+ * that covers a reap's read (an earlier version's (status, processing_host) is widened).
  *
  * @param array{index?: bool, dry_run?: bool}|null $options
  * @return array{table: string, dry_run: bool, changes: list<string>} changes is empty when nothing was needed
@@ -224,10 +225,12 @@ function install_schema(?array $options = null): array {}
  *   'hosts'); lease: seconds after which a heartbeat is stale (default: php.ini)
  * @return array{dry_run: bool, examined: int, released: int, reset: int, deleted_duplicate: int,
  *   kept: int, lost_race: int, would_reset: int, would_delete: int,
- *   rows: list<array<string, mixed>>, forgotten_registrations: int} rows: Matomo's columns
- *   plus age_seconds, verdict, reason and action (an Action constant: reset, deleted_duplicate,
- *   kept, lost_race, would_reset, would_delete); forgotten_registrations: registrations of dead processes
- *   deleted once no row named them
+ *   rows: list<array<string, mixed>>, forgotten_registrations: int} rows: idinvalidation,
+ *   idsite, date1, date2, period, ts_started, status, processing_host, process_id (what a row is
+ *   decided on), plus idarchive, name, ts_invalidated and report for the rows released (or that
+ *   a dry run would release), and age_seconds, verdict, reason and action (an Action constant:
+ *   reset, deleted_duplicate, kept, lost_race, would_reset, would_delete); forgotten_registrations:
+ *   registrations of dead processes deleted once no row named them
  * @throws \ValueError for unknown option keys (the former 'hosts' among them) or bad values
  * @throws \TypeError for option values of the wrong type
  * @throws RefusedException when a host in declare_hosts_dead still heartbeats and force is not

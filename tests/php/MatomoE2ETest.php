@@ -178,7 +178,7 @@ final class MatomoE2ETest extends TestCase
         $this->assertContains('index_archive_claim_status_host', $this->indexes('matomo_archive_invalidations'));
         $this->assertTrue($this->hasTable('matomo_archive_claim_process'), 'the process registry');
         $this->assertStringContainsString('ArchiveClaim: schema added column processing_host VARCHAR(100) NULL DEFAULT NULL; '
-            . 'added column process_id VARCHAR(15) NULL DEFAULT NULL; added index index_archive_claim_status_host (status, processing_host); '
+            . 'added column process_id VARCHAR(15) NULL DEFAULT NULL; added index index_archive_claim_status_host (status, processing_host, process_id, ts_started, idsite, date1, date2, period); '
             . 'created table matomo_archive_claim_process (the process registry)', self::m()->log());
 
         // What the plugin's SQL made is exactly what the extension's install_schema() makes

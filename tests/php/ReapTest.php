@@ -214,11 +214,18 @@ final class ReapTest extends ExtensionTestCase
         $this->assertSame(['dry_run', 'examined', 'released', 'reset', 'deleted_duplicate', 'kept', 'lost_race',
             'would_reset', 'would_delete', 'rows', 'forgotten_registrations'], array_keys($report));
         $this->assertSame(1, $report['examined']);
-        $entry = $report['rows'][0];
-        foreach (['idinvalidation', 'idsite', 'period', 'date1', 'date2', 'name', 'report', 'ts_invalidated',
-                  'ts_started', 'processing_host', 'process_id', 'age_seconds', 'verdict', 'reason', 'action'] as $key) {
-            $this->assertArrayHasKey($key, $entry);
-        }
+        // A kept row shows what it was decided on; a released one all of Matomo's columns too
+        // (the rest is read for the released rows only: a reap's read stays within the index).
+        $decided = ['idinvalidation', 'idsite', 'date1', 'date2', 'period', 'ts_started', 'status', 'processing_host', 'process_id',
+            'age_seconds', 'verdict', 'reason', 'action'];
+        $this->assertSame($decided, array_keys($report['rows'][0]));
+        $this->assertSame('kept', $report['rows'][0]['action']);
+        [$dead] = $this->queue([['idsite' => 4, 'date1' => '2026-11-20', 'date2' => '2026-11-20', 'report' => 'Goals', 'ts_invalidated' => '2026-11-28 10:00:00']]);
+        $this->claimAs($dead, gethostname(), (string) $this->goneLocalPid());
+        $released = self::byId(reap_orphans(['idsites' => [4]]))[$dead];
+        $this->assertSame('reset', $released['action']);
+        $this->assertSame([], array_diff(array_merge($decided, ['idarchive', 'name', 'report', 'ts_invalidated']), array_keys($released)));
+        $this->assertSame(['done', 'Goals', '2026-11-28 10:00:00'], [$released['name'], $released['report'], $released['ts_invalidated']]);
         $this->assertSame(0, reap_orphans(['idsites' => [5]])['examined']);
     }
 

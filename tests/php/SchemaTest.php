@@ -65,10 +65,33 @@ final class SchemaTest extends ExtensionTestCase
         install_schema();
         $indexes = fn () => $this->pdo->query('SHOW INDEX FROM ' . $this->table())->fetchAll(\PDO::FETCH_COLUMN, 2);
         $this->assertNotContains('index_archive_claim_status_host', $indexes());
-        $this->assertSame(['added index index_archive_claim_status_host (status, processing_host)'],
+        $this->assertSame(['added index index_archive_claim_status_host (status, processing_host, process_id, ts_started, idsite, date1, date2, period)'],
             install_schema(['index' => true])['changes']);
         $this->assertContains('index_archive_claim_status_host', $indexes());
         $this->assertSame([], install_schema(['index' => true])['changes']);
+    }
+
+    public function testTheNarrowIndexOfAnEarlierVersionIsWidenedToCoverAReapsRead(): void
+    {
+        install_schema();
+        $this->pdo->exec('ALTER TABLE ' . $this->table() . ' ADD INDEX index_archive_claim_status_host (status, processing_host)');
+        $columns = fn () => array_column(array_filter($this->pdo->query('SHOW INDEX FROM ' . $this->table())->fetchAll(\PDO::FETCH_ASSOC),
+            fn ($r) => $r['Key_name'] === 'index_archive_claim_status_host'), 'Column_name');
+        $this->assertSame(['widened index index_archive_claim_status_host to (status, processing_host, process_id, ts_started, idsite, date1, date2, period)'],
+            install_schema(['index' => true])['changes']);
+        $this->assertSame(['status', 'processing_host', 'process_id', 'ts_started', 'idsite', 'date1', 'date2', 'period'], $columns());
+        $this->assertSame([], install_schema(['index' => true])['changes']);
+        // The plugin's own SQL (for a PHP without the extension) words and does the same.
+        $this->pdo->exec('ALTER TABLE ' . $this->table() . ' DROP INDEX index_archive_claim_status_host, ADD INDEX index_archive_claim_status_host (status, processing_host)');
+        require_once __DIR__ . '/../../php/ArchiveClaim/Lib/Schema.php';
+        $pdo = $this->pdo;
+        $schema = new \Piwik\Plugins\ArchiveClaim\Lib\Schema(fn (string $sql): array => $pdo->query($sql)->fetchAll(\PDO::FETCH_COLUMN),
+            function (string $sql) use ($pdo): void {
+                $pdo->exec($sql);
+            }, self::PREFIX);
+        $this->assertSame(['widened index index_archive_claim_status_host to (status, processing_host, process_id, ts_started, idsite, date1, date2, period)'],
+            $schema->install());
+        $this->assertSame(['status', 'processing_host', 'process_id', 'ts_started', 'idsite', 'date1', 'date2', 'period'], $columns());
     }
 
     public function testAMissingTableIsASchemaExceptionNamingIt(): void

@@ -24,6 +24,9 @@ final class Schema
     /** Serves "status = 1 AND processing_host = ?" (each host's reap, the operator view). */
     public const OWNER_INDEX = 'index_archive_claim_status_host';
 
+    /** Its columns: what it is looked up by, then what a reap decides on (so the reap's read is covered). */
+    public const OWNER_INDEX_COLUMNS = ['status', 'processing_host', 'process_id', 'ts_started', 'idsite', 'date1', 'date2', 'period'];
+
     public const REGISTRY = 'archive_claim_process';
 
     /** What each heartbeat thread did (src/registry.rs COUNTER_COLUMNS), added in 0.3.0. */
@@ -56,7 +59,8 @@ final class Schema
     }
 
     /**
-     * Adds what is missing; idempotent; never drops or rewrites anything.
+     * Adds what is missing; idempotent; never drops or rewrites anything of Matomo's (it replaces
+     * only its own index of an earlier version by the current one).
      *
      * @return list<string> what it changed, worded as install_schema() words it
      */
@@ -71,9 +75,19 @@ final class Schema
                 $changes[] = "added column $name $definition";
             }
         }
-        if ($index && !in_array(self::OWNER_INDEX, $this->names('INDEX_NAME', 'STATISTICS', $table), true)) {
-            $clauses[] = 'ADD INDEX `' . self::OWNER_INDEX . '` (`status`, `processing_host`)';
-            $changes[] = 'added index ' . self::OWNER_INDEX . ' (status, processing_host)';
+        if ($index) {
+            $add = 'ADD INDEX `' . self::OWNER_INDEX . '` (`' . implode('`, `', self::OWNER_INDEX_COLUMNS) . '`)';
+            $listed = implode(', ', self::OWNER_INDEX_COLUMNS);
+            $have = array_map('strtolower', ($this->column)("SELECT COLUMN_NAME FROM information_schema.STATISTICS
+                WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '$table' AND INDEX_NAME = '" . self::OWNER_INDEX . "' ORDER BY SEQ_IN_INDEX"));
+            if (!$have) {
+                $clauses[] = $add;
+                $changes[] = 'added index ' . self::OWNER_INDEX . " ($listed)";
+            } elseif ($have !== self::OWNER_INDEX_COLUMNS) {
+                // An earlier version's (status, processing_host), replaced in the same ALTER.
+                $clauses[] = 'DROP INDEX `' . self::OWNER_INDEX . "`, $add";
+                $changes[] = 'widened index ' . self::OWNER_INDEX . " to ($listed)";
+            }
         }
         if ($clauses) {
             ($this->execute)("ALTER TABLE `$table` " . implode(', ', $clauses));
