@@ -17,7 +17,9 @@ use function Matomo\ArchiveClaim\reap_orphans;
  * two live processes at once, no live claim was taken away, and nothing is left in progress.
  *
  * Short by default (CI); MATOMO_ARCHIVE_CLAIM_CHAOS_SECONDS=300 (scripts/chaos --long) runs
- * longer with a bigger queue.
+ * longer with a bigger queue. On a violation (or with MATOMO_ARCHIVE_CLAIM_CHAOS_KEEP_LOG=1) the
+ * archivers' log is kept and its path printed: every start and end, every release with whose
+ * row, by which process and why, and when each process or server was killed.
  */
 final class ChaosTest extends ExtensionTestCase
 {
@@ -81,6 +83,7 @@ final class ChaosTest extends ExtensionTestCase
         $restart = getenv('MATOMO_ARCHIVE_CLAIM_TEST_DB_RESTART') ?: null;
         $ids = TestDatabase::queueMany($this->pdo, self::PREFIX, $rows);
         $log = tempnam(sys_get_temp_dir(), 'chaos');
+        $reapLog = new WorkLog($log);
         $rand = new \Random\Randomizer(new \Random\Engine\Mt19937((int) (getenv('MATOMO_ARCHIVE_CLAIM_CHAOS_SEED') ?: random_int(1, PHP_INT_MAX))));
 
         for ($i = 0; $i < 3; $i++) {
@@ -108,8 +111,8 @@ final class ChaosTest extends ExtensionTestCase
                 $server = $this->servers[$names[$rand->getInt(0, count($names) - 1)]];
                 $victim = $this->pickArchiver($server);
                 if ($victim !== null) {
-                    $server->send(['cmd' => 'kill', 'pid' => $victim]);
-                    $deaths[$server->host() . " $victim"] = microtime(true);
+                    $killed = $server->send(['cmd' => 'kill', 'pid' => $victim]);
+                    WorkLog::died($deaths, $server->host() . " $victim", (float) $killed['at']);
                     $story['archivers killed']++;
                 }
             } elseif ($roll <= 52) {
@@ -124,13 +127,16 @@ final class ChaosTest extends ExtensionTestCase
                 $name = $candidates[$rand->getInt(0, count($candidates) - 1)];
                 $host = $this->servers[$name]->host();
                 $this->servers[$name]->killWhole();
-                $deaths[$host] = microtime(true);
+                // killWhole() returns once every process of the server is gone.
+                WorkLog::died($deaths, $host, microtime(true));
                 unset($this->servers[$name]);
                 $story['servers powered off']++;
                 $this->startServer($log, 3); // a replacement comes up
             }
             try {
-                $story['released by this reaper'] += reap_orphans()['released'];
+                $report = reap_orphans();
+                $story['released by this reaper'] += $report['released'];
+                $reapLog->reaped($report['rows'], 'test');
             } catch (\Matomo\ArchiveClaim\ConnectionException) {
                 // the database is restarting
             }
@@ -138,15 +144,31 @@ final class ChaosTest extends ExtensionTestCase
         // Calm: no more chaos; reap until nothing is left (the last orphans wait for their lease).
         while ($this->remainingSafely() > 0 && microtime(true) < $deadline + ($long ? 600 : 60)) {
             try {
-                $story['released by this reaper'] += reap_orphans()['released'];
+                $report = reap_orphans();
+                $story['released by this reaper'] += $report['released'];
+                $reapLog->reaped($report['rows'], 'test');
             } catch (\Matomo\ArchiveClaim\ConnectionException) {
             }
             usleep(200000);
         }
         $elapsed = microtime(true) - $started;
+        foreach ($this->servers as $server) {
+            // What the agents' own heartbeat threads released (the connection-limited server's
+            // agent reaps for its host).
+            $reapLog->reaped($server->send(['cmd' => 'background_releases'])['rows'], "agent-of-{$server->host()}");
+        }
 
         $work = WorkLog::analyse($log, $deaths);
         $story['done at the connection limit'] = count(preg_grep("/ done \\d+ {$this->limited} /", file($log) ?: []));
+        $violations = array_merge($work['lost'], $work['overlaps'], $work['unfinished']);
+        if ($violations || getenv('MATOMO_ARCHIVE_CLAIM_CHAOS_KEEP_LOG')) {
+            // Keep the evidence: every start and end, every release with whose row, by whom
+            // and why, and when each process or server was killed.
+            $kept = sys_get_temp_dir() . '/chaos-' . ($violations ? 'failed-' : '') . date('Ymd-His') . '-' . getmypid() . '.log';
+            copy($log, $kept);
+            file_put_contents($kept, sprintf("# deaths (killed at): %s\n", json_encode($deaths)), FILE_APPEND);
+            fwrite(STDERR, "\nchaos: the archivers' log is kept in $kept\n");
+        }
         unlink($log);
         fwrite(STDERR, sprintf("\nchaos (%s, %s): %d invalidations in %.1f s; %s\n",
             $long ? 'long' : 'short', SimulatedServer::canIsolate() ? 'servers in namespaces' : 'servers as process groups on one host',
@@ -176,11 +198,19 @@ final class ChaosTest extends ExtensionTestCase
         }
     }
 
-    /** A pid (in its server) of one of its live archivers: children of the agent, pid 1's children. */
+    /**
+     * A pid (in its server) of one of its live archivers: children of the agent, pid 1's
+     * children, which include climulti:request children whose archiver was killed. Not a
+     * zombie: the agent never collects those adopted children, and "killing" one again later
+     * would be no death at all.
+     */
     private function pickArchiver(SimulatedServer $server): ?int
     {
         $outer = $server->outerPid;
-        $children = array_filter(explode(' ', trim((string) @file_get_contents("/proc/$outer/task/$outer/children"))));
+        $children = array_values(array_filter(
+            explode(' ', trim((string) @file_get_contents("/proc/$outer/task/$outer/children"))),
+            fn ($pid) => $pid !== '' && preg_match('/\) [RSD] /', (string) @file_get_contents("/proc/$pid/stat")) === 1,
+        ));
         if (!$children) {
             return null;
         }

@@ -30,9 +30,43 @@ final class WorkLog
         $this->write($how, $id);
     }
 
+    /**
+     * Rows a reaper released (reap_orphans() report entries, or background_releases()), so a
+     * violation can be traced to the release that caused it: whose row, by whom, and why.
+     * Not work: analyse() skips these lines.
+     *
+     * @param array<int, array<string, mixed>> $entries
+     */
+    public function reaped(array $entries, string $how): void
+    {
+        $lines = '';
+        foreach ($entries as $e) {
+            if (!in_array($e['action'] ?? '', ['reset', 'deleted_duplicate'], true)) {
+                continue;
+            }
+            $lines .= sprintf("%.6f reaped %d %s %s %s %s %s/%s/%s age=%s started=%s\n", microtime(true), $e['idinvalidation'],
+                $this->who, $how, $e['processing_host'] ?? '-', $e['process_id'] ?? '-', $e['verdict'], $e['reason'],
+                $e['action'], $e['age_seconds'] ?? '-', str_replace(' ', 'T', (string) ($e['ts_started'] ?? '-')));
+        }
+        if ($lines !== '') {
+            file_put_contents($this->file, $lines, FILE_APPEND);
+        }
+    }
+
     private function write(string $what, int $id): void
     {
         file_put_contents($this->file, sprintf("%.6f %s %d %s\n", microtime(true), $what, $id, $this->who), FILE_APPEND);
+    }
+
+    /**
+     * Records that "host pid" (or a whole "host") was dead by $at. A process dies once: a later
+     * kill of what is left of it (a zombie nobody collected) must not stretch its work to then.
+     *
+     * @param array<string, float> $deaths
+     */
+    public static function died(array &$deaths, string $who, float $at): void
+    {
+        $deaths[$who] ??= $at;
     }
 
     /**
@@ -49,6 +83,9 @@ final class WorkLog
         $seen = [];
         foreach (file($file, FILE_IGNORE_NEW_LINES) ?: [] as $line) {
             [$t, $what, $id, $host, $pid] = explode(' ', $line);
+            if ($what === 'reaped') {
+                continue;
+            }
             $key = "$host $pid $id";
             $seen[(int) $id] = true;
             if ($what === 'lost') {

@@ -97,6 +97,9 @@ $handled = 0;
 $claimer = fn (PDO $pdo) => new Claimer($pdo, $table, $mode === 'ext');
 
 while (true) {
+    if ($mode === 'ext') {
+        $log->reaped(Native\background_releases(), 'background');
+    }
     $queued = persist(fn ($pdo) => $pdo->query("SELECT idinvalidation, idsite FROM $table WHERE status = 0
         ORDER BY period, date1, idinvalidation LIMIT 20")->fetchAll(PDO::FETCH_ASSOC), $pdo, $c);
     if (!$queued) {
@@ -129,8 +132,14 @@ while (true) {
             // As CliMulti runs an archive: a separate PHP whose command line names its parent,
             // loading the extension as Matomo's children do (the plugin registers them, so
             // their heartbeats keep their parent's claims alive where its host cannot be seen).
-            $work = sprintf('Matomo\ArchiveClaim\configure(%s); Matomo\ArchiveClaim\register_process();
-                require %s; $log = new Matomo\ArchiveClaim\Tests\WorkLog(%s); $log->start(%d); usleep(%d); $log->end(%d, "done");',
+            // It rides out a database restart like its parent; if it fails all the same, it
+            // exits non-zero before starting the work, and the parent gives the row back.
+            $work = sprintf('for ($try = 0; ; $try++) {
+                    try { Matomo\ArchiveClaim\configure(%s); Matomo\ArchiveClaim\register_process(); break; }
+                    catch (Matomo\ArchiveClaim\Exception $e) { if ($try > 600) { exit(1); } usleep(100000); }
+                }
+                require %s; $log = new Matomo\ArchiveClaim\Tests\WorkLog(%s); $log->start(%d); usleep(%d); $log->end(%d, "done");
+                $log->reaped(Matomo\ArchiveClaim\background_releases(), "background");',
                 var_export($c, true), var_export(__DIR__ . '/WorkLog.php', true), var_export($logFile, true), $id, $ms * 1000, $id);
             $ini = ['-d', 'extension=' . getenv('MATOMO_ARCHIVE_CLAIM_EXT')];
             foreach (['heartbeat_interval', 'lease', 'auto_reap'] as $key) {
@@ -139,8 +148,12 @@ while (true) {
             }
             $child = proc_open(array_merge([PHP_BINARY, '-n'], $ini, ['-r', $work, '--', 'climulti:request',
                 "module=API&method=CoreAdminHome.archiveReports&idSite={$invalidation['idsite']}&runid=" . getmypid()]), [], $pipes);
-            proc_close($child);
-            $deleted = persist(fn ($pdo) => $claimer($pdo)->complete([$id]), $pdo, $c);
+            if (proc_close($child) !== 0) {
+                // As Matomo treats a failed climulti:request: the claim goes back.
+                persist(fn ($pdo) => $claimer($pdo)->release($id), $pdo, $c);
+                break;
+            }
+            $deleted = persist(fn ($pdo) => $claimer($pdo)->complete($id), $pdo, $c);
             if ($deleted === 0 && $mode === 'ext') {
                 $log->end($id, 'lost');
             }
