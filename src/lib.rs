@@ -8,6 +8,7 @@ pub mod claims;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod filters;
 pub mod heartbeat;
 pub mod identity;
 pub mod invalidations;

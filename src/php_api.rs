@@ -8,11 +8,13 @@ use ext_php_rs::types::{ArrayKey, ZendHashTable, Zval};
 use crate::claims;
 use crate::config::DbConfig;
 use crate::error::{Error, Result};
+use crate::filters;
 use crate::identity::Identity;
 use crate::invalidations::InvalidationRow;
 use crate::liveness::Decision;
 use crate::options::{id_list, Key, Value};
 use crate::reap::Action;
+use crate::schema::SchemaOptions;
 
 /// Nested arrays deeper than this are refused rather than walked (nothing we take nests deeper
 /// than two levels).
@@ -134,8 +136,8 @@ pub fn complete_invalidations(ids: &ZendHashTable) -> PhpResult<i64> {
 #[php(name = "Matomo\\ArchiveClaim\\in_progress")]
 pub fn in_progress(filters: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashTable>> {
     let entries = to_entries("in_progress", filters)?;
-    let mut filter = claims::parse_filter("in_progress", &entries)?;
-    let mut remaining = filter.limit.unwrap_or(claims::DEFAULT_IN_PROGRESS_LIMIT);
+    let mut filter = filters::parse_filter("in_progress", &entries)?;
+    let mut remaining = filter.limit.unwrap_or(filters::DEFAULT_IN_PROGRESS_LIMIT);
     let mut list = ZendHashTable::new();
     // In chunks, each read (and judged against a registry read after it) on its own and turned
     // into PHP arrays before the next: the extension holds at most one chunk, and the answer
@@ -144,7 +146,7 @@ pub fn in_progress(filters: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashTa
     let mut row_bytes = ROW_BYTES_GUESS;
     let mut built = 0usize;
     while remaining > 0 {
-        let want = remaining.min(claims::IN_PROGRESS_CHUNK);
+        let want = remaining.min(filters::IN_PROGRESS_CHUNK);
         // Checked before, not left to PHP: in this PHP an allocation past memory_limit inside
         // an extension's call did not end the call, and it ran on to the process's hard limit,
         // where PHP was killed without running shutdown functions.
@@ -324,7 +326,7 @@ fn row_array(
 #[php(name = "Matomo\\ArchiveClaim\\install_schema")]
 pub fn install_schema(options: Option<&ZendHashTable>) -> PhpResult<ZBox<ZendHashTable>> {
     let entries = to_entries("install_schema", options)?;
-    let options = claims::parse_schema_options(&entries)?;
+    let options = SchemaOptions::parse(&entries)?;
     let report = claims::install_schema(&options)?;
     ht_result(|ht| {
         ht.insert("table", report.table)?;

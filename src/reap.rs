@@ -130,8 +130,8 @@ impl ReapOptions {
             rows: reap_rows(RowFilter {
                 idsites: o.ids("idsites")?,
                 hosts: o.strings("only_hosts")?,
-                started_after: crate::claims::datetime(&o, "started_after")?,
-                started_before: crate::claims::datetime(&o, "started_before")?,
+                started_after: crate::filters::datetime(&o, "started_after")?,
+                started_before: crate::filters::datetime(&o, "started_before")?,
                 ..RowFilter::default()
             }),
             policy: Policy {

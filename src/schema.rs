@@ -7,7 +7,9 @@ use mysql::prelude::Queryable;
 use mysql::Conn;
 
 use crate::config::DbConfig;
+use crate::error::Result;
 use crate::invalidations::TABLE;
+use crate::options::{Key, Options, Value};
 use crate::registry;
 
 type SqlResult<T> = std::result::Result<T, mysql::Error>;
@@ -42,6 +44,17 @@ pub const OWNER_INDEX_COLUMNS: &[&str] = &[
 pub struct SchemaOptions {
     pub add_index: bool,
     pub dry_run: bool,
+}
+
+impl SchemaOptions {
+    /// install_schema()'s options: `index`, `dry_run`.
+    pub fn parse(entries: &[(Key, Value)]) -> Result<SchemaOptions> {
+        let o = Options::new("install_schema", entries, &["index", "dry_run"])?;
+        Ok(SchemaOptions {
+            add_index: o.bool("index")?.unwrap_or(false),
+            dry_run: o.bool("dry_run")?.unwrap_or(false),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
