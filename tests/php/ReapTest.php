@@ -296,7 +296,13 @@ final class ReapTest extends ExtensionTestCase
         }
         $this->assertSame(0, (int) $this->row($orphan)['status'], 're-queued by the heartbeat thread');
         $me = $server->send(['cmd' => 'register']);
-        usleep(1200000); // one more beat writes the counters of the release
+        // The next beat writes the counters of the release (the thread logged it before).
+        $counters = fn () => $this->pdo->query("SELECT beats, reap_runs, released, errors, last_error FROM matomo_archive_claim_process
+            WHERE idprocess = {$me['idprocess']}")->fetch(\PDO::FETCH_ASSOC);
+        $deadline = microtime(true) + 10;
+        while ((int) ($counters()['released'] ?? 0) < 1 && microtime(true) < $deadline) {
+            usleep(50000);
+        }
         $text = (string) @file_get_contents($log);
         @unlink($log);
         $this->assertMatchesRegularExpression("/started as process #\\d+/", $text);
@@ -308,8 +314,7 @@ final class ReapTest extends ExtensionTestCase
         $this->assertGreaterThanOrEqual(1, $me['released']);
         $this->assertGreaterThanOrEqual(1, $me['reap_runs']);
         $this->assertSame(0, $me['errors']);
-        $row = $this->pdo->query("SELECT beats, reap_runs, released, errors, last_error FROM matomo_archive_claim_process
-            WHERE idprocess = {$me['idprocess']}")->fetch(\PDO::FETCH_ASSOC);
+        $row = $counters();
         $this->assertGreaterThanOrEqual(2, (int) $row['beats']);
         $this->assertGreaterThanOrEqual(1, (int) $row['reap_runs']);
         $this->assertSame(1, (int) $row['released']);
@@ -347,7 +352,10 @@ final class ReapTest extends ExtensionTestCase
         $pid = (int) $this->row($id)['process_id'];
         $beat = fn () => (float) $this->pdo->query("SELECT heartbeat_at FROM matomo_archive_claim_process WHERE pid = $pid")->fetchColumn();
         $first = $beat();
-        usleep(2300000);
+        $deadline = microtime(true) + 10;
+        while ($beat() <= $first && microtime(true) < $deadline) {
+            usleep(50000);
+        }
         $this->assertGreaterThan($first, $beat(), 'the heartbeat moved on');
         $this->assertSame(0, $server->send(['cmd' => 'register'])['errors']);
     }
@@ -363,7 +371,10 @@ final class ReapTest extends ExtensionTestCase
         $first = $registry();
         $this->assertCount(1, $first);
         $this->assertSame(gethostname(), $first[0]['host']);
-        usleep(1600000);
+        $deadline = microtime(true) + 10;
+        while ($registry()[0]['heartbeat_at'] <= $first[0]['heartbeat_at'] && microtime(true) < $deadline) {
+            usleep(50000);
+        }
         $this->assertGreaterThan($first[0]['heartbeat_at'], $registry()[0]['heartbeat_at'], 'the heartbeat moved on');
 
         $server->stop();

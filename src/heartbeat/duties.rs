@@ -1,0 +1,403 @@
+//! The heartbeat thread's duties, each with its own state: beat the lease, take the reaper
+//! locks (the election), watch and reap this host, reap hosts gone stale, prune the registry.
+//! When each is due is decided in `schedule`; the thread (`thread`) runs them in that order.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql::Conn;
+
+use crate::config::DbConfig;
+use crate::connection::WorkError;
+use crate::liveness;
+use crate::pidfd;
+use crate::reap::{self, Action, ReapEntry, ReapOptions};
+use crate::registry::{self, ReaperDuty};
+use crate::schema;
+use crate::settings::HeartbeatSettings;
+
+use super::lease::Lease;
+use super::report::Report;
+use super::schedule::{self, PRUNE_AFTER_LEASES};
+use super::{record_releases, Registered};
+
+/// What every duty works with: the thread's connection and this registration.
+pub(super) struct Link {
+    pub(super) config: DbConfig,
+    pub(super) registered: Registered,
+    pub(super) lease: Arc<Lease>,
+    /// None after the connection was lost; the thread opens it again before any duty runs.
+    pub(super) conn: Option<Conn>,
+}
+
+impl Link {
+    fn settings(&self) -> HeartbeatSettings {
+        self.registered.settings
+    }
+
+    /// Whether this thread holds its host's reaper lock (kept in the lease, which phpinfo()
+    /// and a re-registration at claim time read too).
+    pub(super) fn host_reaper(&self) -> bool {
+        self.lease.reaping.load(Ordering::Relaxed)
+    }
+}
+
+/// The open connection (the thread opens it before any duty runs).
+fn open(conn: &mut Option<Conn>) -> std::result::Result<&mut Conn, mysql::Error> {
+    conn.as_mut().ok_or(mysql::Error::DriverError(
+        mysql::DriverError::ConnectTimeout,
+    ))
+}
+
+/// Beats: the database acknowledges the lease (and keeps the thread's counters).
+pub(super) struct Beat {
+    /// False once the registry turned out to lack the counter columns (an older schema).
+    counter_columns: bool,
+}
+
+impl Beat {
+    pub(super) fn new() -> Beat {
+        Beat {
+            counter_columns: true,
+        }
+    }
+
+    pub(super) fn run(&mut self, link: &mut Link) -> std::result::Result<(), mysql::Error> {
+        let reaps = link.host_reaper();
+        let Link {
+            config,
+            registered,
+            lease,
+            conn,
+        } = link;
+        let idprocess = lease.idprocess();
+        // The counters as of the previous beat (this one is counted once acknowledged).
+        let counters = self.counter_columns.then(|| lease.counters());
+        let (found, counters_written) =
+            registry::heartbeat(open(conn)?, config, idprocess, counters.as_ref())?;
+        if counters.is_some() && !counters_written {
+            self.counter_columns = false;
+        }
+        if !found {
+            // Pruned while we were frozen: register again (the rows we hold may have been
+            // reaped meanwhile; our fenced complete/release will then simply change nothing).
+            let id = registry::register(
+                open(conn)?,
+                config,
+                &registered.identity,
+                reaps,
+                registered.time_zone.as_deref(),
+            )?;
+            lease.idprocess.store(id, Ordering::Release);
+        }
+        lease.acknowledged();
+        Ok(())
+    }
+}
+
+/// The reaper locks: one process per host reaps that host, one in the fleet reaps hosts gone
+/// stale. A lock is tied to the connection that took it.
+pub(super) struct Election {
+    fleet_reaper: bool,
+}
+
+impl Election {
+    pub(super) fn new() -> Election {
+        Election {
+            fleet_reaper: false,
+        }
+    }
+
+    pub(super) fn fleet_reaper(&self) -> bool {
+        self.fleet_reaper
+    }
+
+    /// The connection was lost, and with it the locks.
+    pub(super) fn lost(&mut self, lease: &Lease) {
+        self.fleet_reaper = false;
+        lease.reaping.store(false, Ordering::Relaxed);
+    }
+
+    pub(super) fn run(&mut self, link: &mut Link) -> std::result::Result<(), mysql::Error> {
+        let host_reaper = link.host_reaper();
+        let Link {
+            config,
+            registered,
+            lease,
+            conn,
+        } = link;
+        let idprocess = lease.idprocess();
+        if !host_reaper {
+            let conn = open(conn)?;
+            let host = registered.identity.host.as_deref();
+            if registry::try_reaper_lock(conn, config, ReaperDuty::Host(host))? {
+                registry::set_reaps(conn, config, idprocess, true)?;
+                lease.reaping.store(true, Ordering::Relaxed);
+            }
+        }
+        if !self.fleet_reaper {
+            let conn = open(conn)?;
+            self.fleet_reaper = registry::try_reaper_lock(conn, config, ReaperDuty::StaleHosts)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `status` is indexed, which sets how often the fleet looks at stale hosts (and
+/// phpinfo() shows why).
+pub(super) struct IndexLook {
+    /// None: not looked yet, or looked too long ago.
+    indexed: Option<bool>,
+}
+
+impl IndexLook {
+    pub(super) fn new() -> IndexLook {
+        IndexLook { indexed: None }
+    }
+
+    /// An operator may have added the index meanwhile: look again when next asked.
+    pub(super) fn forget(&mut self) {
+        self.indexed = None;
+    }
+
+    pub(super) fn period(
+        &mut self,
+        link: &mut Link,
+    ) -> std::result::Result<Duration, mysql::Error> {
+        if self.indexed.is_none() {
+            let indexed = schema::status_is_indexed(open(&mut link.conn)?, &link.config)?;
+            self.indexed = Some(indexed);
+            link.lease.note_index(indexed);
+        }
+        Ok(schedule::look_period(self.indexed, &link.settings()))
+    }
+}
+
+/// This host's reaper: watches the local processes (the kernel wakes the thread when one dies)
+/// and looks at this host's rows at once after a death, else once per lease. Between looks
+/// every registered local process and every owner of a row at the last look is watched, so a
+/// periodic look can only find a stock claimer that claimed since the last one and died: a look
+/// every interval cost each host a read of its rows every few seconds (with 50 hosts, most of
+/// the database's background time) to find those a lease sooner.
+pub(super) struct LocalReaper {
+    watch: pidfd::Watch,
+    /// A watched local owner died: reap this host now.
+    local_death: bool,
+    last_reap: Option<Instant>,
+    /// Local pids that owned rows at the last look (stock claimers among them).
+    row_owners: Vec<u32>,
+    /// Pids already found gone, so a registration kept as evidence wakes nobody twice.
+    gone: HashSet<u32>,
+}
+
+impl LocalReaper {
+    pub(super) fn new() -> LocalReaper {
+        LocalReaper {
+            watch: pidfd::Watch::default(),
+            local_death: false,
+            last_reap: None,
+            row_owners: Vec::new(),
+            gone: HashSet::new(),
+        }
+    }
+
+    /// Waits for a stop, a watched death or the timeout.
+    pub(super) fn wait(&mut self, stop: &pidfd::StopSignal, timeout: Duration) -> pidfd::Wake {
+        let wake = self.watch.wait(stop, timeout);
+        if wake == pidfd::Wake::Died {
+            self.local_death = true;
+        }
+        wake
+    }
+
+    /// Watches every local process that owns a row or is registered on this machine (a cheap
+    /// read of the registry): its death wakes the thread. One that is already gone when first
+    /// seen asks for a look now.
+    pub(super) fn refresh_watch(
+        &mut self,
+        link: &mut Link,
+    ) -> std::result::Result<(), mysql::Error> {
+        let me = &link.registered.identity;
+        let mut pids = registry::pids_on_machine(open(&mut link.conn)?, &link.config, me)?;
+        pids.extend(&self.row_owners);
+        pids.retain(|p| *p != me.pid);
+        pids.sort_unstable();
+        pids.dedup();
+        self.gone.retain(|p| pids.contains(p));
+        for pid in self.watch.watch_only(&pids) {
+            if self.gone.insert(pid) {
+                self.local_death = true;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn due(
+        &self,
+        link: &mut Link,
+        index: &mut IndexLook,
+    ) -> std::result::Result<bool, mysql::Error> {
+        // The index decides the fleet's look at stale hosts; phpinfo() shows it either way.
+        index.period(link)?;
+        Ok(schedule::local_reap_due(
+            self.local_death,
+            self.last_reap,
+            link.settings().lease,
+            Instant::now(),
+        ))
+    }
+
+    pub(super) fn run(
+        &mut self,
+        link: &mut Link,
+        report: &mut Report,
+    ) -> std::result::Result<(), mysql::Error> {
+        self.local_death = false;
+        self.last_reap = Some(Instant::now());
+        let host = link.registered.identity.host.clone();
+        let released = release_proven_dead(link, report, host.clone().into_iter().collect())?;
+        self.row_owners = released
+            .iter()
+            .flat_map(|r| &r.entries)
+            .filter(|e| e.action == Action::Kept && e.row.processing_host == host)
+            .filter_map(|e| {
+                e.row
+                    .process_id
+                    .as_deref()
+                    .and_then(liveness::plausible_pid)
+            })
+            .collect();
+        self.refresh_watch(link)
+    }
+}
+
+/// The fleet's look for hosts whose heartbeats went stale (by the one process holding the
+/// fleet's lock): every interval where an index on `status` makes the look cheap, once per
+/// lease where the table would be scanned; it reaps only those hosts.
+pub(super) struct StaleHosts {
+    last_reap: Option<Instant>,
+    /// After this thread itself could not beat for longer than a lease (its host cut off from
+    /// the database), every other host's heartbeat may look as stale as its own did: no
+    /// stale-host reaping until a lease has passed with beats flowing again.
+    quiet_until: Option<Instant>,
+}
+
+impl StaleHosts {
+    pub(super) fn new() -> StaleHosts {
+        StaleHosts {
+            last_reap: None,
+            quiet_until: None,
+        }
+    }
+
+    /// Before a beat: how long the database has not acknowledged one.
+    pub(super) fn note_silence(&mut self, acknowledged_age: Duration, lease: Duration) {
+        if let Some(until) = schedule::quiet_after_silence(acknowledged_age, lease, Instant::now())
+        {
+            self.quiet_until = Some(until);
+        }
+    }
+
+    pub(super) fn run(
+        &mut self,
+        link: &mut Link,
+        index: &mut IndexLook,
+        report: &mut Report,
+    ) -> std::result::Result<(), mysql::Error> {
+        if schedule::quiet(self.quiet_until, Instant::now())
+            || !schedule::due(self.last_reap, index.period(link)?, Instant::now())
+        {
+            return Ok(());
+        }
+        let lease = link.settings().lease.as_secs_f64();
+        let mut hosts =
+            registry::hosts_with_stale_heartbeats(open(&mut link.conn)?, &link.config, lease)?;
+        // This host is the host reaper's, which can look at its processes.
+        hosts.retain(|h| Some(h) != link.registered.identity.host.as_ref());
+        if !hosts.is_empty() {
+            self.last_reap = Some(Instant::now());
+            release_proven_dead(link, report, hosts)?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes registrations stale for many leases that no row names any more.
+pub(super) struct Prune {
+    last: Instant,
+}
+
+impl Prune {
+    /// The first prune is many leases after the thread starts.
+    pub(super) fn new(now: Instant) -> Prune {
+        Prune { last: now }
+    }
+
+    pub(super) fn due(&self, lease: Duration) -> bool {
+        schedule::prune_due(self.last, lease, Instant::now())
+    }
+
+    /// Returns whether it pruned.
+    pub(super) fn run(&mut self, link: &mut Link) -> std::result::Result<bool, mysql::Error> {
+        let Some(conn) = link.conn.as_mut() else {
+            return Ok(false);
+        };
+        let lease = link.registered.settings.lease;
+        registry::prune(
+            conn,
+            &link.config,
+            lease.as_secs() * u64::from(PRUNE_AFTER_LEASES),
+        )?;
+        self.last = Instant::now();
+        Ok(true)
+    }
+}
+
+/// Releases what is proven dead among the rows of `hosts`, and keeps the releases for PHP.
+fn release_proven_dead(
+    link: &mut Link,
+    report: &mut Report,
+    hosts: Vec<String>,
+) -> std::result::Result<Option<reap::ReapReport>, mysql::Error> {
+    let settings = link.settings();
+    let mut options = ReapOptions::proof_only(settings.lease.as_secs_f64());
+    options.rows.hosts = Some(hosts);
+    options.policy.host_name_shared = settings.host_name_shared;
+    let Link {
+        config,
+        registered,
+        lease,
+        conn,
+    } = link;
+    match reap::reap(
+        open(conn)?,
+        config,
+        &registered.identity,
+        &options,
+        &mut reap::Carried::default(),
+    ) {
+        Ok(found) => {
+            lease.reap_runs.fetch_add(1, Ordering::Relaxed);
+            let released: Vec<ReapEntry> = found
+                .entries
+                .iter()
+                .filter(|e| matches!(e.action, Action::Reset | Action::DeletedDuplicate))
+                .cloned()
+                .collect();
+            if !released.is_empty() {
+                lease
+                    .released
+                    .fetch_add(released.len() as u64, Ordering::Relaxed);
+                for e in &released {
+                    report.released(lease, e);
+                }
+                record_releases(released);
+            }
+            Ok(Some(found))
+        }
+        Err(WorkError::Final(_)) => Ok(None),
+        Err(WorkError::Sql(e)) => Err(e),
+    }
+}

@@ -1,0 +1,185 @@
+//! When each duty of the heartbeat thread is due: pure functions of when it last ran, its
+//! period, the facts it depends on and the time now, so they are tested without a database
+//! and without waiting.
+
+use std::time::{Duration, Instant};
+
+use crate::settings::HeartbeatSettings;
+
+/// How often the host's reaper reads which local processes to watch (a small read of the
+/// registry, not of the invalidations): a process that registered since is watched from then.
+pub(super) const WATCH_REFRESH: Duration = Duration::from_secs(1);
+
+/// Stale registrations that no row names any more are pruned after this many leases.
+pub(super) const PRUNE_AFTER_LEASES: u32 = 60;
+
+/// When the next beat is due; the first is due at once (it takes the reaper locks while the
+/// registration is new).
+pub(super) struct BeatClock {
+    next: Instant,
+    interval: Duration,
+}
+
+impl BeatClock {
+    pub(super) fn new(interval: Duration, now: Instant) -> BeatClock {
+        BeatClock {
+            next: now,
+            interval,
+        }
+    }
+
+    /// How long the thread may wait for a death or a stop: until the next beat, and no longer
+    /// than the watch is refreshed.
+    pub(super) fn wait(&self, now: Instant) -> Duration {
+        self.next.saturating_duration_since(now).min(WATCH_REFRESH)
+    }
+
+    /// Whether a beat is due at `now`; if so, the next one is an interval after it.
+    pub(super) fn take(&mut self, now: Instant) -> bool {
+        let due = now >= self.next;
+        if due {
+            self.next = now + self.interval;
+        }
+        due
+    }
+}
+
+/// Whether a duty last done at `last` (never: None) is due again.
+pub(super) fn due(last: Option<Instant>, period: Duration, now: Instant) -> bool {
+    last.is_none_or(|at| now.saturating_duration_since(at) >= period)
+}
+
+/// How often to look for orphans in the invalidations table: every interval where an index
+/// starts with `status`; where none does (or it is not known yet), every look is a scan of the
+/// whole table, so once per lease.
+pub(super) fn look_period(indexed: Option<bool>, settings: &HeartbeatSettings) -> Duration {
+    if indexed == Some(true) {
+        settings.interval
+    } else {
+        settings.lease
+    }
+}
+
+/// This host's look at its rows: at once when a watched process died, else once per lease.
+pub(super) fn local_reap_due(
+    local_death: bool,
+    last: Option<Instant>,
+    lease: Duration,
+    now: Instant,
+) -> bool {
+    local_death || due(last, lease, now)
+}
+
+/// After a beat found the last acknowledged one older than a lease, when stale-host reaping
+/// may resume (None: it was not cut off, nothing changes).
+pub(super) fn quiet_after_silence(
+    acknowledged_age: Duration,
+    lease: Duration,
+    now: Instant,
+) -> Option<Instant> {
+    (acknowledged_age > lease).then(|| now + lease)
+}
+
+/// Whether stale-host reaping is held back at `now`.
+pub(super) fn quiet(quiet_until: Option<Instant>, now: Instant) -> bool {
+    quiet_until.is_some_and(|t| now < t)
+}
+
+/// Whether registrations stale for many leases are to be pruned now.
+pub(super) fn prune_due(last_prune: Instant, lease: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(last_prune) > lease * PRUNE_AFTER_LEASES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn settings(interval: u64, lease: u64) -> HeartbeatSettings {
+        HeartbeatSettings {
+            interval: S * interval as u32,
+            lease: S * lease as u32,
+            auto_reap: true,
+            host_name_shared: false,
+        }
+    }
+
+    #[test]
+    fn the_first_beat_is_at_once_then_every_interval() {
+        let t0 = Instant::now();
+        let mut clock = BeatClock::new(S * 5, t0);
+        assert_eq!(clock.wait(t0), Duration::ZERO);
+        assert!(clock.take(t0));
+        assert!(!clock.take(t0 + S * 4));
+        assert!(clock.take(t0 + S * 5));
+        // A late wake-up counts the interval from when the beat happened, not when it was due.
+        assert!(!clock.take(t0 + S * 9));
+        assert!(clock.take(t0 + S * 12));
+        assert!(!clock.take(t0 + S * 16));
+        assert!(clock.take(t0 + S * 17));
+    }
+
+    #[test]
+    fn the_thread_waits_no_longer_than_the_watch_refresh() {
+        let t0 = Instant::now();
+        let mut clock = BeatClock::new(S * 5, t0);
+        assert!(clock.take(t0));
+        assert_eq!(clock.wait(t0), WATCH_REFRESH);
+        assert_eq!(clock.wait(t0 + S * 4 + S / 2), S / 2);
+        assert_eq!(clock.wait(t0 + S * 7), Duration::ZERO, "overdue: no wait");
+    }
+
+    #[test]
+    fn a_duty_never_done_is_due_and_one_done_is_due_after_its_period() {
+        let t0 = Instant::now();
+        assert!(due(None, S * 60, t0));
+        assert!(!due(Some(t0), S * 3, t0 + S * 2));
+        assert!(due(Some(t0), S * 3, t0 + S * 3));
+        // A clock read before the last run (a caller's stale `now`) is not due.
+        assert!(!due(Some(t0 + S), S, t0));
+    }
+
+    #[test]
+    fn the_look_is_every_interval_only_where_status_is_known_to_be_indexed() {
+        let s = settings(5, 30);
+        assert_eq!(look_period(Some(true), &s), S * 5);
+        assert_eq!(look_period(Some(false), &s), S * 30);
+        assert_eq!(look_period(None, &s), S * 30);
+    }
+
+    #[test]
+    fn this_host_is_looked_at_once_a_lease_or_at_once_after_a_death() {
+        let t0 = Instant::now();
+        let lease = S * 30;
+        assert!(local_reap_due(false, None, lease, t0));
+        assert!(!local_reap_due(false, Some(t0), lease, t0 + S * 29));
+        assert!(local_reap_due(true, Some(t0), lease, t0 + S));
+        assert!(local_reap_due(false, Some(t0), lease, t0 + lease));
+    }
+
+    #[test]
+    fn a_thread_cut_off_for_more_than_a_lease_stays_quiet_for_a_lease() {
+        let t0 = Instant::now();
+        let lease = S * 30;
+        assert_eq!(quiet_after_silence(S * 30, lease, t0), None);
+        assert_eq!(quiet_after_silence(S * 2, lease, t0), None);
+        let until = quiet_after_silence(S * 31, lease, t0);
+        assert_eq!(until, Some(t0 + lease));
+        assert!(!quiet(None, t0));
+        assert!(quiet(until, t0 + S * 29));
+        assert!(!quiet(until, t0 + lease));
+    }
+
+    #[test]
+    fn registrations_are_pruned_after_sixty_leases() {
+        let t0 = Instant::now();
+        let lease = S * 3;
+        assert!(!prune_due(t0, lease, t0 + S * 180));
+        assert!(prune_due(t0, lease, t0 + S * 181));
+        assert!(
+            !prune_due(t0 + S, lease, t0),
+            "a stale clock prunes nothing"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! The heartbeat thread: a loop that waits (for a stop, a watched death or the next beat) and
+//! then ticks, running each duty that is due. Errors are never fatal: the connection is dropped
+//! and the next tick tries again; only a stop request ends the loop.
+//!
+//! Its duties, each on its own schedule (see `duties` and `schedule`):
+//! - **beat** every interval;
+//! - **elect**: at each beat, try to take this host's and the fleet's reaper locks;
+//! - **reap this host** if it holds the host's reaper lock: at once when a watched local owner
+//!   dies (the kernel says so through a pidfd), else once per lease;
+//! - **reap stale hosts** if it holds the fleet's lock: every interval where an index on
+//!   `status` makes the look cheap (once per lease where the table would be scanned);
+//! - **prune** registrations stale for many leases;
+//! - **report** what went wrong (once per run of equal errors) and what it released.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mysql::Conn;
+
+use crate::config::DbConfig;
+use crate::connection;
+use crate::pidfd;
+use crate::registry;
+use crate::thread_log::LogTarget;
+
+use super::duties::{Beat, Election, IndexLook, Link, LocalReaper, Prune, StaleHosts};
+use super::lease::Lease;
+use super::report::Report;
+use super::schedule::BeatClock;
+use super::Registered;
+
+pub(super) struct Heartbeat {
+    link: Link,
+    report: Report,
+    clock: BeatClock,
+    beat: Beat,
+    election: Election,
+    index: IndexLook,
+    local: LocalReaper,
+    stale: StaleHosts,
+    prune: Prune,
+}
+
+impl Heartbeat {
+    pub(super) fn new(
+        config: DbConfig,
+        registered: Registered,
+        lease: Arc<Lease>,
+        conn: Conn,
+        log: LogTarget,
+        announce: bool,
+    ) -> Heartbeat {
+        let now = Instant::now();
+        Heartbeat {
+            report: Report::new(log, announce, &registered.identity),
+            clock: BeatClock::new(registered.settings.interval, now),
+            beat: Beat::new(),
+            election: Election::new(),
+            index: IndexLook::new(),
+            local: LocalReaper::new(),
+            stale: StaleHosts::new(),
+            prune: Prune::new(now),
+            link: Link {
+                config,
+                registered,
+                lease,
+                conn: Some(conn),
+            },
+        }
+    }
+
+    pub(super) fn run(mut self, stop: pidfd::StopSignal) {
+        self.report
+            .started(&self.link.lease, &self.link.registered.settings);
+        loop {
+            let wait = self.clock.wait(Instant::now());
+            if self.local.wait(&stop, wait) == pidfd::Wake::Stop {
+                break;
+            }
+            self.tick(Instant::now());
+        }
+        let Link {
+            config,
+            lease,
+            conn,
+            ..
+        } = &mut self.link;
+        let idprocess = lease.idprocess();
+        if let Some(c) = conn.as_mut() {
+            let _ = registry::unregister(c, config, idprocess);
+        } else if let Ok(mut c) = connection::connect(config) {
+            let _ = registry::unregister(&mut c, config, idprocess);
+        }
+    }
+
+    /// Runs what is due at `now` (the beat, and the duties that follow it), and reports how it
+    /// went.
+    fn tick(&mut self, now: Instant) {
+        let beat_due = self.clock.take(now);
+        let outcome = self.connected(beat_due);
+        self.report.outcome(&self.link.lease, outcome);
+    }
+
+    fn connected(&mut self, beat_due: bool) -> std::result::Result<(), String> {
+        if self.link.conn.is_none() {
+            // Locks were tied to the old connection.
+            self.election.lost(&self.link.lease);
+            self.link.conn =
+                Some(connection::connect(&self.link.config).map_err(|e| e.to_string())?);
+        }
+        let result = self.duties(beat_due);
+        if let Err(e) = &result {
+            if connection::is_connection_lost(e) {
+                self.link.conn = None;
+            }
+        }
+        result.map_err(|e| e.to_string())
+    }
+
+    fn duties(&mut self, beat_due: bool) -> std::result::Result<(), mysql::Error> {
+        let settings = self.link.registered.settings;
+        let link = &mut self.link;
+        if beat_due {
+            self.stale.note_silence(link.lease.age(), settings.lease);
+            self.beat.run(link)?;
+        }
+        if !settings.auto_reap {
+            return Ok(());
+        }
+        if beat_due {
+            self.election.run(link)?;
+        }
+        if link.host_reaper() {
+            self.local.refresh_watch(link)?;
+        }
+        if link.host_reaper() && self.local.due(link, &mut self.index)? {
+            self.local.run(link, &mut self.report)?;
+        }
+        if self.election.fleet_reaper() && beat_due {
+            self.stale.run(link, &mut self.index, &mut self.report)?;
+        }
+        if self.prune.due(settings.lease) && self.prune.run(link)? {
+            self.index.forget();
+        }
+        Ok(())
+    }
+}
