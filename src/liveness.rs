@@ -147,6 +147,8 @@ pub struct Registration {
     pub reaps: bool,
     pub registered_at: f64,
     pub last_heartbeat: f64,
+    /// The lease the process itself keeps (None: not recorded, an older registry).
+    pub lease_seconds: Option<f64>,
 }
 
 impl Registration {
@@ -156,8 +158,16 @@ impl Registration {
         ctx.now - self.last_heartbeat.max(ctx.database_started_at)
     }
 
+    /// Its heartbeat is younger than the lease: the reaper's, or the process's own when that is
+    /// longer (it beats less often: a gap between its beats is no silence).
     pub fn is_fresh(&self, ctx: &Context) -> bool {
-        self.heartbeat_age(ctx) < ctx.policy.lease_seconds
+        let lease = self
+            .lease_seconds
+            .filter(|l| l.is_finite())
+            .map_or(ctx.policy.lease_seconds, |own| {
+                own.max(ctx.policy.lease_seconds)
+            });
+        self.heartbeat_age(ctx) < lease
     }
 }
 
@@ -559,6 +569,7 @@ mod tests {
             reaps: true,
             registered_at: CLAIMED - 50.0,
             last_heartbeat: NOW - heartbeat_age,
+            lease_seconds: None,
         }
     }
 
@@ -717,6 +728,27 @@ mod tests {
             &ctx(),
         );
         check(d, Verdict::Dead, Reason::HeartbeatStale);
+    }
+
+    #[test]
+    fn a_process_that_beats_less_often_is_judged_by_its_own_longer_lease() {
+        // Its beat 100 s ago is stale under the reaper's 60 s lease, not under its own 300 s.
+        let hidden = Procs {
+            processes: HashMap::from([(100, LocalProcess::Unreadable)]),
+            children_of: Vec::new(),
+            hidden: false,
+        };
+        let own = |lease: Option<f64>| Registration {
+            lease_seconds: lease,
+            ..registration(100.0)
+        };
+        let d = decide(&row("server1", "100"), &[own(Some(300.0))], &hidden, &ctx());
+        check(d, Verdict::Alive, Reason::HeartbeatFresh);
+        // A shorter own lease (or none recorded) never shortens the reaper's.
+        for lease in [Some(30.0), None, Some(f64::NAN)] {
+            let d = decide(&row("server1", "100"), &[own(lease)], &hidden, &ctx());
+            check(d, Verdict::Dead, Reason::HeartbeatStale);
+        }
     }
 
     // --- a stale registration and a later process with its pid (case: pid reuse) ----------

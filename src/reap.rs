@@ -405,8 +405,7 @@ pub fn dead_registrations(observer: &Observer, local: &impl LocalView) -> Vec<u6
                     LocalProcess::Unreadable => false,
                 }
             } else {
-                r.heartbeat_age(ctx) >= ctx.policy.lease_seconds
-                    && !ctx.machines_with_live_reaper.contains(&Machine::of(r))
+                !r.is_fresh(ctx) && !ctx.machines_with_live_reaper.contains(&Machine::of(r))
             }
         })
         .map(|r| r.idprocess)
@@ -419,14 +418,17 @@ fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()
         return Ok(());
     }
     for host in &options.policy.hosts_declared_dead {
-        let freshest = observer
-            .registrations
-            .get(&Some(host.clone()))
-            .into_iter()
-            .flatten()
+        let of_host = || {
+            observer
+                .registrations
+                .get(&Some(host.clone()))
+                .into_iter()
+                .flatten()
+        };
+        let freshest = of_host()
             .map(|r| r.heartbeat_age(&observer.context))
             .fold(f64::INFINITY, f64::min);
-        if freshest < options.policy.lease_seconds {
+        if of_host().any(|r| r.is_fresh(&observer.context)) {
             return Err(Error::Refused(format!(
                 "reap_orphans(): host '{host}' is alive: a process there heartbeat {freshest:.1} s ago \
                  (lease {} s). Nothing was released. Pass 'force' => true to release its rows anyway.",

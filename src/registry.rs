@@ -43,6 +43,7 @@ pub fn create_table_sql(config: &DbConfig) -> String {
           released BIGINT UNSIGNED NULL,
           errors BIGINT UNSIGNED NULL,
           last_error VARCHAR(255) NULL,
+          lease_seconds DOUBLE NULL,
           PRIMARY KEY (idprocess),
           INDEX index_host_pid (host, pid),
           INDEX index_heartbeat_at (heartbeat_at)
@@ -60,28 +61,39 @@ pub fn register(
     me: &Identity,
     reaps: bool,
     time_zone: Option<&str>,
+    lease_seconds: f64,
 ) -> SqlResult<u64> {
-    let insert = format!(
-        "INSERT INTO {} (host, pid, boot_id, pid_namespace, start_ticks, started_at, time_zone, \
-         works_for, reaps, registered_at, heartbeat_at) \
-         VALUES (?, ?, ?, ?, ?, ?, COALESCE(?, @@session.time_zone), ?, ?, {DB_NOW}, {DB_NOW})",
-        config.table(TABLE)
-    );
-    let params = (
-        &me.host,
-        me.pid,
-        &me.boot_id,
-        me.pid_namespace,
-        me.start_ticks,
-        me.started_at,
-        time_zone,
-        me.works_for,
-        reaps,
-    );
-    match conn.exec_drop(&insert, params) {
+    let insert = |lease: bool| {
+        format!(
+            "INSERT INTO {} (host, pid, boot_id, pid_namespace, start_ticks, started_at, time_zone, \
+             works_for, reaps, registered_at, heartbeat_at{}) \
+             VALUES (?, ?, ?, ?, ?, ?, COALESCE(?, @@session.time_zone), ?, ?, {DB_NOW}, {DB_NOW}{})",
+            config.table(TABLE),
+            if lease { ", lease_seconds" } else { "" },
+            if lease { ", ?" } else { "" },
+        )
+    };
+    let mut params: Vec<mysql::Value> = vec![
+        me.host.clone().into(),
+        me.pid.into(),
+        me.boot_id.clone().into(),
+        me.pid_namespace.into(),
+        me.start_ticks.into(),
+        me.started_at.into(),
+        time_zone.into(),
+        me.works_for.into(),
+        reaps.into(),
+    ];
+    let without_lease = params.clone();
+    params.push(lease_seconds.into());
+    match conn.exec_drop(insert(true), params.clone()) {
         Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => {
             conn.query_drop(create_table_sql(config))?;
-            conn.exec_drop(&insert, params)?;
+            conn.exec_drop(insert(true), params)?;
+        }
+        // A registry older than the column: registered as before.
+        Err(mysql::Error::MySqlError(e)) if e.code == errno::UNKNOWN_COLUMN => {
+            conn.exec_drop(insert(false), without_lease)?;
         }
         other => other?,
     }
@@ -107,6 +119,11 @@ pub const COUNTER_COLUMNS: &[(&str, &str)] = &[
     ("errors", "BIGINT UNSIGNED NULL"),
     ("last_error", "VARCHAR(255) NULL"),
 ];
+
+/// The lease a process keeps (its own php.ini): a reaper whose lease is shorter must not read
+/// the gap between two of its beats as silence. Added by `install_schema()` like the counters;
+/// without it, every registration is judged by the reaper's lease alone, as before.
+pub const LEASE_COLUMNS: &[(&str, &str)] = &[("lease_seconds", "DOUBLE NULL")];
 
 /// Refreshes the heartbeat, and the thread's counters if given. Returns whether the row is
 /// still there (false: pruned while we were frozen) and whether the counters were written
@@ -183,6 +200,7 @@ type RegistryRow = (
     bool,
     f64,
     f64,
+    Option<f64>,
 );
 
 /// Every registration (of these hosts only, if given); None when the table does not exist
@@ -192,22 +210,30 @@ pub fn all(
     config: &DbConfig,
     hosts: Option<&[String]>,
 ) -> SqlResult<Option<Vec<Registration>>> {
-    let mut sql = format!(
-        "SELECT idprocess, host, pid, boot_id, pid_namespace, start_ticks, time_zone, works_for, \
-                reaps, registered_at, heartbeat_at FROM {}",
-        config.table(TABLE)
-    );
+    let sql = |lease: &str| {
+        format!(
+            "SELECT idprocess, host, pid, boot_id, pid_namespace, start_ticks, time_zone, works_for, \
+                    reaps, registered_at, heartbeat_at, {lease} FROM {}",
+            config.table(TABLE)
+        )
+    };
+    let mut filter = String::new();
     let mut params: Vec<mysql::Value> = Vec::new();
     if let Some(hosts) = hosts {
         if hosts.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        sql += &format!(" WHERE host IN ({})", vec!["?"; hosts.len()].join(","));
+        filter = format!(" WHERE host IN ({})", vec!["?"; hosts.len()].join(","));
         params.extend(hosts.iter().map(|h| mysql::Value::from(h.as_str())));
     }
-    let rows: SqlResult<Vec<RegistryRow>> = conn.exec(sql, params);
+    let rows: SqlResult<Vec<RegistryRow>> =
+        conn.exec(sql("lease_seconds") + &filter, params.clone());
     let rows = match rows {
         Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => return Ok(None),
+        // A registry older than the column: every process judged by the reaper's lease.
+        Err(mysql::Error::MySqlError(e)) if e.code == errno::UNKNOWN_COLUMN => {
+            conn.exec(sql("NULL") + &filter, params)?
+        }
         other => other?,
     };
     Ok(Some(
@@ -225,6 +251,7 @@ pub fn all(
                     reaps,
                     registered_at,
                     last_heartbeat,
+                    lease_seconds,
                 )| Registration {
                     idprocess,
                     host,
@@ -237,6 +264,7 @@ pub fn all(
                     reaps,
                     registered_at,
                     last_heartbeat,
+                    lease_seconds,
                 },
             )
             .collect(),

@@ -208,6 +208,7 @@ pub fn install(
             // The heartbeat threads' counters (0.3): beats go on without them meanwhile.
             let missing: Vec<&(&str, &str)> = registry::COUNTER_COLUMNS
                 .iter()
+                .chain(registry::LEASE_COLUMNS)
                 .filter(|(name, _)| !shape.columns.iter().any(|c| c.eq_ignore_ascii_case(name)))
                 .collect();
             if !missing.is_empty() {

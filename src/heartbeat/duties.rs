@@ -89,6 +89,7 @@ impl Beat {
                 &registered.identity,
                 reaps,
                 registered.time_zone.as_deref(),
+                registered.settings.lease.as_secs_f64(),
             )?;
             lease.idprocess.store(id, Ordering::Release);
         }

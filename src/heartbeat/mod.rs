@@ -164,8 +164,15 @@ pub fn ensure_registered(
     let time_zone: Option<String> = conn
         .query_first("SELECT @@session.time_zone")
         .map_err(RegisterError::Sql)?;
-    let idprocess = registry::register(conn, config, &identity, false, time_zone.as_deref())
-        .map_err(RegisterError::Sql)?;
+    let idprocess = registry::register(
+        conn,
+        config,
+        &identity,
+        false,
+        time_zone.as_deref(),
+        settings.lease.as_secs_f64(),
+    )
+    .map_err(RegisterError::Sql)?;
     connection::pin_time_zone(time_zone.clone());
     let registered = Registered {
         idprocess,
@@ -240,16 +247,24 @@ pub fn fence_claim(conn: &mut Conn, config: &DbConfig) -> std::result::Result<bo
         return Ok(true);
     }
     // Our row was pruned while we could not beat: register again before claiming.
-    let Some((me, zone)) = with_beat(|b| {
+    let Some((me, zone, own_lease)) = with_beat(|b| {
         (
             b.registered.identity.clone(),
             b.registered.time_zone.clone(),
+            b.registered.settings.lease,
         )
     }) else {
         return Ok(false);
     };
     let reaps = lease.reaping.load(Ordering::Relaxed);
-    let idprocess = registry::register(conn, config, &me, reaps, zone.as_deref())?;
+    let idprocess = registry::register(
+        conn,
+        config,
+        &me,
+        reaps,
+        zone.as_deref(),
+        own_lease.as_secs_f64(),
+    )?;
     lease.idprocess.store(idprocess, Ordering::Release);
     lease.acknowledged();
     Ok(true)

@@ -97,6 +97,26 @@ final class MultiHostTest extends SimulatedServersTestCase
         $this->assertSame(1, (int) $this->row($own)['status'], 'the live reaper keeps its own claim');
     }
 
+    public function testAHostThatBeatsLessOftenIsJudgedByItsOwnLeaseNotTheReapers(): void
+    {
+        // server1 beats every 30 s (lease 90). A reaper whose lease is 3 s (its php.ini, or the
+        // 'lease' option) reads server1's heartbeat of 5 s ago: that is no silence for server1,
+        // whose claims stay alive until a beat of its own is overdue.
+        [$id] = $this->queue([[]]);
+        $server1 = $this->server('server1', ['heartbeat_interval' => 30, 'lease' => 90, 'auto_reap' => 1]);
+        $this->assertSame([$id], $server1->send(['cmd' => 'claim', 'ids' => [$id]])['won']);
+        $server2 = $this->server('server2', ['heartbeat_interval' => 1, 'lease' => 3, 'auto_reap' => 0]);
+        $server2->send(['cmd' => 'identity']);
+        sleep(5);
+
+        foreach ([[], ['lease' => 1]] as $options) {
+            $entry = self::byId($server2->send(['cmd' => 'reap', 'options' => $options]))[$id];
+            $this->assertSame(['alive', 'heartbeat_fresh', 'kept'], [$entry['verdict'], $entry['reason'], $entry['action']], json_encode($options));
+        }
+        $this->assertSame(1, (int) $this->row($id)['status']);
+        $this->assertSame('server1', $this->row($id)['processing_host']);
+    }
+
     public function testAPidReusedInANewPidNamespaceIsProofOfDeathOnceNoTimeZoneCanExplainIt(): void
     {
         // A stock Matomo archiver on "reuse-host" claimed as pid 1 and died; the server

@@ -38,6 +38,11 @@ final class Schema
         'last_error' => 'VARCHAR(255) NULL',
     ];
 
+    /** The lease each process keeps (src/registry.rs LEASE_COLUMNS): a reaper with a shorter one must not read its beats' gaps as silence. */
+    public const LEASE_COLUMNS = [
+        'lease_seconds' => 'DOUBLE NULL',
+    ];
+
     /**
      * @param \Closure(string): list<string> $column runs a query, returns its first column
      * @param \Closure(string): void $execute runs a statement
@@ -104,7 +109,7 @@ final class Schema
             $changes[] = "rebuilt table $registry (the process registry) with heartbeats in UTC epoch seconds";
         } else {
             $has = array_map('strtolower', $this->names('COLUMN_NAME', 'COLUMNS', $registry));
-            $missing = array_diff_key(self::COUNTER_COLUMNS, array_flip($has));
+            $missing = array_diff_key(self::COUNTER_COLUMNS + self::LEASE_COLUMNS, array_flip($has));
             if ($missing) {
                 $clauses = [];
                 foreach ($missing as $name => $definition) {
@@ -160,6 +165,7 @@ final class Schema
           released BIGINT UNSIGNED NULL,
           errors BIGINT UNSIGNED NULL,
           last_error VARCHAR(255) NULL,
+          lease_seconds DOUBLE NULL,
           PRIMARY KEY (idprocess),
           INDEX index_host_pid (host, pid),
           INDEX index_heartbeat_at (heartbeat_at)
