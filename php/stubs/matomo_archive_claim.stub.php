@@ -222,7 +222,8 @@ function install_schema(?array $options = null): array {}
  *   only rows of these hosts claimed in this window ('YYYY-MM-DD HH:MM:SS' in database time, or
  *   an instant as Unix seconds),
  *   the filters of Matomo's core:reset-invalidations (in_progress() calls the host filter
- *   'hosts'); lease: seconds after which a heartbeat is stale (default: php.ini)
+ *   'hosts'); lease: seconds after which a heartbeat is stale (default: php.ini; a process
+ *   that keeps a longer lease of its own is judged by its own)
  * @return array{dry_run: bool, examined: int, released: int, reset: int, deleted_duplicate: int,
  *   kept: int, lost_race: int, would_reset: int, would_delete: int,
  *   rows: list<array<string, mixed>>, forgotten_registrations: int} rows: idinvalidation,
