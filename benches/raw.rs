@@ -32,7 +32,7 @@ fn heartbeats(args: &[String]) {
     let mut conn = connection::connect(&cfg).expect("connect");
     let me = Identity::current();
     let ids: Vec<u64> = (0..processes)
-        .map(|_| registry::register(&mut conn, &cfg, &me, false, None).expect("register"))
+        .map(|_| registry::register(&mut conn, &cfg, &me, false, None, 60.0).expect("register"))
         .collect();
     // As many connections as the machine has cores, each beating its share as fast as it can.
     let workers = 4;

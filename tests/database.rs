@@ -163,10 +163,12 @@ fn stale_registrations_are_pruned_only_when_no_row_names_them() {
     let mut db = TestDb::new(MATOMO_5_3);
     let mut conn = connection::connect(&db.config).expect("connect");
     let me = matomo_archive_claim::identity::Identity::current();
-    let fresh = registry::register(&mut conn, &db.config, &me, false, None).expect("register");
-    let stale_idle = registry::register(&mut conn, &db.config, &me, false, None).expect("register");
+    let fresh =
+        registry::register(&mut conn, &db.config, &me, false, None, 60.0).expect("register");
+    let stale_idle =
+        registry::register(&mut conn, &db.config, &me, false, None, 60.0).expect("register");
     let stale_with_row =
-        registry::register(&mut conn, &db.config, &me, false, None).expect("register");
+        registry::register(&mut conn, &db.config, &me, false, None, 60.0).expect("register");
     let t = db.config.table(registry::TABLE);
     db.admin
         .query_drop(format!(
@@ -216,7 +218,7 @@ fn heartbeat_ages_do_not_depend_on_any_time_zone() {
     let db = TestDb::new(MATOMO_5_3);
     let mut conn = connection::connect(&db.config).expect("connect");
     let me = matomo_archive_claim::identity::Identity::current();
-    registry::register(&mut conn, &db.config, &me, false, None).expect("register");
+    registry::register(&mut conn, &db.config, &me, false, None, 60.0).expect("register");
     // The same registry read from sessions an hour (and a day) apart in time zone: the
     // heartbeat is as fresh in each.
     for zone in ["+00:00", "+01:00", "-11:00", "+13:00"] {
