@@ -158,6 +158,17 @@ impl Registration {
         ctx.now - self.last_heartbeat.max(ctx.database_started_at)
     }
 
+    /// How long after its last beat it may have claimed: it claims only within its own lease
+    /// (`heartbeat::fence_claim`), so a longer window of the reaper's would lay a later
+    /// process's claim (the same pid reused) to it.
+    pub fn claims_within(&self, ctx: &Context) -> f64 {
+        self.lease_seconds
+            .filter(|l| l.is_finite() && *l > 0.0)
+            .map_or(ctx.policy.lease_seconds, |own| {
+                own.min(ctx.policy.lease_seconds)
+            })
+    }
+
     /// Its heartbeat is younger than the lease: the reaper's, or the process's own when that is
     /// longer (it beats less often: a gap between its beats is no silence).
     pub fn is_fresh(&self, ctx: &Context) -> bool {
@@ -438,7 +449,7 @@ pub fn liveness(
         .iter()
         .filter(|(r, _)| {
             claimed_at + ctx.claim_time_uncertainty(row, r.time_zone.as_deref())
-                <= r.last_heartbeat + ctx.policy.lease_seconds
+                <= r.last_heartbeat + r.claims_within(ctx)
         })
         .collect();
     if !speaking.is_empty() {
@@ -893,6 +904,27 @@ mod tests {
             decide(&r, &[stale], &nothing_runs(), &ctx()),
             Verdict::Unknown,
             Reason::RemoteUnregistered,
+        );
+    }
+
+    #[test]
+    fn a_stale_registration_speaks_only_within_its_own_lease_when_that_is_shorter() {
+        // It kept a 10 s lease, so it made no claim 30 s after its last beat: a later process
+        // with its pid (a stock claimer) did, though the reaper's 60 s window would take it in.
+        let mut stale = on("server2", registration(600.0));
+        stale.lease_seconds = Some(10.0);
+        let mut r = row("server2", "100");
+        r.claimed_at = Some(stale.last_heartbeat + 30.0);
+        check(
+            decide(&r, std::slice::from_ref(&stale), &nothing_runs(), &ctx()),
+            Verdict::Unknown,
+            Reason::RemoteUnregistered,
+        );
+        r.claimed_at = Some(stale.last_heartbeat + 5.0);
+        check(
+            decide(&r, &[stale], &nothing_runs(), &ctx()),
+            Verdict::Dead,
+            Reason::HeartbeatStale,
         );
     }
 
