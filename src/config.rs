@@ -207,10 +207,26 @@ impl DbConfig {
         if let Some(port) = port {
             entries.push(entry("port", port.to_owned()));
         }
+        let mut enable_ssl_given = false;
+        let mut tls_key_given: Option<String> = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v).ok_or_else(|| bad("bad %-escape in a query value"))?;
+            if k == "enable_ssl" {
+                enable_ssl_given = true;
+            } else if k.starts_with("ssl_") && !v.trim().is_empty() {
+                tls_key_given.get_or_insert_with(|| k.to_owned());
+            }
             entries.push(entry(k, v));
+        }
+        // Matomo's [database] array ignores ssl_* keys while enable_ssl is off, and configure()
+        // follows it; a URL is written by hand, and one that names a CA or a certificate but not
+        // enable_ssl wants TLS: connecting in plain text would ignore that unseen.
+        if let (Some(key), false) = (&tls_key_given, enable_ssl_given) {
+            return Err(Error::Configuration(format!(
+                "matomo_archive_claim.database: {key} is set but enable_ssl is not: add \
+                 enable_ssl=1 to use TLS (or enable_ssl=0 to connect without it)"
+            )));
         }
         Self::from_entries(&entries).map_err(|e| match e {
             Error::InvalidArgument(m) | Error::WrongType(m) | Error::Configuration(m) => {
@@ -583,6 +599,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_url_naming_tls_files_without_enable_ssl_is_refused_not_read_as_plain_text() {
+        // Matomo's [database] array ignores ssl_* while enable_ssl is off (configure() does
+        // too); in the URL nobody copies that array, and ssl_ca alone means TLS was wanted.
+        for url in [
+            "mysql://u:p@h/m?ssl_ca=/etc/ssl/ca.pem",
+            "mysql://u:p@h/m?ssl_cert=/c.pem&ssl_key=/k.pem",
+            "mysql://u:p@h/m?ssl_no_verify=1",
+        ] {
+            match DbConfig::from_url(url) {
+                Err(Error::Configuration(m)) => assert!(m.contains("enable_ssl"), "{m}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        // Said off in so many words: plain, as asked.
+        let off = DbConfig::from_url("mysql://u:p@h/m?enable_ssl=0&ssl_ca=/etc/ssl/ca.pem")
+            .expect("explicitly off");
+        assert_eq!(off.tls, None);
+        assert_eq!(
+            DbConfig::from_url("mysql://u:p@h/m?ssl_ca=")
+                .expect("empty")
+                .tls,
+            None
+        );
     }
 
     #[test]
