@@ -62,7 +62,7 @@ pub struct InvalidationRow {
     pub report: Option<String>,
     pub processing_host: Option<String>,
     pub process_id: Option<String>,
-    /// Seconds since ts_started on the database clock.
+    /// Seconds since ts_started on the database clock, ts_started read in `claim_zone`.
     pub age_seconds: Option<i64>,
     /// ts_started as Unix seconds, read in `claim_zone`.
     pub claimed_at: Option<f64>,
@@ -801,6 +801,9 @@ pub fn read_details(
     Ok(())
 }
 
+/// The hour a DST change repeats: a local time inside it names two instants this far apart.
+const DST_FOLD_SECONDS: i64 = 3600;
+
 /// Owners per statement when their zones are looked up.
 const OWNERS_CHUNK: usize = 500;
 
@@ -875,12 +878,14 @@ fn read_in_owner_zones(
             let found: Vec<Row> = exec_uncached(
                 conn,
                 format!(
-                    "SELECT idinvalidation, CAST(ts_started AS CHAR), {} FROM {t} \
-                      WHERE idinvalidation IN ({})",
+                    "SELECT idinvalidation, CAST(ts_started AS CHAR), {}, \
+                            TIMESTAMPDIFF(SECOND, CONVERT_TZ(ts_started, ?, '+00:00'), \
+                                          UTC_TIMESTAMP()) \
+                       FROM {t} WHERE idinvalidation IN ({})",
                     claim_time_sql("?"),
                     literal_ids(chunk)
                 ),
-                vec![Value::from(zone); 5],
+                vec![Value::from(zone); 6],
             )?;
             for mut found in found {
                 let id: u64 = col(&mut found, 0)?;
@@ -896,6 +901,16 @@ fn read_in_owner_zones(
                 row.claimed_at = col(&mut found, 2)?;
                 row.in_dst_fold = col::<Option<i64>>(&mut found, 3)?.unwrap_or(0) != 0;
                 row.claim_zone = Some(zone.to_owned());
+                // The age too: read in this session's zone, a claim written in a zone behind it
+                // looks older by the difference (13 hours past a timeout that has not passed).
+                // In a fold the claim may be the later instant: never count the hour.
+                if let Some(age) = col::<Option<i64>>(&mut found, 4)? {
+                    row.age_seconds = Some(if row.in_dst_fold {
+                        age - DST_FOLD_SECONDS
+                    } else {
+                        age
+                    });
+                }
             }
         }
     }

@@ -60,6 +60,23 @@ final class LiveClaimHazardsTest extends SimulatedServersTestCase
         $this->assertSame([$id => ['dead', 'heartbeat_stale', 'reset'], $second => ['dead', 'heartbeat_stale', 'reset']], $released);
     }
 
+    public function testAReaperInAnotherTimeZoneDoesNotSeeALiveClaimAsPastTheTimeout(): void
+    {
+        // The archiver writes ts_started in the zone its registration recorded; a reaper whose
+        // sessions run thirteen hours ahead read that local time as thirteen hours old, past a
+        // one-hour archive_failure_recovery_timeout: the claim's age is its owner's reading.
+        [$id] = $this->queue([['idsite' => 1]]);
+        $archiver = $this->server('archiver', [], 'tz-archiver');
+        $this->assertSame([$id], $archiver->send(['cmd' => 'claim', 'ids' => [$id]])['won']);
+        TestDatabase::admin()->exec("SET GLOBAL time_zone = '+13:00'");
+        $reaper = $this->server('reaper', [], 'tz-reaper');
+        $entry = self::byId($reaper->send(['cmd' => 'reap', 'options' => ['timeout' => 3600, 'dry_run' => true]]))[$id];
+        $this->assertSame(['alive', 'heartbeat_fresh', 'kept'], [$entry['verdict'], $entry['reason'], $entry['action']]);
+        $this->assertLessThan(3600, $entry['age_seconds']);
+        $shown = $reaper->send(['cmd' => 'in_progress'])['rows'][0];
+        $this->assertLessThan(3600, $shown['age_seconds']);
+    }
+
     public function testAClockStepCannotMakeARegisteredOwnerLookReused(): void
     {
         [$id] = $this->queue([[]]);
