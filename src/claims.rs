@@ -38,9 +38,9 @@ fn check_host_storable(
     conn: &mut mysql::Conn,
     config: &crate::config::DbConfig,
     owner: &Owner,
-) -> std::result::Result<std::result::Result<(), Error>, mysql::Error> {
+) -> std::result::Result<(), WorkError> {
     let Some(host) = owner.processing_host.as_deref() else {
-        return Ok(Ok(()));
+        return Ok(());
     };
     let key = (
         format!(
@@ -52,42 +52,33 @@ fn check_host_storable(
         host.to_owned(),
     );
     if HOST_STORABLE.with_borrow(|known| known.as_ref() == Some(&key)) {
-        return Ok(Ok(()));
+        return Ok(());
     }
-    match invalidations::host_round_trip(conn, config, host)? {
-        Some((charset, back)) if back.as_deref() != Some(host) => {
-            let column = format!(
-                "`{}`.processing_host",
-                config.table_name(invalidations::TABLE)
-            );
-            let shown = back.unwrap_or_default();
-            let message = if charset.eq_ignore_ascii_case("utf8mb4") {
-                format!(
-                    "claim_invalidation(): this host's name '{host}' would be stored as \
-                     '{shown}': the connection's charset ({}) cannot carry it; nothing was claimed. \
-                     Set [database] charset = utf8mb4, or give this host an ASCII name",
-                    config.charset.as_deref().unwrap_or("the server's default")
-                )
-            } else {
-                format!(
-                    "claim_invalidation(): this host's name '{host}' would be stored as \
-                     '{shown}' in {column} ({charset}), and a claim under a name we cannot match \
-                     again could never be released; nothing was claimed. Convert the table to \
-                     utf8mb4 (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4), or give this \
-                     host an ASCII name"
-                )
-            };
-            Ok(Err(if charset.eq_ignore_ascii_case("utf8mb4") {
-                Error::Configuration(message)
-            } else {
-                Error::Schema(message)
-            }))
-        }
-        _ => {
-            HOST_STORABLE.set(Some(key));
-            Ok(Ok(()))
-        }
-    }
+    let Some((charset, back)) = invalidations::host_round_trip(conn, config, host)?
+        .filter(|(_, back)| back.as_deref() != Some(host))
+    else {
+        HOST_STORABLE.set(Some(key));
+        return Ok(());
+    };
+    let shown = back.unwrap_or_default();
+    // A utf8mb4 column holds any name: then the connection's charset is what lost it.
+    let refusal = if charset.eq_ignore_ascii_case("utf8mb4") {
+        Error::Configuration(format!(
+            "claim_invalidation(): this host's name '{host}' would be stored as '{shown}': the \
+             connection's charset ({}) cannot carry it; nothing was claimed. Set [database] \
+             charset = utf8mb4, or give this host an ASCII name",
+            config.charset.as_deref().unwrap_or("the server's default")
+        ))
+    } else {
+        Error::Schema(format!(
+            "claim_invalidation(): this host's name '{host}' would be stored as '{shown}' in \
+             `{}`.processing_host ({charset}), and a claim under a name we cannot match again \
+             could never be released; nothing was claimed. Convert the table to utf8mb4 (ALTER \
+             TABLE ... CONVERT TO CHARACTER SET utf8mb4), or give this host an ASCII name",
+            config.table_name(invalidations::TABLE)
+        ))
+    };
+    Err(WorkError::Final(refusal))
 }
 
 /// Registers before a claim unless a recent attempt failed. Only a lost connection is an error
@@ -145,7 +136,7 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
     let owner = current_owner();
     let mut reached_server = false; // request_scope: a failure before the UPDATE sent nothing
     let result = connection::run("claim_invalidation", |conn, config, attempt| {
-        check_host_storable(conn, config, &owner)?.map_err(WorkError::Final)?;
+        check_host_storable(conn, config, &owner)?;
         // Registered before the claim, so a registration is never younger than its claims.
         register_before_claim(conn, config)?;
         // A registered process claims only while its lease is fresh (beating here if its
