@@ -87,12 +87,7 @@ final class EdgesTest extends ExtensionTestCase
         $octal = implode('', array_map(fn ($b) => sprintf('\\%03o', ord($b)), str_split($host)));
         $cmd = array_merge(['unshare', '--uts', 'sh', '-c', "printf '$octal' > /proc/sys/kernel/hostname && exec \"\$@\"", 'sh'],
             TestDatabase::php(['-d', 'matomo_archive_claim.auto_reap=0', '-r', $code]));
-        $proc = proc_open($cmd, [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
-        $out = stream_get_contents($pipes[1]);
-        $err = stream_get_contents($pipes[2]);
-        fclose($pipes[1]);
-        fclose($pipes[2]);
-        return [proc_close($proc), $out, $err];
+        return $this->runCommand($cmd);
     }
 
     public function testAHostNameTheTableCannotStoreIsRefusedAndNothingIsClaimed(): void

@@ -86,7 +86,17 @@ abstract class ExtensionTestCase extends TestCase
         }
         $args[] = '-r';
         $args[] = $code;
-        $proc = proc_open(TestDatabase::php($args), [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes, null, $env ?: null);
+        return $this->runCommand(TestDatabase::php($args), $env);
+    }
+
+    /**
+     * Runs a command to its end; returns [exit code, stdout, stderr].
+     *
+     * @return array{0:int,1:string,2:string}
+     */
+    protected function runCommand(array $cmd, array $env = []): array
+    {
+        $proc = proc_open($cmd, [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes, null, $env ?: null);
         $out = stream_get_contents($pipes[1]);
         $err = stream_get_contents($pipes[2]);
         fclose($pipes[1]);

@@ -93,6 +93,21 @@ final class RequestScopeTest extends ExtensionTestCase
         parent::tearDown();
     }
 
+    /**
+     * Starts the pool connecting as a user of its own (which a request can lock out mid-way,
+     * and which tearDown drops); returns that user's name.
+     */
+    private function startPoolAsItsOwnUser(): string
+    {
+        $user = 'mac_fpm_' . bin2hex(random_bytes(3));
+        $admin = TestDatabase::admin();
+        $admin->exec("CREATE USER '$user'@'%' IDENTIFIED BY 'pw'");
+        $admin->exec("GRANT ALL ON `{$this->config['dbname']}`.* TO '$user'@'%'");
+        $this->lockedUser = $user;
+        $this->startPool(['username' => $user, 'password' => 'pw'] + $this->config);
+        return $user;
+    }
+
     /** Starts the pool; its requests use $config (default: the test's database). */
     private function startPool(?array $config = null): void
     {
@@ -195,12 +210,7 @@ final class RequestScopeTest extends ExtensionTestCase
     public function testAReleaseThatFailsAtRequestEndIsLoggedAndRetriedAtTheNextRequestsEnd(): void
     {
         // The pool connects as its own user, which the first request locks out mid-way.
-        $user = 'mac_fpm_' . bin2hex(random_bytes(3));
-        $admin = TestDatabase::admin();
-        $admin->exec("CREATE USER '$user'@'%' IDENTIFIED BY 'pw'");
-        $admin->exec("GRANT ALL ON `{$this->config['dbname']}`.* TO '$user'@'%'");
-        $this->lockedUser = $user;
-        $this->startPool(['username' => $user, 'password' => 'pw'] + $this->config);
+        $user = $this->startPoolAsItsOwnUser();
 
         [$id, $other] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
         $r = $this->request(['ids' => (string) $id, 'end' => 'lock_out']);
@@ -210,7 +220,7 @@ final class RequestScopeTest extends ExtensionTestCase
         $this->assertSame((string) $r['pid'], $row['process_id']);
         $this->assertStringContainsString('could not release 1 claim(s) left by this request', $this->fpm->phpLog());
 
-        $admin->exec("ALTER USER '$user'@'%' ACCOUNT UNLOCK");
+        TestDatabase::admin()->exec("ALTER USER '$user'@'%' ACCOUNT UNLOCK");
         // The next request in the worker may not finish the left-behind claim...
         $next = $this->request(['ids' => (string) $other, 'end' => 'finish_others', 'others' => "$id"]);
         $this->assertSame($r['pid'], $next['pid']);
@@ -225,19 +235,14 @@ final class RequestScopeTest extends ExtensionTestCase
         // Both at once: the request died of memory_limit (its memory still held during request
         // shutdown) and the release fails. Logging would need PHP's allocator and is skipped;
         // nothing may crash the worker.
-        $user = 'mac_fpm_' . bin2hex(random_bytes(3));
-        $admin = TestDatabase::admin();
-        $admin->exec("CREATE USER '$user'@'%' IDENTIFIED BY 'pw'");
-        $admin->exec("GRANT ALL ON `{$this->config['dbname']}`.* TO '$user'@'%'");
-        $this->lockedUser = $user;
-        $this->startPool(['username' => $user, 'password' => 'pw'] + $this->config);
+        $user = $this->startPoolAsItsOwnUser();
 
         [$id] = $this->queue([[]]);
         $r = $this->request(['ids' => (string) $id, 'end' => 'lock_out', 'then' => 'memory_limit']);
         $this->assertStringContainsString('Allowed memory size', $r['body']);
         $this->assertSame(1, (int) $this->row($id)['status'], 'the database refused the release');
 
-        $admin->exec("ALTER USER '$user'@'%' ACCOUNT UNLOCK");
+        TestDatabase::admin()->exec("ALTER USER '$user'@'%' ACCOUNT UNLOCK");
         $next = $this->request([]);
         $this->assertSame($r['pid'], $next['pid'], 'the same worker, alive');
         $this->assertQueued($id, 'retried at the end of the next request');
