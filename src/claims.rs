@@ -81,7 +81,8 @@ fn check_host_storable(
     Err(WorkError::Final(refusal))
 }
 
-/// Registers before a claim unless a recent attempt failed. Only a lost connection is an error
+/// Registers before a claim (or a reap, whose watch needs the heartbeat thread) unless a
+/// recent attempt failed. Only a lost connection is an error
 /// (the claim is retried on a new one); any other failure leaves the process unregistered.
 fn register_before_claim(
     conn: &mut mysql::Conn,
@@ -116,24 +117,13 @@ pub fn configure(config: crate::config::DbConfig) {
     connection::configure(config);
 }
 
-/// The owner columns this process writes, from its identity read now (after a fork, the
-/// child's own pid).
-pub fn current_owner() -> Owner {
-    // Only host and pid: this runs on every claim, and the rest of the identity costs file
-    // reads in /proc that a claim does not need.
-    Owner {
-        process_id: Some(std::process::id().to_string()),
-        processing_host: crate::identity::host_name(),
-    }
-}
-
 pub fn claim(idinvalidation: i64) -> Result<bool> {
     if idinvalidation < 1 {
         return Err(Error::invalid(format!(
             "claim_invalidation(): idinvalidation must be 1 or more, got {idinvalidation}"
         )));
     }
-    let owner = current_owner();
+    let owner = Owner::current();
     let mut reached_server = false; // request_scope: a failure before the UPDATE sent nothing
     let result = connection::run("claim_invalidation", |conn, config, attempt| {
         check_host_storable(conn, config, &owner)?;
@@ -211,9 +201,14 @@ pub fn unregister() -> bool {
 /// Finds and releases orphans (see `liveness` for the rules).
 pub fn reap_orphans(options: &ReapOptions) -> Result<ReapReport> {
     let me = Identity::current();
+    // Only a watch proves a silence elsewhere: this process's heartbeat thread keeps one from
+    // now on (registering the process if it has not claimed yet), so that a later call can
+    // release what this one can only report as not watched long enough.
+    crate::watch::want();
     // Across a reconnect: what the first attempt released stays in the report.
     let mut carried = reap::Carried::default();
     connection::run("reap_orphans", |conn, config, _| {
+        register_before_claim(conn, config)?;
         reap::reap(conn, config, &me, options, &mut carried)
     })
 }
@@ -234,7 +229,7 @@ pub fn release(ids: &[i64]) -> Result<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let owner = current_owner();
+    let owner = Owner::current();
     // One transaction: a retry after a reconnect finds the rows the first attempt released (if
     // it committed) no longer ours, so each row is counted once.
     let changed = connection::run("release_invalidations", |conn, config, _| {
@@ -251,7 +246,7 @@ pub fn complete(ids: &[i64]) -> Result<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let owner = current_owner();
+    let owner = Owner::current();
     let mut deleted = 0;
     connection::run("complete_invalidations", |conn, config, _| {
         deleted += invalidations::complete(conn, config, &ids, &owner)?;

@@ -251,7 +251,7 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
     // read_timeout. Connect on a thread and give up after connect_timeout; a late connection
     // is dropped by that thread when it arrives.
     let (tx, rx) = std::sync::mpsc::channel();
-    crate::heartbeat::pin_library();
+    crate::library::pin();
     let spawned = std::thread::Builder::new()
         .name("archive-claim-connect".into())
         .spawn(move || {
@@ -266,7 +266,11 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
     }
     let allowed = config.connect_timeout + std::time::Duration::from_millis(500);
     match rx.recv_timeout(allowed) {
-        Ok(result) => result.map_err(|e| connection_error(config, &e)),
+        Ok(result) => {
+            let mut conn = result.map_err(|e| connection_error(config, &e))?;
+            causal_reads(&mut conn).map_err(|e| connection_error(config, &e))?;
+            Ok(conn)
+        }
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::Connection {
             target: format!("{} as '{}'", config.target(), config.username),
             detail: "the database driver failed while connecting (it panicked; its message is on \
@@ -283,6 +287,19 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
             ),
             code: errno::SERVER_LOST,
         }),
+    }
+}
+
+/// On a Galera node, makes every read of this session wait until the node has applied what the
+/// cluster committed before it (`wsrep_sync_wait`): a reaper on a node whose applier lags must
+/// not judge a heartbeat by what that node has not applied yet. A server without Galera (or
+/// MySQL, which has no such variable) is left as it is.
+fn causal_reads(conn: &mut Conn) -> std::result::Result<(), mysql::Error> {
+    match conn.query_first::<Option<i64>, _>("SELECT @@wsrep_on") {
+        Ok(Some(Some(1))) => conn.query_drop("SET SESSION wsrep_sync_wait = 1"),
+        Ok(_) => Ok(()),
+        Err(mysql::Error::MySqlError(e)) if e.code == errno::UNKNOWN_SYSTEM_VARIABLE => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -60,6 +60,13 @@ pub mod errno {
     pub const UNKNOWN_COLUMN: u16 = 1054;
     /// ER_LOCK_WAIT_TIMEOUT: a row lock held by another transaction outlasted our wait.
     pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    /// ER_NOT_SUPPORTED_YET: what GET_LOCK answers where a cluster refuses it.
+    pub const NOT_SUPPORTED_YET: u16 = 1235;
+    /// ER_LOCK_DEADLOCK: a deadlock victim, or on Galera a certification failure at commit
+    /// (another node wrote the same row first); the statement or transaction was rolled back.
+    pub const DEADLOCK: u16 = 1213;
+    /// ER_UNKNOWN_SYSTEM_VARIABLE: `@@wsrep_on` on a server without Galera support (MySQL).
+    pub const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
     /// ER_NO_SUCH_TABLE.
     pub const NO_SUCH_TABLE: u16 = 1146;
     /// ER_SERVER_SHUTDOWN: the server is going down and told us so.

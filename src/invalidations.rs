@@ -11,6 +11,7 @@ use mysql::{Conn, Params, Row, Transaction, TxOpts, Value};
 
 use crate::config::DbConfig;
 use crate::connection::Attempt;
+use crate::error::errno::DEADLOCK;
 
 pub const TABLE: &str = "archive_invalidations";
 
@@ -25,6 +26,18 @@ type SqlResult<T> = std::result::Result<T, mysql::Error>;
 pub struct Owner {
     pub processing_host: Option<String>,
     pub process_id: Option<String>,
+}
+
+impl Owner {
+    /// The owner columns this process writes, from its identity read now (after a fork, the
+    /// child's own pid). Only host and pid: this runs on every claim, and the rest of the
+    /// identity costs file reads in /proc that a claim does not need.
+    pub fn current() -> Owner {
+        Owner {
+            process_id: Some(std::process::id().to_string()),
+            processing_host: crate::identity::host_name(),
+        }
+    }
 }
 
 /// A claim as observed: the owner plus when it claimed. A compare-and-set on all of it can only
@@ -161,27 +174,47 @@ pub fn claim(
             return Ok(true);
         }
     }
-    let updated = conn.exec_drop(
-        format!(
-            "UPDATE {t} SET status = ?, processing_host = ?, process_id = ?, ts_started = NOW() \
-             WHERE idinvalidation = ? AND status = ?"
-        ),
-        (
-            STATUS_IN_PROGRESS,
-            &owner.processing_host,
-            &owner.process_id,
-            idinvalidation,
-            STATUS_QUEUED,
-        ),
-    );
-    match updated {
-        Err(mysql::Error::MySqlError(e)) if e.code == crate::error::errno::LOCK_WAIT_TIMEOUT => {
-            Ok(false)
-        }
-        Err(e) => Err(e),
-        Ok(()) => Ok(conn.affected_rows() > 0),
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let updated = conn.exec_drop(
+            format!(
+                "UPDATE {t} SET status = ?, processing_host = ?, process_id = ?, ts_started = NOW() \
+                 WHERE idinvalidation = ? AND status = ?"
+            ),
+            (
+                STATUS_IN_PROGRESS,
+                &owner.processing_host,
+                &owner.process_id,
+                idinvalidation,
+                STATUS_QUEUED,
+            ),
+        );
+        return match updated {
+            Err(mysql::Error::MySqlError(e))
+                if e.code == crate::error::errno::LOCK_WAIT_TIMEOUT =>
+            {
+                Ok(false)
+            }
+            // Rolled back: a deadlock victim, or on Galera another node claimed the row first
+            // (certification). Asked again, the row is either still queued (ours now) or
+            // taken; after a few tries it is somebody else's to hold, never ours.
+            Err(mysql::Error::MySqlError(e)) if e.code == DEADLOCK => {
+                if attempts < CLAIM_ATTEMPTS {
+                    std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempts)));
+                    continue;
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(conn.affected_rows() > 0),
+        };
     }
 }
+
+/// How often a claim rolled back as a deadlock victim (on Galera: beaten by another node) is
+/// asked again before it answers that the row is not ours.
+const CLAIM_ATTEMPTS: u32 = 3;
 
 /// The character set of `processing_host` in this table, and the name as it comes back after a
 /// trip through it on this connection. A name the column (or the connection) cannot hold comes
@@ -229,9 +262,6 @@ const DELETE_CHUNK: usize = 50_000;
 const SAME_ARCHIVE: &str = "o.idsite = r.idsite AND o.date1 = r.date1 AND o.period = r.period \
     AND o.date2 = r.date2 AND o.name = r.name AND IFNULL(o.report, '') = IFNULL(r.report, '') \
     AND o.idinvalidation <> r.idinvalidation";
-
-/// ER_LOCK_DEADLOCK: the server rolled our transaction back; running it again is safe.
-const DEADLOCK: u16 = 1213;
 
 /// What releasing one row does under Matomo's rule, decided before anything is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,17 +435,27 @@ pub fn plan_release(
 /// `unanswered`: set to what the transaction wrote once all of it is written, and cleared once
 /// its COMMIT is answered. Left set when the connection is lost in between (the COMMIT may or
 /// may not have landed): `landed` tells which, on a new connection.
+///
+/// `vetoed` runs first in the transaction and names rows that must not be released after all
+/// (their owner's registration beat since it was watched silent): it writes what a concurrent
+/// heartbeat writes, so on a cluster only one of the two commits.
 pub fn release_fenced(
     conn: &mut Conn,
     config: &DbConfig,
     rows: &[(u64, Fence)],
+    mut vetoed: impl FnMut(&mut Transaction<'_>) -> SqlResult<HashSet<u64>>,
     unanswered: &mut Option<HashMap<u64, Settlement>>,
 ) -> SqlResult<Vec<ReleaseOutcome>> {
     let t = config.table(TABLE);
-    let ids = sorted_unique(rows.iter().map(|(id, _)| *id));
-    let observed: HashMap<u64, &Fence> = rows.iter().map(|(id, f)| (*id, f)).collect();
     *unanswered = None;
     let settled = in_transaction(conn, |tx| {
+        let vetoed = vetoed(tx)?;
+        let ids = sorted_unique(
+            rows.iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !vetoed.contains(id)),
+        );
+        let observed: HashMap<u64, &Fence> = rows.iter().map(|(id, f)| (*id, f)).collect();
         let mut held = Vec::new();
         for chunk in ids.chunks(CHUNK) {
             let locked: Vec<Row> = tx.query(format!(
@@ -589,7 +629,12 @@ fn in_transaction<T>(
                 Ok(value)
             });
         match result {
-            Err(mysql::Error::MySqlError(e)) if e.code == DEADLOCK && attempts < 3 => continue,
+            // On Galera a certification failure at commit says the same: another node wrote
+            // a row we wrote. A short pause lets the winner's write arrive before we re-read.
+            Err(mysql::Error::MySqlError(e)) if e.code == DEADLOCK && attempts < 5 => {
+                std::thread::sleep(std::time::Duration::from_millis(10 * attempts));
+                continue;
+            }
             other => return other,
         }
     }
@@ -946,7 +991,7 @@ fn row_from_sql(mut row: Row) -> SqlResult<InvalidationRow> {
 }
 
 /// A column without the driver's panicking conversions.
-fn col<T: FromValue>(row: &mut Row, index: usize) -> SqlResult<T> {
+pub(crate) fn col<T: FromValue>(row: &mut Row, index: usize) -> SqlResult<T> {
     match row.take_opt::<T, usize>(index) {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) => Err(mysql::Error::FromValueError(e.0)),

@@ -12,6 +12,7 @@ pub mod filters;
 pub mod heartbeat;
 pub mod identity;
 pub mod invalidations;
+mod library;
 pub mod liveness;
 pub mod options;
 mod php_api;
@@ -25,6 +26,7 @@ pub mod request_scope;
 pub mod schema;
 pub mod settings;
 pub mod thread_log;
+pub mod watch;
 
 use ext_php_rs::prelude::*;
 use php_module::startup;

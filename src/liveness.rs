@@ -2,19 +2,21 @@
 //!
 //! The rule: release only on **proof of death**, never on doubt. A live claim is never released:
 //! not when a clock steps or a time zone changes, a pid is reused, containers share a host name,
-//! a heartbeat cannot connect, or the work runs in a child process.
+//! a heartbeat cannot connect, the work runs in a child process, the database fails over, or
+//! the nodes of a cluster disagree about the time.
 //!
 //! 0. **Work in a child.** Matomo's claims belong to the `core:archive` parent while detached
 //!    `climulti:request` children do the archiving: while a child working for the owner lives
-//!    (seen in /proc on this host, or a fresh registration of a child elsewhere), the claim is
-//!    alive, whatever became of the parent.
+//!    (seen in /proc on this host, or a registration of a child elsewhere not watched silent),
+//!    the claim is alive, whatever became of the parent.
 //! 1. **Registered owner** (it registered in `archive_claim_process` and heartbeats):
 //!    - on this very machine (host, boot, pid namespace) its process is looked at in the
 //!      kernel's own frame: the pid with the registered start ticks runs -> alive; the pid is gone,
 //!      or now names a later process -> that registration is dead;
-//!    - elsewhere: a heartbeat fresher than the lease -> alive; every one older -> dead, but only
-//!      where the owner's host has gone silent: a host that still runs a reaper judges its own
-//!      processes, which it can see (a stale heartbeat there may be a heartbeat that failed).
+//!    - elsewhere: dead only once this process's watcher has seen its heartbeat token stay the
+//!      same for a full lease (see `watch`), and only where the owner's host has gone silent: a
+//!      host that still runs a reaper judges its own processes, which it can see. No clock of
+//!      the database enters it: until watched that long, the row is kept.
 //!    - a dead registration speaks only for rows claimed during its life: a registered process
 //!      claims only while its lease is fresh, so no claim of its comes later than one lease
 //!      after its last heartbeat. Later rows are judged as unregistered.
@@ -29,15 +31,17 @@
 //! 4. Hosts an operator declares dead are released (the caller refuses a host that still
 //!    heartbeats unless forced).
 //!
-//! Time: heartbeats and registrations are Unix seconds on the database clock, in UTC, so no
-//! time zone enters them. `ts_started` is a DATETIME in the claimer's session time zone: read in
-//! the zone a registered claimer recorded it is exact, except in a DST fold; a stock claimer's
-//! zone is unknown. Every comparison with it carries an uncertainty that says so.
+//! Time: `ts_started` is a DATETIME in the claimer's session time zone: read in the zone a
+//! registered claimer recorded it is exact, except in a DST fold; a stock claimer's zone is
+//! unknown. Every comparison with it carries an uncertainty that says so. Heartbeat timestamps
+//! only ever keep a row (a display hint when nothing was watched), never release one.
 //!
 //! Why a later start proves reuse: the owner held pid p when it claimed, so any other process
 //! holding p must have started after the owner died, which is after the claim.
 
 use std::collections::HashMap;
+
+use crate::watch::{BeatToken, Silence};
 
 /// Linux's PID_MAX_LIMIT (2^22): no pid is larger. Matomo stores a random number when
 /// getmypid() is disabled, which is not a pid we can reason about.
@@ -67,9 +71,12 @@ string_enum! {
         PidGone = "pid_gone",
         /// The pid belongs to a process that started after the claim.
         PidReused = "pid_reused",
-        /// Every registration of the owner stopped heartbeating longer than the lease ago, and its
-        /// host has gone silent.
+        /// This process watched every registration of the owner keep the same heartbeat for a
+        /// full lease, and its host has gone silent.
         HeartbeatStale = "heartbeat_stale",
+        /// The owner's heartbeat has not been watched for a full lease yet (this process just
+        /// started watching, reconnected, or has no watcher): nothing is proven.
+        NotWatchedLongEnough = "not_watched_long_enough",
         /// Older than the recovery timeout (Matomo's backstop).
         Timeout = "timeout",
         /// An operator said this host is dead.
@@ -129,8 +136,8 @@ pub struct ClaimFacts {
     pub age_seconds: Option<i64>,
 }
 
-/// One registered process start, as the registry has it. Times are Unix seconds on the
-/// database clock.
+/// One registered process start, as the registry has it, with what this process's watcher
+/// has seen of its heartbeat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registration {
     pub idprocess: u64,
@@ -145,15 +152,22 @@ pub struct Registration {
     pub works_for: Option<u32>,
     /// Whether its heartbeat thread reaps for its host.
     pub reaps: bool,
+    /// Unix seconds on the clock of the database server (or cluster node) that wrote them:
+    /// shown, and compared with ts_started written by the same process, never used to call a
+    /// heartbeat stale.
     pub registered_at: f64,
     pub last_heartbeat: f64,
     /// The lease the process itself keeps (None: not recorded, an older registry).
     pub lease_seconds: Option<f64>,
+    /// Its heartbeat as read now (changes at every beat).
+    pub token: BeatToken,
+    /// What this process's watcher has seen of that token.
+    pub silence: Silence,
 }
 
 impl Registration {
-    /// Seconds it has not beaten while it could have: time the database was down (a restart)
-    /// is nobody's silence.
+    /// Seconds since its last beat by the database's clock, for display and as a hint that
+    /// only ever keeps a row: time the database was down (a restart) is nobody's silence.
     pub fn heartbeat_age(&self, ctx: &Context) -> f64 {
         ctx.now - self.last_heartbeat.max(ctx.database_started_at)
     }
@@ -169,16 +183,33 @@ impl Registration {
             })
     }
 
-    /// Its heartbeat is younger than the lease: the reaper's, or the process's own when that is
+    /// The silence that makes it stale: the reaper's lease, or the process's own when that is
     /// longer (it beats less often: a gap between its beats is no silence).
-    pub fn is_fresh(&self, ctx: &Context) -> bool {
-        let lease = self
-            .lease_seconds
+    pub fn stale_after(&self, ctx: &Context) -> f64 {
+        self.lease_seconds
             .filter(|l| l.is_finite())
             .map_or(ctx.policy.lease_seconds, |own| {
                 own.max(ctx.policy.lease_seconds)
-            });
-        self.heartbeat_age(ctx) < lease
+            })
+    }
+
+    /// Proven stale: watched unchanged for a full lease. Nothing else makes a registration
+    /// stale, however old its timestamp reads.
+    pub fn is_stale(&self, ctx: &Context) -> bool {
+        self.silence.is_silent_for(self.stale_after(ctx))
+    }
+
+    /// Not proven stale: it may be alive, and everything that depends on it is kept.
+    pub fn is_fresh(&self, ctx: &Context) -> bool {
+        !self.is_stale(ctx)
+    }
+
+    /// Positive evidence of life for a verdict: the watch saw it beat within the lease, or
+    /// (nothing watched long enough) its timestamp reads fresh. Only ever used to say "alive"
+    /// rather than "unknown"; both keep the row.
+    pub fn looks_alive(&self, ctx: &Context) -> bool {
+        let lease = self.stale_after(ctx);
+        self.silence.seen_beating_within(lease) || self.heartbeat_age(ctx) < lease
     }
 }
 
@@ -337,33 +368,51 @@ pub fn plausible_pid(process_id: &str) -> Option<u32> {
 enum OwnerState {
     /// Local, and its very process runs (whatever its heartbeat says).
     RunningHere { heartbeat_fresh: bool },
-    /// Elsewhere, heartbeat fresh.
-    FreshElsewhere,
+    /// Elsewhere, and not watched silent for a full lease: it may be alive. `looks_alive`:
+    /// seen beating, or its timestamp reads fresh (a hint for the verdict, not a proof).
+    NotProvenStale { looks_alive: bool },
     /// Local and its process is gone or its pid names a later process.
     DeadHere(Reason),
-    /// Elsewhere, heartbeat stale.
+    /// Elsewhere, watched silent for a full lease.
     StaleElsewhere,
 }
 
+impl OwnerState {
+    /// Alive (Some(true)), dead (Some(false)), or nothing proven either way (None).
+    fn alive(&self) -> Option<bool> {
+        match self {
+            OwnerState::RunningHere { .. } | OwnerState::NotProvenStale { looks_alive: true } => {
+                Some(true)
+            }
+            OwnerState::NotProvenStale { looks_alive: false } => None,
+            OwnerState::DeadHere(_) | OwnerState::StaleElsewhere => Some(false),
+        }
+    }
+}
+
 fn owner_state(r: &Registration, pid: u32, local: &impl LocalView, ctx: &Context) -> OwnerState {
-    if !ctx.is_this_machine(r) {
-        return if r.is_fresh(ctx) {
-            OwnerState::FreshElsewhere
-        } else {
+    let by_watch = || {
+        if r.is_stale(ctx) {
             OwnerState::StaleElsewhere
-        };
+        } else {
+            OwnerState::NotProvenStale {
+                looks_alive: r.looks_alive(ctx),
+            }
+        }
+    };
+    if !ctx.is_this_machine(r) {
+        return by_watch();
     }
     match local.process(pid) {
         LocalProcess::Running { start_ticks, .. } if Some(start_ticks) == r.start_ticks => {
             OwnerState::RunningHere {
-                heartbeat_fresh: r.is_fresh(ctx),
+                heartbeat_fresh: r.looks_alive(ctx),
             }
         }
         LocalProcess::Running { .. } => OwnerState::DeadHere(Reason::PidReused),
         LocalProcess::Gone => OwnerState::DeadHere(Reason::PidGone),
-        // Cannot look: fall back on the heartbeat, as for a process elsewhere.
-        LocalProcess::Unreadable if r.is_fresh(ctx) => OwnerState::FreshElsewhere,
-        LocalProcess::Unreadable => OwnerState::StaleElsewhere,
+        // Cannot look: fall back on the watch, as for a process elsewhere.
+        LocalProcess::Unreadable => by_watch(),
     }
 }
 
@@ -412,17 +461,17 @@ pub fn liveness(
             Decision::of(Dead, reason)
         }
     };
-    let child_alive = registrations
+    let children: Vec<Option<bool>> = registrations
         .iter()
         .filter(of_host)
         .filter(|r| r.works_for == Some(pid))
-        .any(|r| match owner_state(r, r.pid, local, ctx) {
-            OwnerState::RunningHere { .. } | OwnerState::FreshElsewhere => true,
-            OwnerState::DeadHere(_) | OwnerState::StaleElsewhere => false,
-        });
-    if child_alive {
+        .map(|r| owner_state(r, r.pid, local, ctx).alive())
+        .collect();
+    if children.contains(&Some(true)) {
         return Decision::of(Alive, ChildWorking);
     }
+    // A child whose silence is not proven yet may still be working.
+    let child_undecided = children.contains(&None);
 
     // 1. Registered owner.
     let owners: Vec<(&Registration, OwnerState)> = registrations
@@ -436,13 +485,24 @@ pub fn liveness(
             OwnerState::RunningHere {
                 heartbeat_fresh: true,
             }
-            | OwnerState::FreshElsewhere => return Decision::of(Alive, HeartbeatFresh),
+            | OwnerState::NotProvenStale { looks_alive: true } => {
+                return Decision::of(Alive, HeartbeatFresh)
+            }
             // Its process runs: only its heartbeat failed.
             OwnerState::RunningHere {
                 heartbeat_fresh: false,
             } => return Decision::of(Alive, PidAlive),
-            OwnerState::DeadHere(_) | OwnerState::StaleElsewhere => {}
+            OwnerState::NotProvenStale { looks_alive: false }
+            | OwnerState::DeadHere(_)
+            | OwnerState::StaleElsewhere => {}
         }
+    }
+    if child_undecided
+        || owners
+            .iter()
+            .any(|(_, s)| *s == OwnerState::NotProvenStale { looks_alive: false })
+    {
+        return Decision::of(Unknown, NotWatchedLongEnough);
     }
     // Every registration is dead; those that speak for this row were alive when it was claimed.
     let speaking: Vec<&(&Registration, OwnerState)> = owners
@@ -453,20 +513,21 @@ pub fn liveness(
         })
         .collect();
     if !speaking.is_empty() {
-        let dead_here = speaking.iter().find_map(|(_, s)| match s {
-            OwnerState::DeadHere(reason) => Some(*reason),
+        let dead_here = speaking.iter().find_map(|(r, s)| match s {
+            OwnerState::DeadHere(reason) => Some((*r, *reason)),
             _ => None,
         });
         match dead_here {
-            Some(PidGone) => return local_death(PidGone),
-            Some(_) => {
-                // The pid names a later process. Had that process claimed the row, the claim
-                // would be younger than its start; it may have written ts_started in any time
-                // zone, so the start must be later than any reading of the claim.
+            Some((_, PidGone)) => return local_death(PidGone),
+            Some((owner, _)) => {
+                // The pid names a later process than the registered owner (its start ticks
+                // differ: the kernel's own frame). Had that later process claimed the row
+                // itself, the claim would be younger than its start. The row speaks for the
+                // registration, so it was written in the zone the registration recorded: read
+                // in that zone, a claim older than the later process's start is the dead one's.
                 if let LocalProcess::Running { started_at, .. } = local.process(pid) {
-                    if started_at + ctx.clock_offset
-                        > claimed_at + ctx.claim_time_uncertainty(row, None)
-                    {
+                    let uncertainty = ctx.claim_time_uncertainty(row, owner.time_zone.as_deref());
+                    if started_at + ctx.clock_offset > claimed_at + uncertainty {
                         return local_death(PidReused);
                     }
                 }
@@ -581,6 +642,12 @@ mod tests {
             registered_at: CLAIMED - 50.0,
             last_heartbeat: NOW - heartbeat_age,
             lease_seconds: None,
+            token: BeatToken::new(Some(7), NOW - heartbeat_age),
+            // A watcher that has watched all along saw it last change at its last beat.
+            silence: Silence::Watched {
+                unchanged_for: heartbeat_age,
+                saw_beat: true,
+            },
         }
     }
 
@@ -670,20 +737,28 @@ mod tests {
     }
 
     #[test]
-    fn a_registered_local_owner_whose_pid_names_a_later_process_is_dead_beyond_any_zone() {
-        // The later process may have claimed the row itself, in a session of any time zone:
-        // only a start later than any reading of the claim proves it did not.
-        let later = pid_100(TICKS + 20_000, CLAIMED + 50.0);
+    fn a_registered_local_owner_whose_pid_names_a_process_started_after_the_claim_is_dead() {
+        // Killed with -9 after its claim; a later process got its pid (other start ticks: the
+        // kernel's frame). The row speaks for the registration, so it was written in the zone
+        // the registration recorded: a process that started after it cannot have claimed it.
+        let later = pid_100(TICKS + 20_000, CLAIMED + 5.0);
+        let d = decide(&row("server1", "100"), &[registration(2.0)], &later, &ctx());
+        check(d, Verdict::Dead, Reason::PidReused);
+    }
+
+    #[test]
+    fn a_later_process_that_started_before_the_claim_may_have_made_it_and_keeps_it() {
+        // The pid went to a later process that started before the row's claim time: it may
+        // have claimed the row itself (a stock claimer), so the row is judged as its.
+        let later = pid_100(TICKS + 20_000, CLAIMED - 1.0);
         let d = decide(&row("server1", "100"), &[registration(2.0)], &later, &ctx());
         check(d, Verdict::Alive, Reason::PidAlive);
-        let much_later = pid_100(TICKS + 20_000, CLAIMED + TIME_ZONE_SPREAD_SECONDS + 10.0);
-        let d = decide(
-            &row("server1", "100"),
-            &[registration(2.0)],
-            &much_later,
-            &ctx(),
-        );
-        check(d, Verdict::Dead, Reason::PidReused);
+        // Read in another zone than the registration's, the claim time proves nothing.
+        let mut other_zone = row("server1", "100");
+        other_zone.claim_zone = Some("+05:00".into());
+        let just_after = pid_100(TICKS + 20_000, CLAIMED + 5.0);
+        let d = decide(&other_zone, &[registration(2.0)], &just_after, &ctx());
+        check(d, Verdict::Alive, Reason::PidAlive);
     }
 
     #[test]
@@ -836,27 +911,70 @@ mod tests {
     }
 
     #[test]
-    fn time_the_database_was_down_is_nobodys_silence() {
-        // The database restarted 2 s ago: a heartbeat from before the restart is as fresh as
-        // the restart, until the lease has passed since.
-        let mut c = ctx();
-        c.database_started_at = NOW - 2.0;
-        let before_restart = on("server2", registration(100.0));
+    fn an_old_heartbeat_is_no_proof_until_a_watch_has_seen_it_unchanged_for_a_lease() {
+        // After a failover or an outage that hit everyone, every heartbeat reads old while
+        // every archiver is alive: a reaper that just (re)connected has watched nothing.
+        let mut after_outage = on("server2", registration(100.0));
+        after_outage.silence = Silence::NotWatched;
+        let decided = |r: &Registration| {
+            decide(
+                &row("server2", "100"),
+                std::slice::from_ref(r),
+                &nothing_runs(),
+                &ctx(),
+            )
+        };
+        check(
+            decided(&after_outage),
+            Verdict::Unknown,
+            Reason::NotWatchedLongEnough,
+        );
+        // Watched, but for less than a lease.
+        after_outage.silence = Silence::Watched {
+            unchanged_for: 59.0,
+            saw_beat: false,
+        };
+        check(
+            decided(&after_outage),
+            Verdict::Unknown,
+            Reason::NotWatchedLongEnough,
+        );
+        after_outage.silence = Silence::Watched {
+            unchanged_for: 60.0,
+            saw_beat: false,
+        };
+        check(
+            decided(&after_outage),
+            Verdict::Dead,
+            Reason::HeartbeatStale,
+        );
+    }
+
+    #[test]
+    fn no_database_clock_makes_a_watched_heartbeat_stale_or_fresh() {
+        // A reaper on a cluster node whose clock runs 90 s ahead reads every heartbeat 90 s
+        // older: it still beats, so it is alive.
+        let mut beating = on("server2", registration(2.0));
+        let mut ahead = ctx();
+        ahead.now = NOW + 90.0;
         check(
             decide(
                 &row("server2", "100"),
-                std::slice::from_ref(&before_restart),
+                &[beating.clone()],
                 &nothing_runs(),
-                &c,
+                &ahead,
             ),
             Verdict::Alive,
             Reason::HeartbeatFresh,
         );
-        c.database_started_at = NOW - 61.0;
-        let mut r = row("server2", "100");
-        r.claimed_at = Some(before_restart.last_heartbeat);
+        // A node 90 s behind reads a dead owner's last beat as fresh: the watch decides.
+        beating.last_heartbeat = NOW + 85.0;
+        beating.silence = Silence::Watched {
+            unchanged_for: 61.0,
+            saw_beat: true,
+        };
         check(
-            decide(&r, &[before_restart], &nothing_runs(), &c),
+            decide(&row("server2", "100"), &[beating], &nothing_runs(), &ctx()),
             Verdict::Dead,
             Reason::HeartbeatStale,
         );
@@ -1021,6 +1139,10 @@ mod tests {
             Reason::ChildWorking,
         );
         child.last_heartbeat = NOW - 600.0;
+        child.silence = Silence::Watched {
+            unchanged_for: 600.0,
+            saw_beat: true,
+        };
         check(
             decide(
                 &row("server2", "100"),

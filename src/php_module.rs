@@ -40,7 +40,7 @@ fn read_ini(key: &str) -> Option<String> {
 pub fn startup(_ty: i32, module_number: i32) -> i32 {
     IniEntryDef::register(INI_ENTRIES.as_slice(), module_number);
     settings::set_reader(read_ini);
-    crate::php_api::mark_sensitive_parameters();
+    mark_sensitive_parameters();
     if php_exceptions::register() && php_names::register() {
         0
     } else {
@@ -203,4 +203,43 @@ pub extern "C" fn info(_module: *mut ModuleEntry) {
         info_table_row!(setting.name(), value.as_str());
     }
     info_table_end!();
+}
+
+unsafe extern "C" {
+    fn zend_add_attribute(
+        attributes: *mut *mut ext_php_rs::ffi::HashTable,
+        name: *mut ext_php_rs::ffi::zend_string,
+        argc: u32,
+        flags: u32,
+        offset: u32,
+        lineno: u32,
+    ) -> *mut std::ffi::c_void;
+}
+
+/// Marks `configure()`'s `$database` `#[\SensitiveParameter]`, as PHP's own stubs mark
+/// `password_hash()`'s: an exception thrown from it (or from a function it is passed through)
+/// then shows `Object(SensitiveParameterValue)` in `getTrace()` instead of the array with its
+/// password, even with `zend.exception_ignore_args = 0`. ext-php-rs cannot declare parameter
+/// attributes, so this adds one at module startup, after the functions are registered and
+/// before any code runs. Returns false if the function was not found (nothing changed).
+pub fn mark_sensitive_parameters() -> bool {
+    const NAME: &str = "matomo\\archiveclaim\\configure";
+    // SAFETY: module startup, single-threaded; the function table holds our registered
+    // internal functions. The attribute table is persistent (flag 1, as PHP uses for internal
+    // functions) and freed by PHP with the function; the name is an interned string.
+    unsafe {
+        let table = ext_php_rs::ffi::compiler_globals.function_table;
+        if table.is_null() {
+            return false;
+        }
+        let func =
+            ext_php_rs::ffi::zend_hash_str_find_ptr_lc(table, NAME.as_ptr().cast(), NAME.len())
+                .cast::<ext_php_rs::ffi::zend_function>();
+        if func.is_null() {
+            return false;
+        }
+        let name = ext_php_rs::types::ZendStr::new_interned("SensitiveParameter", true).into_raw();
+        // offset: parameter index + 1 (0 is the function itself).
+        !zend_add_attribute(&mut (*func).common.attributes, name, 0, 1, 1, 0).is_null()
+    }
 }

@@ -1,8 +1,9 @@
 //! Reaping: gather the facts about in-progress rows in a few queries, decide each with
 //! `liveness::decide`, and give the dead ones back together with Matomo's release semantics,
-//! fenced on the claim that was observed (see `invalidations::release_fenced`).
+//! fenced on the claim that was observed (see `invalidations::release_fenced`) and, for an
+//! owner found dead by its silence, on the heartbeat that was watched (`registry::fence`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mysql::prelude::Queryable;
@@ -16,8 +17,8 @@ use crate::invalidations::{
     self, Fence, InvalidationRow, ReleaseOutcome, RowFilter, Settlement, Slot,
 };
 use crate::liveness::{
-    self, ClaimFacts, Context, Decision, LocalProcess, LocalView, Machine, Policy, Registration,
-    Verdict,
+    self, ClaimFacts, Context, Decision, LocalProcess, LocalView, Machine, Policy, Reason,
+    Registration, Verdict,
 };
 use crate::options::{Key, Options, Value};
 use crate::registry;
@@ -390,7 +391,8 @@ pub fn assess(observer: &Observer, rows: &[InvalidationRow]) -> Vec<Decision> {
 }
 
 /// Registrations whose process is proven gone: on this machine, its pid is gone or names a
-/// later process; elsewhere, its heartbeat is stale and no process there reaps any more.
+/// later process; elsewhere, its heartbeat was watched silent for a lease and no process there
+/// reaps any more.
 pub fn dead_registrations(observer: &Observer, local: &impl LocalView) -> Vec<u64> {
     let ctx = &observer.context;
     observer
@@ -405,7 +407,7 @@ pub fn dead_registrations(observer: &Observer, local: &impl LocalView) -> Vec<u6
                     LocalProcess::Unreadable => false,
                 }
             } else {
-                !r.is_fresh(ctx) && !ctx.machines_with_live_reaper.contains(&Machine::of(r))
+                r.is_stale(ctx) && !ctx.machines_with_live_reaper.contains(&Machine::of(r))
             }
         })
         .map(|r| r.idprocess)
@@ -428,7 +430,8 @@ fn check_declared_hosts(observer: &Observer, options: &ReapOptions) -> Result<()
         let freshest = of_host()
             .map(|r| r.heartbeat_age(&observer.context))
             .fold(f64::INFINITY, f64::min);
-        if of_host().any(|r| r.is_fresh(&observer.context)) {
+        // Any sign of life refuses: a beat the watch saw, or a timestamp that reads fresh.
+        if of_host().any(|r| r.looks_alive(&observer.context)) {
             return Err(Error::Refused(format!(
                 "reap_orphans(): host '{host}' is alive: a process there heartbeat {freshest:.1} s ago \
                  (lease {} s). Nothing was released. Pass 'force' => true to release its rows anyway.",
@@ -508,7 +511,15 @@ pub fn reap(
         invalidations::read_details(conn, config, &mut dead)?;
     }
     let mut unanswered = None;
-    let actions = match release_dead(conn, config, &decided, options.dry_run, &mut unanswered) {
+    let guards = heartbeat_guards(&observer, &decided);
+    let actions = match release_dead(
+        conn,
+        config,
+        &decided,
+        &guards,
+        options.dry_run,
+        &mut unanswered,
+    ) {
         Ok(actions) => actions,
         Err(e) => {
             if let Some(wrote) = unanswered {
@@ -551,6 +562,48 @@ pub fn reap(
     })
 }
 
+/// A registration whose watched silence a release rests on: the release commits only if its
+/// heartbeat is still the one watched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    pub idprocess: u64,
+    pub token: crate::watch::BeatToken,
+    /// The rows released on its silence.
+    pub rows: Vec<u64>,
+}
+
+/// The guards of the rows found dead by silence (`heartbeat_stale`): every registration of
+/// the owner and of the children working for it, on other machines (a local one was judged by
+/// the kernel). If any of them beats before the release commits, the row stays.
+fn heartbeat_guards(observer: &Observer, decided: &[(InvalidationRow, Decision)]) -> Vec<Guard> {
+    let mut by_registration: HashMap<u64, Guard> = HashMap::new();
+    for (row, decision) in decided {
+        if decision.verdict != Verdict::Dead || decision.reason != Reason::HeartbeatStale {
+            continue;
+        }
+        let Some(pid) = row.process_id.as_deref().and_then(liveness::plausible_pid) else {
+            continue;
+        };
+        for r in registrations_of(observer, row) {
+            if (r.pid == pid || r.works_for == Some(pid)) && !observer.context.is_this_machine(r) {
+                by_registration
+                    .entry(r.idprocess)
+                    .or_insert_with(|| Guard {
+                        idprocess: r.idprocess,
+                        token: r.token,
+                        rows: Vec::new(),
+                    })
+                    .rows
+                    .push(row.idinvalidation);
+            }
+        }
+    }
+    let mut guards: Vec<Guard> = by_registration.into_values().collect();
+    // One order for every reaper: two releases never wait on each other's registry rows.
+    guards.sort_by_key(|g| g.idprocess);
+    guards
+}
+
 /// The action for each decided row (aligned with `decided`, which is in id order): the dead
 /// ones are released together as a set, Matomo's row-by-row semantics kept (see
 /// `invalidations::settle`); a dry run settles the same set and writes nothing.
@@ -558,6 +611,7 @@ fn release_dead(
     conn: &mut Conn,
     config: &DbConfig,
     decided: &[(InvalidationRow, Decision)],
+    guards: &[Guard],
     dry_run: bool,
     unanswered: &mut Option<HashMap<u64, Settlement>>,
 ) -> SqlResult<Vec<Action>> {
@@ -590,7 +644,16 @@ fn release_dead(
     } else {
         let fenced: Vec<(u64, Fence)> =
             dead.iter().map(|r| (r.idinvalidation, r.fence())).collect();
-        invalidations::release_fenced(conn, config, &fenced, unanswered)?
+        let vetoed = |tx: &mut mysql::Transaction<'_>| -> SqlResult<HashSet<u64>> {
+            let mut vetoed = HashSet::new();
+            for guard in guards {
+                if !registry::fence(tx, config, guard.idprocess, guard.token)? {
+                    vetoed.extend(&guard.rows);
+                }
+            }
+            Ok(vetoed)
+        };
+        invalidations::release_fenced(conn, config, &fenced, vetoed, unanswered)?
             .into_iter()
             .map(|o| match o {
                 ReleaseOutcome::Reset => Action::Reset,

@@ -1,7 +1,8 @@
 //! Every statement on `<prefix>archive_claim_process`: one row per process start that claims
 //! through the extension (or works for one that does), named in the kernel's frame (host, boot,
-//! pid namespace, pid, start ticks), with a heartbeat written on the database clock as Unix
-//! seconds in UTC (so neither app-server clocks nor any time zone enter a staleness judgement).
+//! pid namespace, pid, start ticks), with a heartbeat: a version every beat bumps (what a
+//! watcher compares, see `watch`) and the database clock's Unix seconds in UTC (shown, never
+//! used to call a heartbeat stale).
 
 use mysql::prelude::Queryable;
 use mysql::Conn;
@@ -11,6 +12,7 @@ use crate::error::errno;
 use crate::identity::Identity;
 use crate::invalidations;
 use crate::liveness::Registration;
+use crate::watch::{self, BeatToken};
 
 pub const TABLE: &str = "archive_claim_process";
 
@@ -44,6 +46,8 @@ pub fn create_table_sql(config: &DbConfig) -> String {
           errors BIGINT UNSIGNED NULL,
           last_error VARCHAR(255) NULL,
           lease_seconds DOUBLE NULL,
+          heartbeat_version BIGINT UNSIGNED NOT NULL DEFAULT 0,
+          fence_count BIGINT UNSIGNED NOT NULL DEFAULT 0,
           PRIMARY KEY (idprocess),
           INDEX index_host_pid (host, pid),
           INDEX index_heartbeat_at (heartbeat_at)
@@ -86,6 +90,7 @@ pub fn register(
     ];
     let without_lease = params.clone();
     params.push(lease_seconds.into());
+    ensure_watch_columns(conn, config)?;
     match conn.exec_drop(insert(true), params.clone()) {
         Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => {
             conn.query_drop(create_table_sql(config))?;
@@ -125,6 +130,53 @@ pub const COUNTER_COLUMNS: &[(&str, &str)] = &[
 /// without it, every registration is judged by the reaper's lease alone, as before.
 pub const LEASE_COLUMNS: &[(&str, &str)] = &[("lease_seconds", "DOUBLE NULL")];
 
+/// What a watcher compares and a release is fenced on (0.4). A registry without them is given
+/// them before this process registers: a process that cannot add them (no ALTER privilege)
+/// does not register, so its claims are judged as a stock claimer's, never released on a
+/// silence nobody could fence.
+pub const WATCH_COLUMNS: &[(&str, &str)] = &[
+    ("heartbeat_version", "BIGINT UNSIGNED NOT NULL DEFAULT 0"),
+    ("fence_count", "BIGINT UNSIGNED NOT NULL DEFAULT 0"),
+];
+
+thread_local! {
+    /// The registry already found to have the watch columns (checked once per process).
+    static WATCH_COLUMNS_SEEN: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Brings a registry made by an earlier version to the current shape (the watch columns, and
+/// the lease and counter columns before them); a missing table is created by the caller.
+fn ensure_watch_columns(conn: &mut Conn, config: &DbConfig) -> SqlResult<()> {
+    let table = config.table(TABLE);
+    if WATCH_COLUMNS_SEEN.with_borrow(|seen| seen.as_deref() == Some(table.as_str())) {
+        return Ok(());
+    }
+    let present: Vec<String> = conn.exec(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        (config.table_name(TABLE),),
+    )?;
+    if present.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<String> = COUNTER_COLUMNS
+        .iter()
+        .chain(LEASE_COLUMNS)
+        .chain(WATCH_COLUMNS)
+        .filter(|(name, _)| !present.iter().any(|c| c.eq_ignore_ascii_case(name)))
+        .map(|(name, def)| format!("ADD COLUMN `{name}` {def}"))
+        .collect();
+    if !missing.is_empty() {
+        conn.query_drop(format!("ALTER TABLE {table} {}", missing.join(", ")))?;
+    }
+    WATCH_COLUMNS_SEEN.set(Some(table));
+    Ok(())
+}
+
+/// What every beat changes besides the timestamp: the version watchers compare.
+const BUMP: &str = "heartbeat_version = heartbeat_version + 1";
+
 /// Refreshes the heartbeat, and the thread's counters if given. Returns whether the row is
 /// still there (false: pruned while we were frozen) and whether the counters were written
 /// (false: the registry predates their columns; the beat itself is then made without them,
@@ -144,7 +196,7 @@ pub fn heartbeat(
             .map(|e| e.chars().take(255).collect::<String>());
         let with_counters = conn.exec_drop(
             format!(
-                "UPDATE {table} SET heartbeat_at = {DB_NOW}, beats = ?, reap_runs = ?, \
+                "UPDATE {table} SET heartbeat_at = {DB_NOW}, {BUMP}, beats = ?, reap_runs = ?, \
                  released = ?, errors = ?, last_error = ? WHERE idprocess = ?"
             ),
             (
@@ -164,7 +216,7 @@ pub fn heartbeat(
     }
     if !written {
         conn.exec_drop(
-            format!("UPDATE {table} SET heartbeat_at = {DB_NOW} WHERE idprocess = ?"),
+            format!("UPDATE {table} SET heartbeat_at = {DB_NOW}, {BUMP} WHERE idprocess = ?"),
             (idprocess,),
         )?;
     }
@@ -188,32 +240,17 @@ pub fn unregister(conn: &mut Conn, config: &DbConfig, idprocess: u64) -> SqlResu
     )
 }
 
-type RegistryRow = (
-    u64,
-    Option<String>,
-    u32,
-    Option<String>,
-    Option<u64>,
-    Option<u64>,
-    Option<String>,
-    Option<u32>,
-    bool,
-    f64,
-    f64,
-    Option<f64>,
-);
-
-/// Every registration (of these hosts only, if given); None when the table does not exist
-/// (nobody ever registered).
+/// Every registration (of these hosts only, if given), each with what this process's watcher
+/// has seen of its heartbeat; None when the table does not exist (nobody ever registered).
 pub fn all(
     conn: &mut Conn,
     config: &DbConfig,
     hosts: Option<&[String]>,
 ) -> SqlResult<Option<Vec<Registration>>> {
-    let sql = |lease: &str| {
+    let sql = |lease: &str, version: &str| {
         format!(
             "SELECT idprocess, host, pid, boot_id, pid_namespace, start_ticks, time_zone, works_for, \
-                    reaps, registered_at, heartbeat_at, {lease} FROM {}",
+                    reaps, registered_at, heartbeat_at, {lease}, {version} FROM {}",
             config.table(TABLE)
         )
     };
@@ -226,49 +263,98 @@ pub fn all(
         filter = format!(" WHERE host IN ({})", vec!["?"; hosts.len()].join(","));
         params.extend(hosts.iter().map(|h| mysql::Value::from(h.as_str())));
     }
-    let rows: SqlResult<Vec<RegistryRow>> =
-        conn.exec(sql("lease_seconds") + &filter, params.clone());
+    let rows: SqlResult<Vec<mysql::Row>> = conn.exec(
+        sql("lease_seconds", "heartbeat_version") + &filter,
+        params.clone(),
+    );
     let rows = match rows {
         Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => return Ok(None),
-        // A registry older than the column: every process judged by the reaper's lease.
+        // A registry older than the columns: every process judged by the reaper's lease, and
+        // watched by its timestamp alone (nobody registered here since it was current).
         Err(mysql::Error::MySqlError(e)) if e.code == errno::UNKNOWN_COLUMN => {
-            conn.exec(sql("NULL") + &filter, params)?
+            conn.exec(sql("NULL", "NULL") + &filter, params)?
         }
         other => other?,
     };
-    Ok(Some(
-        rows.into_iter()
-            .map(
-                |(
-                    idprocess,
-                    host,
-                    pid,
-                    boot_id,
-                    pid_namespace,
-                    start_ticks,
-                    time_zone,
-                    works_for,
-                    reaps,
-                    registered_at,
-                    last_heartbeat,
-                    lease_seconds,
-                )| Registration {
-                    idprocess,
-                    host,
-                    pid,
-                    boot_id,
-                    pid_namespace,
-                    start_ticks,
-                    time_zone,
-                    works_for,
-                    reaps,
-                    registered_at,
-                    last_heartbeat,
-                    lease_seconds,
-                },
-            )
-            .collect(),
-    ))
+    rows.into_iter()
+        .map(registration_from_row)
+        .collect::<SqlResult<Vec<_>>>()
+        .map(Some)
+}
+
+fn registration_from_row(mut row: mysql::Row) -> SqlResult<Registration> {
+    use crate::invalidations::col;
+    let idprocess: u64 = col(&mut row, 0)?;
+    let last_heartbeat: f64 = col(&mut row, 10)?;
+    let version: Option<u64> = col(&mut row, 12)?;
+    let token = BeatToken::new(version, last_heartbeat);
+    Ok(Registration {
+        idprocess,
+        host: col(&mut row, 1)?,
+        pid: col(&mut row, 2)?,
+        boot_id: col(&mut row, 3)?,
+        pid_namespace: col(&mut row, 4)?,
+        start_ticks: col(&mut row, 5)?,
+        time_zone: col(&mut row, 6)?,
+        works_for: col(&mut row, 7)?,
+        reaps: col(&mut row, 8)?,
+        registered_at: col(&mut row, 9)?,
+        last_heartbeat,
+        lease_seconds: col(&mut row, 11)?,
+        token,
+        silence: watch::observed(idprocess, token),
+    })
+}
+
+/// One registration as the watcher looks at it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watched {
+    pub idprocess: u64,
+    pub host: Option<String>,
+    pub token: BeatToken,
+    /// The lease the process keeps (None: not recorded).
+    pub lease_seconds: Option<f64>,
+}
+
+/// Every registration's heartbeat token, for the watcher's look (a registration is one row per
+/// process start, so this stays small whatever the size of the invalidations table).
+pub fn tokens(conn: &mut Conn, config: &DbConfig) -> SqlResult<Vec<Watched>> {
+    type TokenRow = (u64, Option<String>, Option<u64>, f64, Option<f64>);
+    let rows: Vec<TokenRow> = conn.query(format!(
+        "SELECT idprocess, host, heartbeat_version, heartbeat_at, lease_seconds FROM {}",
+        config.table(TABLE)
+    ))?;
+    Ok(rows
+        .into_iter()
+        .map(|(idprocess, host, version, at, lease_seconds)| Watched {
+            idprocess,
+            host,
+            token: BeatToken::new(version, at),
+            lease_seconds,
+        })
+        .collect())
+}
+
+/// Inside a release's transaction: bumps the registration's fence count if its heartbeat is
+/// still `token` (the one watched silent). Returns false when it beat meanwhile, or is gone.
+/// Writing the registration's row is what makes the release safe on a cluster: a heartbeat
+/// that lands on any node meanwhile writes the same row, and Galera's certification (or the
+/// row lock, on one server) lets only one of the two commit.
+pub fn fence(
+    q: &mut mysql::Transaction<'_>,
+    config: &DbConfig,
+    idprocess: u64,
+    token: BeatToken,
+) -> SqlResult<bool> {
+    q.exec_drop(
+        format!(
+            "UPDATE {} SET fence_count = fence_count + 1 \
+              WHERE idprocess = ? AND heartbeat_version <=> ? AND heartbeat_at = ?",
+            config.table(TABLE)
+        ),
+        (idprocess, token.version, token.heartbeat_at()),
+    )?;
+    Ok(q.affected_rows() == 1)
 }
 
 /// Whether the registry's table exists (nobody may have registered yet).
@@ -290,26 +376,6 @@ pub fn pids_on_machine(conn: &mut Conn, config: &DbConfig, me: &Identity) -> Sql
         ),
         (&me.host, &me.boot_id, me.pid_namespace),
     )
-}
-
-/// Hosts with a registration whose heartbeat is older than the lease: the only hosts besides
-/// its own where an automatic reaper can prove a death.
-pub fn hosts_with_stale_heartbeats(
-    conn: &mut Conn,
-    config: &DbConfig,
-    lease_seconds: f64,
-) -> SqlResult<Vec<String>> {
-    let hosts: SqlResult<Vec<Option<String>>> = conn.exec(
-        format!(
-            "SELECT DISTINCT host FROM {} WHERE heartbeat_at < {DB_NOW} - ?",
-            config.table(TABLE)
-        ),
-        (lease_seconds,),
-    );
-    match hosts {
-        Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => Ok(Vec::new()),
-        other => Ok(other?.into_iter().flatten().collect()),
-    }
 }
 
 /// Deletes the given registrations (found dead) unless an in-progress row still names their
@@ -334,20 +400,6 @@ pub fn forget(conn: &mut Conn, config: &DbConfig, idprocesses: &[u64]) -> SqlRes
     Ok(forgotten)
 }
 
-/// Deletes registrations stale for longer than `older_than_seconds` that no in-progress row
-/// names any more (processes that were never found dead by a reaper, e.g. on a host that went
-/// away for good).
-pub fn prune(conn: &mut Conn, config: &DbConfig, older_than_seconds: u64) -> SqlResult<u64> {
-    let stale: Vec<u64> = conn.exec(
-        format!(
-            "SELECT idprocess FROM {} WHERE heartbeat_at < {DB_NOW} - ?",
-            config.table(TABLE)
-        ),
-        (older_than_seconds as f64,),
-    )?;
-    forget(conn, config, &stale)
-}
-
 /// What a reaper lock is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReaperDuty<'a> {
@@ -358,17 +410,24 @@ pub enum ReaperDuty<'a> {
 }
 
 /// Takes (without waiting) the lock for a reaper duty; it is tied to the connection, so it
-/// passes on when its holder dies.
+/// passes on when its holder dies. A lock only saves work: it is node-local on Galera and gone
+/// after a reconnect, so two holders may reap at once, which fencing makes safe.
 pub fn try_reaper_lock(conn: &mut Conn, config: &DbConfig, duty: ReaperDuty) -> SqlResult<bool> {
     let scope = match duty {
         ReaperDuty::Host(host) => format!("host/{}", host.unwrap_or("")),
         ReaperDuty::StaleHosts => "stale-hosts".to_owned(),
     };
-    let got: Option<Option<i64>> = conn.exec_first(
+    let got: SqlResult<Option<Option<i64>>> = conn.exec_first(
         "SELECT GET_LOCK(CONCAT('matomo_archive_claim_', MD5(CONCAT(DATABASE(), '/', ?, '/', ?))), 0)",
         (&config.tables_prefix, scope),
-    )?;
-    Ok(got.flatten() == Some(1))
+    );
+    match got {
+        Ok(got) => Ok(got.flatten() == Some(1)),
+        // Refused (Percona XtraDB Cluster's strict mode, some MariaDB releases on Galera):
+        // the lock only saves work, so everyone takes the duty; fencing keeps it safe.
+        Err(mysql::Error::MySqlError(e)) if e.code == errno::NOT_SUPPORTED_YET => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// Marks this registration as the one that reaps for its host (so reapers elsewhere leave the

@@ -35,7 +35,6 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use crate::claims;
 use crate::config::DbConfig;
 use crate::connection;
 use crate::error::{errno, Error};
@@ -262,7 +261,7 @@ pub fn end_request() -> EndReport {
 /// these are the current settings, else on a connection of its own (settings changed by
 /// `configure()` after the claims were made), closed afterwards.
 fn release_in(config: &Rc<DbConfig>, ids: &[i64]) -> Result<u64, Error> {
-    let owner = claims::current_owner();
+    let owner = invalidations::Owner::current();
     let current = connection::configured().is_some_and(|c| *c == **config);
     if current {
         let mut released = 0;

@@ -209,6 +209,7 @@ pub fn install(
             let missing: Vec<&(&str, &str)> = registry::COUNTER_COLUMNS
                 .iter()
                 .chain(registry::LEASE_COLUMNS)
+                .chain(registry::WATCH_COLUMNS)
                 .filter(|(name, _)| !shape.columns.iter().any(|c| c.eq_ignore_ascii_case(name)))
                 .collect();
             if !missing.is_empty() {
@@ -225,7 +226,8 @@ pub fn install(
                 }
                 let names: Vec<&str> = missing.iter().map(|(name, _)| *name).collect();
                 changes.push(format!(
-                    "added columns {} to {registry_name} (what each heartbeat thread did)",
+                    "added columns {} to {registry_name} (the heartbeat's version and fence, \
+                     the lease and what each heartbeat thread did)",
                     names.join(", ")
                 ));
             }

@@ -75,6 +75,11 @@ fn insert_queued(db: &mut TestDb, idsite: i64) -> i64 {
     db.admin.last_insert_id() as i64
 }
 
+/// A release that rests on no watched heartbeat.
+fn no_veto(_: &mut mysql::Transaction<'_>) -> mysql::Result<std::collections::HashSet<u64>> {
+    Ok(Default::default())
+}
+
 fn me() -> Owner {
     Owner {
         processing_host: Some("test-host".into()),
@@ -159,46 +164,37 @@ fn rows_of_an_install_upgraded_from_matomo_4_are_read() {
 
 #[test]
 #[ignore = "needs a database: run scripts/test"]
-fn stale_registrations_are_pruned_only_when_no_row_names_them() {
+fn dead_registrations_are_forgotten_only_when_no_row_names_them() {
     let mut db = TestDb::new(MATOMO_5_3);
     let mut conn = connection::connect(&db.config).expect("connect");
     let me = matomo_archive_claim::identity::Identity::current();
-    let fresh =
+    let alive =
         registry::register(&mut conn, &db.config, &me, false, None, 60.0).expect("register");
-    let stale_idle =
+    let dead_idle =
         registry::register(&mut conn, &db.config, &me, false, None, 60.0).expect("register");
-    let stale_with_row =
+    let dead_with_row =
         registry::register(&mut conn, &db.config, &me, false, None, 60.0).expect("register");
     let t = db.config.table(registry::TABLE);
     db.admin
         .query_drop(format!(
-            "UPDATE {t} SET pid = 999001, heartbeat_at = heartbeat_at - 7200 WHERE idprocess = {stale_idle}"
+            "UPDATE {t} SET pid = 999001 WHERE idprocess = {dead_idle}"
         ))
-        .expect("age");
+        .expect("pid");
     db.admin
         .query_drop(format!(
-            "UPDATE {t} SET pid = 999002, heartbeat_at = heartbeat_at - 7200 WHERE idprocess = {stale_with_row}"
+            "UPDATE {t} SET pid = 999002 WHERE idprocess = {dead_with_row}"
         ))
-        .expect("age");
+        .expect("pid");
     let id = insert_queued(&mut db, 1);
     db.admin
         .exec_drop(
             "UPDATE matomo_archive_invalidations SET status = 1, processing_host = ?, process_id = '999002', ts_started = NOW() WHERE idinvalidation = ?",
             (&me.host, id),
         )
-        .expect("claim as the stale one");
-
-    let stale_hosts = |conn: &mut mysql::Conn, lease| {
-        registry::hosts_with_stale_heartbeats(conn, &db.config, lease).expect("stale hosts")
-    };
-    assert_eq!(
-        stale_hosts(&mut conn, 60.0),
-        me.host.clone().into_iter().collect::<Vec<_>>()
-    );
-    assert!(stale_hosts(&mut conn, 3.0 * 3600.0).is_empty());
+        .expect("claim as the dead one");
 
     assert_eq!(
-        registry::prune(&mut conn, &db.config, 3600).expect("prune"),
+        registry::forget(&mut conn, &db.config, &[dead_idle, dead_with_row]).expect("forget"),
         1
     );
     let left: Vec<u64> = db
@@ -207,26 +203,23 @@ fn stale_registrations_are_pruned_only_when_no_row_names_them() {
         .expect("left");
     assert_eq!(
         left,
-        vec![fresh, stale_with_row],
+        vec![alive, dead_with_row],
         "the evidence of a dead owner stays"
     );
 }
 
 #[test]
 #[ignore = "needs a database: run scripts/test"]
-fn heartbeat_ages_do_not_depend_on_any_time_zone() {
+fn heartbeat_timestamps_do_not_depend_on_any_time_zone() {
     let db = TestDb::new(MATOMO_5_3);
     let mut conn = connection::connect(&db.config).expect("connect");
     let me = matomo_archive_claim::identity::Identity::current();
     registry::register(&mut conn, &db.config, &me, false, None, 60.0).expect("register");
     // The same registry read from sessions an hour (and a day) apart in time zone: the
-    // heartbeat is as fresh in each.
+    // heartbeat reads as fresh in each.
     for zone in ["+00:00", "+01:00", "-11:00", "+13:00"] {
         conn.query_drop(format!("SET time_zone = '{zone}'"))
             .expect("zone");
-        let stale =
-            registry::hosts_with_stale_heartbeats(&mut conn, &db.config, 5.0).expect("stale hosts");
-        assert!(stale.is_empty(), "fresh heartbeat read as stale in {zone}");
         let regs = registry::all(&mut conn, &db.config, None)
             .expect("all")
             .expect("the table");
@@ -239,6 +232,74 @@ fn heartbeat_ages_do_not_depend_on_any_time_zone() {
             "{zone}: {regs:?} at {now}"
         );
     }
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn every_beat_changes_the_token_and_a_release_fenced_on_an_old_token_is_vetoed() {
+    let db = TestDb::new(MATOMO_5_3);
+    let mut conn = connection::connect(&db.config).expect("connect");
+    let me = matomo_archive_claim::identity::Identity::current();
+    let id = registry::register(&mut conn, &db.config, &me, false, None, 60.0).expect("register");
+    let token = |conn: &mut Conn| {
+        registry::tokens(conn, &db.config)
+            .expect("tokens")
+            .into_iter()
+            .find(|w| w.idprocess == id)
+            .expect("ours")
+            .token
+    };
+    let before = token(&mut conn);
+    // Two beats in a row, even within one microsecond of the clock, are two versions.
+    registry::heartbeat(&mut conn, &db.config, id, None).expect("beat");
+    let after = token(&mut conn);
+    assert_ne!(before, after);
+    assert_eq!(after.version, before.version.map(|v| v + 1));
+
+    let fenced = |conn: &mut Conn, t| {
+        let mut tx = conn
+            .start_transaction(mysql::TxOpts::default())
+            .expect("tx");
+        let ok = registry::fence(&mut tx, &db.config, id, t).expect("fence");
+        tx.commit().expect("commit");
+        ok
+    };
+    assert!(!fenced(&mut conn, before), "it beat since: vetoed");
+    assert!(fenced(&mut conn, after), "still the watched heartbeat");
+    // The fence wrote the row (what makes a concurrent heartbeat on another node conflict),
+    // and left the heartbeat as it was.
+    assert_eq!(token(&mut conn), after);
+    let fences: u64 = conn
+        .query_first(format!(
+            "SELECT fence_count FROM {} WHERE idprocess = {id}",
+            db.config.table(registry::TABLE)
+        ))
+        .expect("read")
+        .expect("row");
+    assert_eq!(fences, 1);
+}
+
+#[test]
+#[ignore = "needs a database: run scripts/test"]
+fn a_registry_of_an_earlier_version_gets_the_watch_columns_when_a_process_registers() {
+    let db = TestDb::new(MATOMO_5_3);
+    let mut conn = connection::connect(&db.config).expect("connect");
+    let me = matomo_archive_claim::identity::Identity::current();
+    let t = db.config.table(registry::TABLE);
+    conn.query_drop(registry::create_table_sql(&db.config))
+        .expect("create");
+    conn.query_drop(format!(
+        "ALTER TABLE {t} DROP COLUMN heartbeat_version, DROP COLUMN fence_count, DROP COLUMN lease_seconds"
+    ))
+    .expect("an older shape");
+    let id = registry::register(&mut conn, &db.config, &me, false, None, 30.0).expect("register");
+    let (version, lease): (u64, Option<f64>) = conn
+        .query_first(format!(
+            "SELECT heartbeat_version, lease_seconds FROM {t} WHERE idprocess = {id}"
+        ))
+        .expect("read")
+        .expect("row");
+    assert_eq!((version, lease), (0, Some(30.0)));
 }
 
 /// One row of a release fixture: (name, idsite, report, ts_invalidated, ts_started, owner).
@@ -419,11 +480,12 @@ fn assert_same_as_matomo(db: &mut TestDb, rows: &[FixtureRow]) -> Vec<&'static s
         .collect();
     assert_eq!(snapshot(db), before, "a dry run writes nothing");
     assert_eq!(planned, expected, "dry run vs Matomo, fixture {rows:?}");
-    let got: Vec<&str> = invalidations::release_fenced(&mut conn, &db.config, &mine, &mut None)
-        .expect("release")
-        .into_iter()
-        .map(outcome_name)
-        .collect();
+    let got: Vec<&str> =
+        invalidations::release_fenced(&mut conn, &db.config, &mine, no_veto, &mut None)
+            .expect("release")
+            .into_iter()
+            .map(outcome_name)
+            .collect();
     assert_eq!(got, expected, "reap vs Matomo, fixture {rows:?}");
     assert_eq!(
         snapshot(db),
@@ -628,7 +690,7 @@ fn a_row_reclaimed_or_finished_after_it_was_observed_is_a_lost_race_and_left_alo
 
     let mut conn = connection::connect(&db.config).expect("connect");
     let outcomes: Vec<&str> =
-        invalidations::release_fenced(&mut conn, &db.config, &observed, &mut None)
+        invalidations::release_fenced(&mut conn, &db.config, &observed, no_veto, &mut None)
             .expect("release")
             .into_iter()
             .map(outcome_name)
@@ -715,7 +777,7 @@ fn an_unanswered_release_is_known_to_have_landed_only_if_its_rows_are_as_it_left
         .collect();
     assert!(!invalidations::landed(&mut conn, &db.config, &wrote).expect("read"));
     let mut unanswered = None;
-    invalidations::release_fenced(&mut conn, &db.config, &observed, &mut unanswered)
+    invalidations::release_fenced(&mut conn, &db.config, &observed, no_veto, &mut unanswered)
         .expect("release");
     assert_eq!(unanswered, None, "the COMMIT was answered");
     assert!(invalidations::landed(&mut conn, &db.config, &wrote).expect("read"));

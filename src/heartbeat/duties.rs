@@ -1,5 +1,6 @@
-//! The heartbeat thread's duties, each with its own state: beat the lease, take the reaper
-//! locks (the election), watch and reap this host, reap hosts gone stale, prune the registry.
+//! The heartbeat thread's duties, each with its own state: beat the lease, watch every
+//! registration's heartbeat, take the reaper locks (the election), watch and reap this host,
+//! reap hosts gone silent, prune the registry.
 //! When each is due is decided in `schedule`; the thread (`thread`) runs them in that order.
 
 use std::collections::HashSet;
@@ -14,13 +15,14 @@ use crate::connection::WorkError;
 use crate::liveness;
 use crate::pidfd;
 use crate::reap::{self, Action, ReapEntry, ReapOptions};
-use crate::registry::{self, ReaperDuty};
+use crate::registry::{self, ReaperDuty, Watched};
 use crate::schema;
 use crate::settings::HeartbeatSettings;
+use crate::watch::{self, Silence};
 
 use super::lease::Lease;
 use super::report::Report;
-use super::schedule::{self, PRUNE_AFTER_LEASES};
+use super::schedule::{self, PRUNE_SILENT_LEASES};
 use super::{record_releases, Registered};
 
 /// What every duty works with: the thread's connection and this registration.
@@ -94,6 +96,46 @@ impl Beat {
             lease.idprocess.store(id, Ordering::Release);
         }
         lease.acknowledged();
+        Ok(())
+    }
+}
+
+/// Looks at every registration's heartbeat right after a beat of ours the database
+/// acknowledged, so that the watch (`watch`) counts a silence only while the database took
+/// writes from us: an outage that hit everyone is nobody's silence.
+pub(super) struct Watcher {
+    /// The last look, each registration with what the watch says of it.
+    looked: Vec<(Watched, Silence)>,
+}
+
+impl Watcher {
+    pub(super) fn new() -> Watcher {
+        Watcher { looked: Vec::new() }
+    }
+
+    pub(super) fn looked(&self) -> &[(Watched, Silence)] {
+        &self.looked
+    }
+
+    /// Our beat or look failed, or the connection is new: the watch starts afresh.
+    pub(super) fn broken(&mut self) {
+        self.looked.clear();
+        watch::broken();
+    }
+
+    pub(super) fn run(&mut self, link: &mut Link) -> std::result::Result<(), mysql::Error> {
+        let tokens = registry::tokens(open(&mut link.conn)?, &link.config)?;
+        let now = Instant::now();
+        watch::feed(schedule::watch_max_gap(&link.settings()), |w| {
+            w.look(now, tokens.iter().map(|t| (t.idprocess, t.token)))
+        });
+        self.looked = tokens
+            .into_iter()
+            .map(|t| {
+                let silence = watch::observed(t.idprocess, t.token);
+                (t, silence)
+            })
+            .collect();
         Ok(())
     }
 }
@@ -274,58 +316,44 @@ impl LocalReaper {
     }
 }
 
-/// The fleet's look for hosts whose heartbeats went stale (by the one process holding the
-/// fleet's lock): every interval where an index on `status` makes the look cheap, once per
-/// lease where the table would be scanned; it reaps only those hosts.
+/// The fleet's look at hosts gone silent (by the one process holding the fleet's lock, or by
+/// every process where the lock is refused): a host with a registration the watch saw silent
+/// for a full lease is reaped every interval where an index on `status` makes the look cheap,
+/// once per lease where the table would be scanned.
 pub(super) struct StaleHosts {
     last_reap: Option<Instant>,
-    /// After this thread itself could not beat for longer than a lease (its host cut off from
-    /// the database), every other host's heartbeat may look as stale as its own did: no
-    /// stale-host reaping until a lease has passed with beats flowing again.
-    quiet_until: Option<Instant>,
 }
 
 impl StaleHosts {
     pub(super) fn new() -> StaleHosts {
-        StaleHosts {
-            last_reap: None,
-            quiet_until: None,
-        }
-    }
-
-    /// Before a beat: how long the database has not acknowledged one.
-    pub(super) fn note_silence(&mut self, acknowledged_age: Duration, lease: Duration) {
-        if let Some(until) = schedule::quiet_after_silence(acknowledged_age, lease, Instant::now())
-        {
-            self.quiet_until = Some(until);
-        }
+        StaleHosts { last_reap: None }
     }
 
     pub(super) fn run(
         &mut self,
         link: &mut Link,
+        looked: &[(Watched, Silence)],
         index: &mut IndexLook,
         report: &mut Report,
     ) -> std::result::Result<(), mysql::Error> {
-        if schedule::quiet(self.quiet_until, Instant::now())
-            || !schedule::due(self.last_reap, index.period(link)?, Instant::now())
-        {
+        // This host is the host reaper's, which can look at its processes.
+        let hosts = schedule::silent_hosts(
+            looked,
+            link.registered.identity.host.as_deref(),
+            link.settings().lease,
+            1.0,
+        );
+        if hosts.is_empty() || !schedule::due(self.last_reap, index.period(link)?, Instant::now()) {
             return Ok(());
         }
-        let lease = link.settings().lease.as_secs_f64();
-        let mut hosts =
-            registry::hosts_with_stale_heartbeats(open(&mut link.conn)?, &link.config, lease)?;
-        // This host is the host reaper's, which can look at its processes.
-        hosts.retain(|h| Some(h) != link.registered.identity.host.as_ref());
-        if !hosts.is_empty() {
-            self.last_reap = Some(Instant::now());
-            release_proven_dead(link, report, hosts)?;
-        }
+        self.last_reap = Some(Instant::now());
+        release_proven_dead(link, report, hosts)?;
         Ok(())
     }
 }
 
-/// Deletes registrations stale for many leases that no row names any more.
+/// Deletes registrations watched silent for a few leases that no row names any more (processes
+/// never found dead by a reaper, e.g. on a host that went away for good, or idle).
 pub(super) struct Prune {
     last: Instant,
 }
@@ -341,16 +369,23 @@ impl Prune {
     }
 
     /// Returns whether it pruned.
-    pub(super) fn run(&mut self, link: &mut Link) -> std::result::Result<bool, mysql::Error> {
+    pub(super) fn run(
+        &mut self,
+        link: &mut Link,
+        looked: &[(Watched, Silence)],
+    ) -> std::result::Result<bool, mysql::Error> {
+        let lease = link.registered.settings.lease;
+        let silent: Vec<u64> = looked
+            .iter()
+            .filter(|(w, s)| {
+                s.is_silent_for(schedule::stale_after(w.lease_seconds, lease) * PRUNE_SILENT_LEASES)
+            })
+            .map(|(w, _)| w.idprocess)
+            .collect();
         let Some(conn) = link.conn.as_mut() else {
             return Ok(false);
         };
-        let lease = link.registered.settings.lease;
-        registry::prune(
-            conn,
-            &link.config,
-            lease.as_secs() * u64::from(PRUNE_AFTER_LEASES),
-        )?;
+        registry::forget(conn, &link.config, &silent)?;
         self.last = Instant::now();
         Ok(true)
     }

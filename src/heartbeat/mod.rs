@@ -209,7 +209,7 @@ pub fn ensure_registered(
             return Err(RegisterError::Sql(mysql::Error::IoError(e)));
         }
     };
-    pin_library();
+    crate::library::pin();
     let _ = BEAT.try_with(|b| {
         *b.borrow_mut() = Some(Beat {
             registered: registered.clone(),
@@ -335,27 +335,6 @@ fn heartbeat_config(config: &DbConfig, settings: &HeartbeatSettings) -> DbConfig
     c.write_timeout = c.write_timeout.min(bound);
     c.connect_timeout = c.connect_timeout.min(bound);
     c
-}
-
-/// Keeps this shared library mapped until the process ends: PHP unloads extensions after
-/// module shutdown, and a thread of ours that outlived the call that started it (a heartbeat
-/// past its stop request, a connect given up on) must not find its code gone.
-pub(crate) fn pin_library() {
-    static PINNED: std::sync::Once = std::sync::Once::new();
-    PINNED.call_once(|| {
-        // SAFETY: dladdr/dlopen with a pointer into this library and the path it reports.
-        unsafe {
-            let mut info: libc::Dl_info = std::mem::zeroed();
-            if libc::dladdr(pin_library as *const libc::c_void, &mut info) != 0
-                && !info.dli_fname.is_null()
-            {
-                libc::dlopen(
-                    info.dli_fname,
-                    libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
-                );
-            }
-        }
-    });
 }
 
 impl std::fmt::Display for RegisterError {

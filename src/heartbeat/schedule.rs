@@ -4,14 +4,19 @@
 
 use std::time::{Duration, Instant};
 
+use crate::registry::Watched;
 use crate::settings::HeartbeatSettings;
+use crate::watch::Silence;
 
 /// How often the host's reaper reads which local processes to watch (a small read of the
 /// registry, not of the invalidations): a process that registered since is watched from then.
 pub(super) const WATCH_REFRESH: Duration = Duration::from_secs(1);
 
-/// Stale registrations that no row names any more are pruned after this many leases.
+/// The registry is pruned every this many leases.
 pub(super) const PRUNE_AFTER_LEASES: u32 = 60;
+
+/// Registrations that no row names any more are pruned once watched silent this many leases.
+pub(super) const PRUNE_SILENT_LEASES: f64 = 3.0;
 
 /// When the next beat is due; the first is due at once (it takes the reaper locks while the
 /// registration is new).
@@ -70,19 +75,38 @@ pub(super) fn local_reap_due(
     local_death || due(last, lease, now)
 }
 
-/// After a beat found the last acknowledged one older than a lease, when stale-host reaping
-/// may resume (None: it was not cut off, nothing changes).
-pub(super) fn quiet_after_silence(
-    acknowledged_age: Duration,
-    lease: Duration,
-    now: Instant,
-) -> Option<Instant> {
-    (acknowledged_age > lease).then(|| now + lease)
+/// How far apart two looks of the watcher may lie before its watch starts afresh: two beats,
+/// so one late tick (a busy machine) does not throw a lease of watching away, while a thread
+/// that was frozen or blocked longer vouches for nothing it did not see.
+pub(super) fn watch_max_gap(settings: &HeartbeatSettings) -> Duration {
+    (settings.interval * 2).max(Duration::from_secs(2))
 }
 
-/// Whether stale-host reaping is held back at `now`.
-pub(super) fn quiet(quiet_until: Option<Instant>, now: Instant) -> bool {
-    quiet_until.is_some_and(|t| now < t)
+/// The silence after which a registration's heartbeat is stale: the longer of the process's
+/// own lease and ours.
+pub(super) fn stale_after(own_lease: Option<f64>, lease: Duration) -> f64 {
+    let ours = lease.as_secs_f64();
+    own_lease
+        .filter(|l| l.is_finite())
+        .map_or(ours, |own| own.max(ours))
+}
+
+/// The hosts other than ours with a registration watched silent for `leases` of its lease.
+pub(super) fn silent_hosts(
+    looked: &[(Watched, Silence)],
+    own_host: Option<&str>,
+    lease: Duration,
+    leases: f64,
+) -> Vec<String> {
+    let mut hosts: Vec<String> = looked
+        .iter()
+        .filter(|(w, s)| s.is_silent_for(stale_after(w.lease_seconds, lease) * leases))
+        .filter_map(|(w, _)| w.host.clone())
+        .filter(|h| Some(h.as_str()) != own_host)
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 /// Whether registrations stale for many leases are to be pruned now.
@@ -93,6 +117,7 @@ pub(super) fn prune_due(last_prune: Instant, lease: Duration, now: Instant) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::BeatToken;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -158,17 +183,50 @@ mod tests {
         assert!(local_reap_due(false, Some(t0), lease, t0 + lease));
     }
 
+    fn looked(host: &str, unchanged_for: f64, own_lease: Option<f64>) -> (Watched, Silence) {
+        (
+            Watched {
+                idprocess: 1,
+                host: Some(host.into()),
+                token: BeatToken::new(Some(1), 1.0),
+                lease_seconds: own_lease,
+            },
+            Silence::Watched {
+                unchanged_for,
+                saw_beat: true,
+            },
+        )
+    }
+
     #[test]
-    fn a_thread_cut_off_for_more_than_a_lease_stays_quiet_for_a_lease() {
-        let t0 = Instant::now();
+    fn only_hosts_watched_silent_for_their_lease_are_looked_at_and_never_our_own() {
         let lease = S * 30;
-        assert_eq!(quiet_after_silence(S * 30, lease, t0), None);
-        assert_eq!(quiet_after_silence(S * 2, lease, t0), None);
-        let until = quiet_after_silence(S * 31, lease, t0);
-        assert_eq!(until, Some(t0 + lease));
-        assert!(!quiet(None, t0));
-        assert!(quiet(until, t0 + S * 29));
-        assert!(!quiet(until, t0 + lease));
+        let looked = [
+            looked("server2", 31.0, None),
+            looked("server3", 29.0, None),
+            looked("server1", 300.0, None),
+            looked("server4", 45.0, Some(60.0)),
+            (
+                Watched {
+                    idprocess: 9,
+                    host: Some("server5".into()),
+                    token: BeatToken::new(None, 1.0),
+                    lease_seconds: None,
+                },
+                Silence::NotWatched,
+            ),
+        ];
+        assert_eq!(
+            silent_hosts(&looked, Some("server1"), lease, 1.0),
+            vec!["server2".to_owned()]
+        );
+        assert!(silent_hosts(&looked, Some("server1"), lease, 3.0).is_empty());
+    }
+
+    #[test]
+    fn the_watch_allows_one_late_tick() {
+        assert_eq!(watch_max_gap(&settings(1, 3)), S * 2);
+        assert_eq!(watch_max_gap(&settings(5, 60)), S * 10);
     }
 
     #[test]

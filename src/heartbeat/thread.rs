@@ -3,13 +3,14 @@
 //! and the next tick tries again; only a stop request ends the loop.
 //!
 //! Its duties, each on its own schedule (see `duties` and `schedule`):
-//! - **beat** every interval;
+//! - **beat** every interval, and right after it **look** at every registration's heartbeat
+//!   (the watch that alone can call one stale);
 //! - **elect**: at each beat, try to take this host's and the fleet's reaper locks;
 //! - **reap this host** if it holds the host's reaper lock: at once when a watched local owner
 //!   dies (the kernel says so through a pidfd), else once per lease;
-//! - **reap stale hosts** if it holds the fleet's lock: every interval where an index on
+//! - **reap silent hosts** if it holds the fleet's lock: every interval where an index on
 //!   `status` makes the look cheap (once per lease where the table would be scanned);
-//! - **prune** registrations stale for many leases;
+//! - **prune** registrations watched silent for a few leases that no row names;
 //! - **report** what went wrong (once per run of equal errors) and what it released.
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::pidfd;
 use crate::registry;
 use crate::thread_log::LogTarget;
 
-use super::duties::{Beat, Election, IndexLook, Link, LocalReaper, Prune, StaleHosts};
+use super::duties::{Beat, Election, IndexLook, Link, LocalReaper, Prune, StaleHosts, Watcher};
 use super::lease::Lease;
 use super::report::Report;
 use super::schedule::BeatClock;
@@ -34,6 +35,7 @@ pub(super) struct Heartbeat {
     report: Report,
     clock: BeatClock,
     beat: Beat,
+    watcher: Watcher,
     election: Election,
     index: IndexLook,
     local: LocalReaper,
@@ -55,6 +57,7 @@ impl Heartbeat {
             report: Report::new(log, announce, &registered.identity),
             clock: BeatClock::new(registered.settings.interval, now),
             beat: Beat::new(),
+            watcher: Watcher::new(),
             election: Election::new(),
             index: IndexLook::new(),
             local: LocalReaper::new(),
@@ -103,13 +106,17 @@ impl Heartbeat {
 
     fn connected(&mut self, beat_due: bool) -> std::result::Result<(), String> {
         if self.link.conn.is_none() {
-            // Locks were tied to the old connection.
+            // Locks were tied to the old connection, and a new one vouches for nothing the
+            // watch saw through the old.
             self.election.lost(&self.link.lease);
+            self.watcher.broken();
             self.link.conn =
                 Some(connection::connect(&self.link.config).map_err(|e| e.to_string())?);
         }
         let result = self.duties(beat_due);
         if let Err(e) = &result {
+            // Whatever failed, the database may not have taken everyone's writes meanwhile.
+            self.watcher.broken();
             if connection::is_connection_lost(e) {
                 self.link.conn = None;
             }
@@ -121,8 +128,10 @@ impl Heartbeat {
         let settings = self.link.registered.settings;
         let link = &mut self.link;
         if beat_due {
-            self.stale.note_silence(link.lease.age(), settings.lease);
             self.beat.run(link)?;
+            if settings.auto_reap || crate::watch::wanted() {
+                self.watcher.run(link)?;
+            }
         }
         if !settings.auto_reap {
             return Ok(());
@@ -137,9 +146,14 @@ impl Heartbeat {
             self.local.run(link, &mut self.report)?;
         }
         if self.election.fleet_reaper() && beat_due {
-            self.stale.run(link, &mut self.index, &mut self.report)?;
+            self.stale.run(
+                link,
+                self.watcher.looked(),
+                &mut self.index,
+                &mut self.report,
+            )?;
         }
-        if self.prune.due(settings.lease) && self.prune.run(link)? {
+        if self.prune.due(settings.lease) && self.prune.run(link, self.watcher.looked())? {
             self.index.forget();
         }
         Ok(())

@@ -918,13 +918,14 @@ final class MatomoE2ETest extends TestCase
     public function testUpdateFrom010AndUninstall(): void
     {
         $pdo = self::m()->pdo();
-        // 0.2.0's registry had no heartbeat counters: the update adds them.
+        // 0.2.0's registry had no heartbeat counters, nor the heartbeat version of 0.4.0: the
+        // update adds them.
         $pdo->exec('ALTER TABLE matomo_archive_claim_process DROP COLUMN beats, DROP COLUMN reap_runs, DROP COLUMN released,
-            DROP COLUMN errors, DROP COLUMN last_error');
+            DROP COLUMN errors, DROP COLUMN last_error, DROP COLUMN heartbeat_version, DROP COLUMN fence_count');
         $pdo->exec("UPDATE matomo_option SET option_value = '0.2.0' WHERE option_name = 'version_ArchiveClaim'");
         [$code, $out] = self::m()->console(['core:update', '--yes']);
         $this->assertSame(0, $code, $out);
-        $this->assertSame([], array_diff(['beats', 'reap_runs', 'released', 'errors', 'last_error'],
+        $this->assertSame([], array_diff(['beats', 'reap_runs', 'released', 'errors', 'last_error', 'heartbeat_version', 'fence_count'],
             $this->columns('matomo_archive_claim_process')), "the update added the counters:\n$out");
 
         $pdo->exec('DROP TABLE matomo_archive_claim_process');
@@ -936,7 +937,7 @@ final class MatomoE2ETest extends TestCase
         $this->assertSame(0, $code, $out);
         $this->assertTrue($this->hasTable('matomo_archive_claim_process'), "the update created the registry:\n$out");
         $this->assertContains('index_archive_claim_status_host', $this->indexes('matomo_archive_invalidations'));
-        $this->assertSame('0.3.0', $pdo->query("SELECT option_value FROM matomo_option WHERE option_name = 'version_ArchiveClaim'")->fetchColumn());
+        $this->assertSame('0.4.0', $pdo->query("SELECT option_value FROM matomo_option WHERE option_name = 'version_ArchiveClaim'")->fetchColumn());
         $this->assertSame(self::$checksum, self::m()->coreChecksum(), 'no file of Matomo was edited');
 
         [$code, $out] = self::m()->console(['plugin:deactivate', 'ArchiveClaim']);

@@ -44,6 +44,16 @@ final class Schema
     ];
 
     /**
+     * The heartbeat's version, which watchers compare instead of reading any clock, and the fence
+     * a release writes so that a heartbeat landing meanwhile on any cluster node aborts it
+     * (src/registry.rs WATCH_COLUMNS), added in 0.4.0.
+     */
+    public const WATCH_COLUMNS = [
+        'heartbeat_version' => 'BIGINT UNSIGNED NOT NULL DEFAULT 0',
+        'fence_count' => 'BIGINT UNSIGNED NOT NULL DEFAULT 0',
+    ];
+
+    /**
      * @param \Closure(string): list<string> $column runs a query, returns its first column
      * @param \Closure(string): void $execute runs a statement
      */
@@ -109,14 +119,14 @@ final class Schema
             $changes[] = "rebuilt table $registry (the process registry) with heartbeats in UTC epoch seconds";
         } else {
             $has = array_map('strtolower', $this->names('COLUMN_NAME', 'COLUMNS', $registry));
-            $missing = array_diff_key(self::COUNTER_COLUMNS + self::LEASE_COLUMNS, array_flip($has));
+            $missing = array_diff_key(self::COUNTER_COLUMNS + self::LEASE_COLUMNS + self::WATCH_COLUMNS, array_flip($has));
             if ($missing) {
                 $clauses = [];
                 foreach ($missing as $name => $definition) {
                     $clauses[] = "ADD COLUMN `$name` $definition";
                 }
                 ($this->execute)("ALTER TABLE `$registry` " . implode(', ', $clauses));
-                $changes[] = 'added columns ' . implode(', ', array_keys($missing)) . " to $registry (what each heartbeat thread did)";
+                $changes[] = 'added columns ' . implode(', ', array_keys($missing)) . " to $registry (the heartbeat's version and fence, the lease and what each heartbeat thread did)";
             }
         }
         return $changes;
@@ -166,6 +176,8 @@ final class Schema
           errors BIGINT UNSIGNED NULL,
           last_error VARCHAR(255) NULL,
           lease_seconds DOUBLE NULL,
+          heartbeat_version BIGINT UNSIGNED NOT NULL DEFAULT 0,
+          fence_count BIGINT UNSIGNED NOT NULL DEFAULT 0,
           PRIMARY KEY (idprocess),
           INDEX index_host_pid (host, pid),
           INDEX index_heartbeat_at (heartbeat_at)
