@@ -81,8 +81,7 @@ fn check_host_storable(
     Err(WorkError::Final(refusal))
 }
 
-/// Registers before a claim (or a reap, whose watch needs the heartbeat thread) unless a
-/// recent attempt failed. Only a lost connection is an error
+/// Registers before a claim unless a recent attempt failed. Only a lost connection is an error
 /// (the claim is retried on a new one); any other failure leaves the process unregistered.
 fn register_before_claim(
     conn: &mut mysql::Conn,
@@ -201,14 +200,14 @@ pub fn unregister() -> bool {
 /// Finds and releases orphans (see `liveness` for the rules).
 pub fn reap_orphans(options: &ReapOptions) -> Result<ReapReport> {
     let me = Identity::current();
-    // Only a watch proves a silence elsewhere: this process's heartbeat thread keeps one from
-    // now on (registering the process if it has not claimed yet), so that a later call can
-    // release what this one can only report as not watched long enough.
+    // Only a watch proves a silence elsewhere: a registered process's heartbeat thread keeps
+    // one from now on even where it does not reap by itself, so that a later call can release
+    // what this one can only report as not watched long enough. A process that is not
+    // registered (a one-off command) is not registered by this call: a dry run writes nothing.
     crate::watch::want();
     // Across a reconnect: what the first attempt released stays in the report.
     let mut carried = reap::Carried::default();
     connection::run("reap_orphans", |conn, config, _| {
-        register_before_claim(conn, config)?;
         reap::reap(conn, config, &me, options, &mut carried)
     })
 }

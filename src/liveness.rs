@@ -504,12 +504,16 @@ pub fn liveness(
     {
         return Decision::of(Unknown, NotWatchedLongEnough);
     }
-    // Every registration is dead; those that speak for this row were alive when it was claimed.
+    // Every registration is dead; those that speak for this row were alive when it was claimed:
+    // a registered process registers before its first claim and claims only within its lease
+    // after a beat, so its rows, read in its zone, lie between the two. A row outside was
+    // written by another process with that pid (or in another zone), and is judged as such.
     let speaking: Vec<&(&Registration, OwnerState)> = owners
         .iter()
         .filter(|(r, _)| {
-            claimed_at + ctx.claim_time_uncertainty(row, r.time_zone.as_deref())
-                <= r.last_heartbeat + r.claims_within(ctx)
+            let uncertainty = ctx.claim_time_uncertainty(row, r.time_zone.as_deref());
+            claimed_at + uncertainty >= r.registered_at
+                && claimed_at + uncertainty <= r.last_heartbeat + r.claims_within(ctx)
         })
         .collect();
     if !speaking.is_empty() {
@@ -639,7 +643,8 @@ mod tests {
             time_zone: Some("SYSTEM".into()),
             works_for: None,
             reaps: true,
-            registered_at: CLAIMED - 50.0,
+            // Registered before its claim and before its last beat.
+            registered_at: (NOW - heartbeat_age).min(CLAIMED) - 50.0,
             last_heartbeat: NOW - heartbeat_age,
             lease_seconds: None,
             token: BeatToken::new(Some(7), NOW - heartbeat_age),
@@ -744,6 +749,19 @@ mod tests {
         let later = pid_100(TICKS + 20_000, CLAIMED + 5.0);
         let d = decide(&row("server1", "100"), &[registration(2.0)], &later, &ctx());
         check(d, Verdict::Dead, Reason::PidReused);
+    }
+
+    #[test]
+    fn a_row_claimed_before_the_registration_is_not_the_registered_owners() {
+        // A stock process with the pid claimed after a SET GLOBAL time_zone five hours back:
+        // read in the dead owner's zone its claim predates the owner's registration, so the
+        // registration does not speak for it, and the process holding the pid (started
+        // seconds ago, no proof against a zone) keeps it.
+        let mut row = row("server1", "100");
+        row.claimed_at = Some(CLAIMED - 5.0 * 3600.0);
+        let later = pid_100(TICKS + 20_000, CLAIMED + 5.0);
+        let d = decide(&row, &[registration(2.0)], &later, &ctx());
+        check(d, Verdict::Alive, Reason::PidAlive);
     }
 
     #[test]

@@ -51,8 +51,17 @@ final class Reason
     public const PID_GONE = 'pid_gone';
     /** The owner's pid now names a process that started after the claim. */
     public const PID_REUSED = 'pid_reused';
-    /** Every heartbeat of the owner is older than the lease, and its host has gone silent. */
+    /**
+     * This process watched every heartbeat of the owner stay unchanged for a full lease (on its own
+     * monotonic clock, its own beats acknowledged all along), and the owner's host has gone silent.
+     */
     public const HEARTBEAT_STALE = 'heartbeat_stale';
+    /**
+     * The owner's heartbeat has not been watched unchanged for a full lease yet (this process just
+     * started watching, reconnected, or the database was out of reach): kept; a later call, or the
+     * heartbeat threads that keep watching, decide.
+     */
+    public const NOT_WATCHED_LONG_ENOUGH = 'not_watched_long_enough';
     /** Claimed longer ago than the recovery timeout (Matomo's backstop). */
     public const TIMEOUT = 'timeout';
     /** The owner's host is in reap_orphans()'s declare_hosts_dead. */
@@ -206,10 +215,14 @@ function install_schema(?array $options = null): array {}
  * semantics (a duplicate is deleted, any other row re-queued), each as a compare-and-set on the
  * owner and ts_started seen, so a row re-claimed meanwhile is left alone ('lost_race').
  *
- * Released: rows whose owner is proven dead (heartbeat older than the lease, or on this host a
- * pid that is gone or was reused), rows older than the recovery timeout (Matomo's backstop,
- * per-site overrides), and rows of hosts declared dead. Rows with ts_started NULL are never
- * touched.
+ * Released: rows whose owner is proven dead (its heartbeat watched unchanged for a full lease by
+ * this process, or on this host a pid that is gone or was reused), rows older than the recovery
+ * timeout (Matomo's backstop, per-site overrides), and rows of hosts declared dead. Rows with
+ * ts_started NULL are never touched. No database clock makes a heartbeat stale: only a watch
+ * does, kept by a registered process's heartbeat thread (a claimer, or register_process()),
+ * which watches from the first call on. Until it has watched a lease, a silent owner elsewhere
+ * is reported as 'not_watched_long_enough' and kept; the heartbeat threads of the fleet, which
+ * watch all along, release it.
  *
  * @param array{dry_run?: bool, timeout?: int, site_timeouts?: array<int, int>,
  *   declare_hosts_dead?: string[], force?: bool, idsites?: int[], only_hosts?: string[],
@@ -222,8 +235,8 @@ function install_schema(?array $options = null): array {}
  *   only rows of these hosts claimed in this window ('YYYY-MM-DD HH:MM:SS' in database time, or
  *   an instant as Unix seconds),
  *   the filters of Matomo's core:reset-invalidations (in_progress() calls the host filter
- *   'hosts'); lease: seconds after which a heartbeat is stale (default: php.ini; a process
- *   that keeps a longer lease of its own is judged by its own)
+ *   'hosts'); lease: seconds a heartbeat must be watched unchanged to be stale (default:
+ *   php.ini; a process that keeps a longer lease of its own is judged by its own)
  * @return array{dry_run: bool, examined: int, released: int, reset: int, deleted_duplicate: int,
  *   kept: int, lost_race: int, would_reset: int, would_delete: int,
  *   rows: list<array<string, mixed>>, forgotten_registrations: int} rows: idinvalidation,

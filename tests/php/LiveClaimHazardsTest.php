@@ -41,6 +41,7 @@ final class LiveClaimHazardsTest extends SimulatedServersTestCase
 
         TestDatabase::admin()->exec("SET GLOBAL time_zone = '-12:00'");
         $late = $this->server('late', [], 'tz-late-reaper');
+        $late->send(['cmd' => 'register']); // a watcher: only a watch proves a silence
         $this->assertSame(['alive/heartbeat_fresh/kept'], $this->reapFor($late, $second, 2.0));
 
         // A real death is still found through the lease, whatever the zones: both rows.
@@ -144,15 +145,14 @@ final class LiveClaimHazardsTest extends SimulatedServersTestCase
         $entries = self::byId($server->send(['cmd' => 'reap']));
         $this->assertSame(['alive', 'pid_alive', 'kept'], [$entries[$live]['verdict'], $entries[$live]['reason'], $entries[$live]['action']],
             'the stale registration does not speak for a claim made after its owner died');
-        // Whose is the older row? The process now holding the pid started after it was
-        // claimed, but that start is no proof while a time zone could explain the gap: kept.
-        $this->assertSame(['alive', 'pid_alive', 'kept'], [$entries[$orphan]['verdict'], $entries[$orphan]['reason'], $entries[$orphan]['action']]);
-        // Once no process holds the pid, whoever claimed is dead: both rows come back.
+        // The older row speaks for the dead registration (claimed within its life, read in the
+        // zone it recorded) and the process now holding the pid started after that claim: the
+        // kernel's frame (other start ticks) proves its owner gone, at once, not at the timeout.
+        $this->assertSame(['dead', 'pid_reused', 'reset'], [$entries[$orphan]['verdict'], $entries[$orphan]['reason'], $entries[$orphan]['action']]);
+        // Once no process holds the pid, whoever claimed is dead: the live row comes back too.
         $server->send(['cmd' => 'kill', 'pid' => $stock['pid']]);
         $entries = self::byId($server->send(['cmd' => 'reap']));
-        foreach ([$orphan, $live] as $id) {
-            $this->assertSame(['dead', 'pid_gone', 'reset'], [$entries[$id]['verdict'], $entries[$id]['reason'], $entries[$id]['action']]);
-        }
+        $this->assertSame(['dead', 'pid_gone', 'reset'], [$entries[$live]['verdict'], $entries[$live]['reason'], $entries[$live]['action']]);
     }
 
     public function testPidsOfAHostNameUsedByTwoPidNamespacesProveNothing(): void
@@ -217,6 +217,7 @@ final class LiveClaimHazardsTest extends SimulatedServersTestCase
             'argv' => ['climulti:request', "module=API&runid={$parent['pid']}"]]);
         $server->send(['cmd' => 'kill', 'pid' => $parent['pid']]);
         $remote = $this->server('r', [], 'other-host');
+        $remote->send(['cmd' => 'register']); // a watcher: only a watch proves a silence
 
         $this->assertSame(['alive/child_working/kept'], $this->reapFor($remote, $id, 4.0), 'lease 3 s, the parent is silent');
         $server->send(['cmd' => 'kill', 'pid' => $child['pid']]);

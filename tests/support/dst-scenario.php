@@ -25,6 +25,8 @@ $clock = fn () => $pdo->query('SELECT NOW(), UTC_TIMESTAMP() >= \'2026-03-29 01:
 
 $archiver = SimulatedServer::start('dst-archiver', $config);
 $reaper = SimulatedServer::start('dst-reaper', $config);
+// A reaper proves a silence only by watching it: registered, its heartbeat thread watches.
+$reaper->send(['cmd' => 'register']);
 $won = $archiver->send(['cmd' => 'claim', 'ids' => [$id]])['won'];
 [$before] = $clock();
 $seen = [];
