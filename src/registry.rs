@@ -67,14 +67,16 @@ pub fn register(
     time_zone: Option<&str>,
     lease_seconds: f64,
 ) -> SqlResult<u64> {
-    let insert = |lease: bool| {
+    // Current: with the lease and the heartbeat version (named, so that a registry without
+    // them says so at once); older: as before either existed.
+    let insert = |current: bool| {
         format!(
             "INSERT INTO {} (host, pid, boot_id, pid_namespace, start_ticks, started_at, time_zone, \
              works_for, reaps, registered_at, heartbeat_at{}) \
              VALUES (?, ?, ?, ?, ?, ?, COALESCE(?, @@session.time_zone), ?, ?, {DB_NOW}, {DB_NOW}{})",
             config.table(TABLE),
-            if lease { ", lease_seconds" } else { "" },
-            if lease { ", ?" } else { "" },
+            if current { ", lease_seconds, heartbeat_version" } else { "" },
+            if current { ", ?, 0" } else { "" },
         )
     };
     let mut params: Vec<mysql::Value> = vec![
@@ -90,15 +92,24 @@ pub fn register(
     ];
     let without_lease = params.clone();
     params.push(lease_seconds.into());
-    ensure_watch_columns(conn, config)?;
-    match conn.exec_drop(insert(true), params.clone()) {
+    let unknown_column = |r: &SqlResult<()>| matches!(r, Err(mysql::Error::MySqlError(e)) if e.code == errno::UNKNOWN_COLUMN);
+    let first = conn.exec_drop(insert(true), params.clone());
+    match first {
         Err(mysql::Error::MySqlError(e)) if e.code == errno::NO_SUCH_TABLE => {
             conn.query_drop(create_table_sql(config))?;
             conn.exec_drop(insert(true), params)?;
         }
-        // A registry older than the column: registered as before.
-        Err(mysql::Error::MySqlError(e)) if e.code == errno::UNKNOWN_COLUMN => {
-            conn.exec_drop(insert(false), without_lease)?;
+        // A registry of an earlier version: brought to the current shape if this account may
+        // (Matomo's may: its own updates ALTER tables), else registered as before, and then
+        // its heartbeats change only their timestamp and no release can be fenced on them.
+        ref r if unknown_column(r) => {
+            let _ = add_missing_columns(conn, config);
+            let again = conn.exec_drop(insert(true), params);
+            if unknown_column(&again) {
+                conn.exec_drop(insert(false), without_lease)?;
+            } else {
+                again?;
+            }
         }
         other => other?,
     }
@@ -139,27 +150,14 @@ pub const WATCH_COLUMNS: &[(&str, &str)] = &[
     ("fence_count", "BIGINT UNSIGNED NOT NULL DEFAULT 0"),
 ];
 
-thread_local! {
-    /// The registry already found to have the watch columns (checked once per process).
-    static WATCH_COLUMNS_SEEN: std::cell::RefCell<Option<String>> =
-        const { std::cell::RefCell::new(None) };
-}
-
 /// Brings a registry made by an earlier version to the current shape (the watch columns, and
 /// the lease and counter columns before them); a missing table is created by the caller.
-fn ensure_watch_columns(conn: &mut Conn, config: &DbConfig) -> SqlResult<()> {
-    let table = config.table(TABLE);
-    if WATCH_COLUMNS_SEEN.with_borrow(|seen| seen.as_deref() == Some(table.as_str())) {
-        return Ok(());
-    }
+fn add_missing_columns(conn: &mut Conn, config: &DbConfig) -> SqlResult<()> {
     let present: Vec<String> = conn.exec(
         "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
           WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
         (config.table_name(TABLE),),
     )?;
-    if present.is_empty() {
-        return Ok(());
-    }
     let missing: Vec<String> = COUNTER_COLUMNS
         .iter()
         .chain(LEASE_COLUMNS)
@@ -167,11 +165,14 @@ fn ensure_watch_columns(conn: &mut Conn, config: &DbConfig) -> SqlResult<()> {
         .filter(|(name, _)| !present.iter().any(|c| c.eq_ignore_ascii_case(name)))
         .map(|(name, def)| format!("ADD COLUMN `{name}` {def}"))
         .collect();
-    if !missing.is_empty() {
-        conn.query_drop(format!("ALTER TABLE {table} {}", missing.join(", ")))?;
+    if present.is_empty() || missing.is_empty() {
+        return Ok(());
     }
-    WATCH_COLUMNS_SEEN.set(Some(table));
-    Ok(())
+    conn.query_drop(format!(
+        "ALTER TABLE {} {}",
+        config.table(TABLE),
+        missing.join(", ")
+    ))
 }
 
 /// What every beat changes besides the timestamp: the version watchers compare.
@@ -215,10 +216,18 @@ pub fn heartbeat(
         }
     }
     if !written {
-        conn.exec_drop(
+        let bumped = conn.exec_drop(
             format!("UPDATE {table} SET heartbeat_at = {DB_NOW}, {BUMP} WHERE idprocess = ?"),
             (idprocess,),
-        )?;
+        );
+        match bumped {
+            // A registry without the version (no right to add it): the timestamp alone changes.
+            Err(mysql::Error::MySqlError(e)) if e.code == errno::UNKNOWN_COLUMN => conn.exec_drop(
+                format!("UPDATE {table} SET heartbeat_at = {DB_NOW} WHERE idprocess = ?"),
+                (idprocess,),
+            )?,
+            other => other?,
+        }
     }
     // An UPDATE within the same microsecond changes nothing but still matched the row.
     let found = conn.affected_rows() > 0 || exists(conn, config, idprocess)?;
@@ -346,15 +355,21 @@ pub fn fence(
     idprocess: u64,
     token: BeatToken,
 ) -> SqlResult<bool> {
-    q.exec_drop(
+    let fenced = q.exec_drop(
         format!(
             "UPDATE {} SET fence_count = fence_count + 1 \
               WHERE idprocess = ? AND heartbeat_version <=> ? AND heartbeat_at = ?",
             config.table(TABLE)
         ),
         (idprocess, token.version, token.heartbeat_at()),
-    )?;
-    Ok(q.affected_rows() == 1)
+    );
+    match fenced {
+        // A registry without the fence (no right to add it): nothing can be fenced, so
+        // nothing is released on this silence.
+        Err(mysql::Error::MySqlError(e)) if e.code == errno::UNKNOWN_COLUMN => Ok(false),
+        Err(e) => Err(e),
+        Ok(()) => Ok(q.affected_rows() == 1),
+    }
 }
 
 /// Whether the registry's table exists (nobody may have registered yet).

@@ -83,6 +83,8 @@ struct Seen {
 #[derive(Debug)]
 pub struct Watch {
     max_gap: Duration,
+    /// When the current unbroken stretch of looks began.
+    since: Option<Instant>,
     last_look: Option<Instant>,
     seen: HashMap<u64, Seen>,
 }
@@ -91,6 +93,7 @@ impl Watch {
     pub fn new(max_gap: Duration) -> Watch {
         Watch {
             max_gap,
+            since: None,
             last_look: None,
             seen: HashMap::new(),
         }
@@ -104,6 +107,7 @@ impl Watch {
             .is_some_and(|last| now.saturating_duration_since(last) <= self.max_gap);
         if !unbroken {
             self.seen.clear();
+            self.since = Some(now);
         }
         let mut next = HashMap::with_capacity(self.seen.len());
         for (idprocess, token) in tokens {
@@ -130,7 +134,18 @@ impl Watch {
     /// silence any more.
     pub fn broken(&mut self) {
         self.seen.clear();
+        self.since = None;
         self.last_look = None;
+    }
+
+    /// How long the current stretch of looks has run without a break (zero: none runs).
+    pub fn unbroken_for(&self, now: Instant) -> Duration {
+        match (self.since, self.last_look) {
+            (Some(since), Some(last)) if now.saturating_duration_since(last) <= self.max_gap => {
+                last.saturating_duration_since(since)
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     /// What the watch says of `idprocess` whose token a caller read as `token` at `now`.
@@ -205,6 +220,21 @@ pub fn observed(idprocess: u64, token: BeatToken) -> Silence {
                 .map(|(_, watch)| watch.silence(idprocess, token, now))
         })
         .unwrap_or(Silence::NotWatched)
+}
+
+/// How long this process's watch has run without a break (zero without one).
+pub fn unbroken_for() -> Duration {
+    let now = Instant::now();
+    SHARED
+        .lock()
+        .ok()
+        .and_then(|shared| {
+            shared
+                .as_ref()
+                .filter(|(owner, _)| *owner == std::process::id())
+                .map(|(_, watch)| watch.unbroken_for(now))
+        })
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Forgets everything watched (the watcher's connection was lost).
@@ -300,6 +330,19 @@ mod tests {
         assert_eq!(w.silence(7, t(1), secs(base, 10.0)), Silence::NotWatched);
         w.look(secs(base, 11.0), [(7, t(1))]);
         assert!(!w.silence(7, t(1), secs(base, 11.0)).is_silent_for(1.0));
+    }
+
+    #[test]
+    fn the_unbroken_stretch_counts_from_the_first_look_after_a_break() {
+        let base = Instant::now();
+        let mut w = Watch::new(GAP);
+        assert_eq!(w.unbroken_for(base), Duration::ZERO);
+        watched_every_second(&mut w, base, 10, t(1));
+        assert_eq!(w.unbroken_for(secs(base, 10.5)), Duration::from_secs(10));
+        w.look(secs(base, 20.0), [(7, t(1))]);
+        assert_eq!(w.unbroken_for(secs(base, 20.0)), Duration::ZERO);
+        w.broken();
+        assert_eq!(w.unbroken_for(secs(base, 20.0)), Duration::ZERO);
     }
 
     #[test]

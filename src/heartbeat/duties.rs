@@ -180,7 +180,11 @@ impl Election {
                 lease.reaping.store(true, Ordering::Relaxed);
             }
         }
-        if !self.fleet_reaper {
+        // The fleet's reaper acts on silences it watched: a process takes that duty only once
+        // its own watch has run unbroken for a lease, so that a run of short-lived processes
+        // (archiving children) cannot hold it in turn while none of them ever watches long
+        // enough to release a host that lost power.
+        if !self.fleet_reaper && watch::unbroken_for() >= registered.settings.lease {
             let conn = open(conn)?;
             self.fleet_reaper = registry::try_reaper_lock(conn, config, ReaperDuty::StaleHosts)?;
         }

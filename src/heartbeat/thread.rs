@@ -126,14 +126,18 @@ impl Heartbeat {
 
     fn duties(&mut self, beat_due: bool) -> std::result::Result<(), mysql::Error> {
         let settings = self.link.registered.settings;
+        // An archiving child (it works for a `core:archive` parent) only beats: it lives for
+        // one archive, its parent's host reaper sees its processes, and every statement it
+        // saves is saved once per archive.
+        let reaps = settings.auto_reap && self.link.registered.identity.works_for.is_none();
         let link = &mut self.link;
         if beat_due {
             self.beat.run(link)?;
-            if settings.auto_reap || crate::watch::wanted() {
+            if reaps || crate::watch::wanted() {
                 self.watcher.run(link)?;
             }
         }
-        if !settings.auto_reap {
+        if !reaps {
             return Ok(());
         }
         if beat_due {
