@@ -9,6 +9,7 @@ if (!extension_loaded('matomo_archive_claim')) {
 
 require __DIR__ . '/../support/TestDatabase.php';
 require __DIR__ . '/../support/SimulatedServer.php';
+require __DIR__ . '/../support/GaleraCluster.php';
 require __DIR__ . '/../support/WorkLog.php';
 require __DIR__ . '/../support/FpmPool.php';
 require __DIR__ . '/../support/RealMatomo.php';
