@@ -15,3 +15,4 @@ require __DIR__ . '/../support/FpmPool.php';
 require __DIR__ . '/../support/RealMatomo.php';
 require __DIR__ . '/ExtensionTestCase.php';
 require __DIR__ . '/SimulatedServersTestCase.php';
+require __DIR__ . '/ClusterTestCase.php';

@@ -185,6 +185,12 @@ final class GaleraCluster
         return $pdo;
     }
 
+    /** The libfaketime offset node $n runs with, or null for the true clock. */
+    public function clock(int $n): ?string
+    {
+        return $this->faketime[$n] ?? null;
+    }
+
     public function isRunning(int $n): bool
     {
         return isset($this->procs[$n]) && proc_get_status($this->procs[$n])['running'];

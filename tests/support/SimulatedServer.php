@@ -89,6 +89,35 @@ final class SimulatedServer
         return $answer;
     }
 
+    /**
+     * Sends one command without waiting for its answer (which answer() reads), so a test can
+     * drive several servers at once, or go on while a server's call is blocked.
+     */
+    public function request(array $command): void
+    {
+        fwrite($this->pipes[0], json_encode($command) . "\n");
+    }
+
+    /**
+     * The answer to the oldest request() not yet answered, or null if none came within
+     * $seconds (the request stays pending: call again to keep waiting). An error answer is
+     * returned as it is (['error' => ...]), not thrown.
+     */
+    public function answer(float $seconds): ?array
+    {
+        $read = [$this->pipes[1]];
+        $write = $except = null;
+        $sec = (int) $seconds;
+        if (@stream_select($read, $write, $except, $sec, (int) (($seconds - $sec) * 1e6)) < 1) {
+            return null;
+        }
+        $line = fgets($this->pipes[1]);
+        if ($line === false) {
+            throw new \RuntimeException("server {$this->name} is gone");
+        }
+        return json_decode($line, true);
+    }
+
     /** The host name its processes see. */
     public function host(): string
     {
