@@ -117,7 +117,20 @@ abstract class ClusterTestCase extends TestCase
     /** @return int[] ids of $count queued invalidations (distinct sites and days) */
     protected function queue(int $count): array
     {
-        return TestDatabase::queueMany(static::$cluster->pdo(1, $this->dbname), self::PREFIX, $count);
+        $pdo = static::$cluster->pdo(1, $this->dbname);
+        $before = (int) $pdo->query("SELECT COALESCE(MAX(idinvalidation), 0) FROM {$this->table()}")->fetchColumn();
+        TestDatabase::queueMany($pdo, self::PREFIX, $count);
+        // Not a range: Galera spaces auto-increment values by the cluster size
+        // (wsrep_auto_increment_control), so the ids are read back.
+        $ids = array_map('intval', $pdo->query("SELECT idinvalidation FROM {$this->table()} WHERE idinvalidation > $before ORDER BY idinvalidation")->fetchAll(\PDO::FETCH_COLUMN));
+        // Every node has applied them before anyone claims: a claim on a node that has not yet
+        // applied the insert finds no queued row (a lost claim, not what these tests are about).
+        foreach (static::$cluster->nodes() as $n) {
+            if (static::$cluster->isRunning($n)) {
+                $this->synced($n)->query("SELECT COUNT(*) FROM {$this->table()}")->fetchColumn();
+            }
+        }
+        return $ids;
     }
 
     /** @return array<int, array<string, mixed>> the rows by id, read causally through node $node */
