@@ -222,6 +222,17 @@ final class GaleraCluster
         $this->waitReady([$n], 120);
     }
 
+    /** Restarts node $n with the clock offset $offset (null: the true clock) unless it has it. */
+    public function setClock(int $n, ?string $offset): void
+    {
+        if ($this->clock($n) !== $offset || !$this->isRunning($n)) {
+            $this->kill($n);
+            $this->faketime[$n] = $offset;
+            $this->launch($n, false);
+            $this->waitReady([$n], 120);
+        }
+    }
+
     /** Cuts node $n off from the others; returns once it answers 1047 and they are one fewer. */
     public function isolate(int $n): void
     {
