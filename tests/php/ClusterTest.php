@@ -80,7 +80,7 @@ final class ClusterTest extends ClusterTestCase
      * Node 3's clock is $offset off. One archiver writes through node 1, one through node 3
      * (its heartbeats carry node 3's clock if they carry any); reapers on every node, long-lived
      * (their own heartbeat thread reaps, and they are asked to reap) and fresh reap_orphans()
-     * processes. For 4 leases no live claim may go. Then both archivers' servers lose power:
+     * processes. For 3 leases no live claim may go. Then both archivers' servers lose power:
      * each claim must come back within 3 leases and some slack.
      */
     private function skewedClockScenario(string $offset): void
@@ -100,7 +100,7 @@ final class ClusterTest extends ClusterTestCase
             $reapers[$node]->send(['cmd' => 'register']);
         }
 
-        $this->assertNoLiveClaimReleasedFor(4 * self::LEASE, $live, $reapers, [1, 2, 3]);
+        $this->assertNoLiveClaimReleasedFor(3 * self::LEASE, $live, $reapers, [1, 2, 3]);
 
         $this->powerOff('arch1');
         $this->powerOff('arch3');
@@ -258,7 +258,7 @@ final class ClusterTest extends ClusterTestCase
         $this->powerOff('arch3');
         $this->powerOff('reaper3');
         $live = array_filter($live, fn ($host) => $host !== 'arch3');
-        $live = $this->claimAndWatch($live, [1 => $archivers[1], 2 => $archivers[2]], $take, 3 * self::LEASE);
+        $live = $this->claimAndWatch($live, [1 => $archivers[1], 2 => $archivers[2]], $take, 2 * self::LEASE);
         $c->restart(3);
 
         // Node 2 is cut off from the others (1047 there); archivers on nodes 1 and 3 go on.
@@ -272,7 +272,7 @@ final class ClusterTest extends ClusterTestCase
             $this->assertStringContainsString('1047', $e->getMessage(), 'the cut-off node answers 1047');
         }
         $live = array_filter($live, fn ($host) => $host !== 'arch2');
-        $live = $this->claimAndWatch($live, [1 => $archivers[1], 3 => $archivers[3]], $take, 3 * self::LEASE);
+        $live = $this->claimAndWatch($live, [1 => $archivers[1], 3 => $archivers[3]], $take, 2 * self::LEASE);
         $c->rejoin(2);
         $this->assertSame([], $this->lostClaims($live));
     }

@@ -92,7 +92,7 @@ abstract class ClusterTestCase extends TestCase
             $c->releaseApplier($n);
             if (!$c->isRunning($n)) {
                 $c->restart($n);
-            } elseif ($c->status($n, 'wsrep_ready') !== 'ON') {
+            } elseif ($c->status($n, 'wsrep_cluster_status') !== 'Primary') {
                 $c->rejoin($n);
             }
         }

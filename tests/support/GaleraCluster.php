@@ -368,7 +368,15 @@ final class GaleraCluster
                     // not listening yet
                 }
                 if (microtime(true) > $deadline) {
-                    throw new \RuntimeException("node $n not synced within $seconds s");
+                    $state = [];
+                    foreach (['wsrep_ready', 'wsrep_local_state_comment', 'wsrep_cluster_status', 'wsrep_cluster_size'] as $v) {
+                        try {
+                            $state[] = "$v=" . $this->status($n, $v);
+                        } catch (\PDOException $e) {
+                            $state[] = "$v: {$e->getMessage()}";
+                        }
+                    }
+                    throw new \RuntimeException("node $n not synced within $seconds s (" . implode(', ', $state) . ")\n" . $this->logTails());
                 }
                 usleep(100000);
             }
