@@ -18,6 +18,10 @@ declare -A needed=(
   # A database clock across a DST change (tests/php/DstTest.php).
   [faketime]=/usr/bin/faketime
   [tzdata]=/usr/share/zoneinfo/Europe/Berlin
+  # A 3-node Galera cluster (tests/support/GaleraCluster.php): the provider, and rsync for the
+  # state transfer that gives a joining node its data.
+  [galera-4]=/usr/lib/galera/libgalera_smm.so
+  [rsync]=/usr/bin/rsync
   # A real php-fpm worker driven over FastCGI (tests/php/RequestScopeTest.php).
   [php-fpm]=php-fpm
   [libfcgi-bin]=/usr/bin/cgi-fcgi

@@ -109,7 +109,7 @@ final class ChaosTest extends ExtensionTestCase
                 $nextRestart = microtime(true) + 15;
             } elseif ($roll <= 45 && $names) {
                 $server = $this->servers[$names[$rand->getInt(0, count($names) - 1)]];
-                $victim = $this->pickArchiver($server);
+                $victim = $server->randomLiveChild();
                 if ($victim !== null) {
                     $killed = $server->send(['cmd' => 'kill', 'pid' => $victim]);
                     WorkLog::died($deaths, $server->host() . " $victim", (float) $killed['at']);
@@ -196,33 +196,6 @@ final class ChaosTest extends ExtensionTestCase
         } catch (\PDOException) {
             // the database is restarting: the zone stays
         }
-    }
-
-    /**
-     * A pid (in its server) of one of its live archivers: children of the agent, pid 1's
-     * children, which include climulti:request children whose archiver was killed. Not a
-     * zombie: the agent never collects those adopted children, and "killing" one again later
-     * would be no death at all.
-     */
-    private function pickArchiver(SimulatedServer $server): ?int
-    {
-        $outer = $server->outerPid;
-        $children = array_values(array_filter(
-            explode(' ', trim((string) @file_get_contents("/proc/$outer/task/$outer/children"))),
-            fn ($pid) => $pid !== '' && preg_match('/\) [RSD] /', (string) @file_get_contents("/proc/$pid/stat")) === 1,
-        ));
-        if (!$children) {
-            return null;
-        }
-        $child = (int) $children[array_rand($children)];
-        // Its pid as the server sees it: the last field of NSpid.
-        foreach (file("/proc/$child/status") ?: [] as $line) {
-            if (str_starts_with($line, 'NSpid:')) {
-                $pids = preg_split('/\s+/', trim(substr($line, 6)));
-                return (int) end($pids);
-            }
-        }
-        return null;
     }
 
     private function remainingSafely(): int

@@ -134,6 +134,35 @@ final class MultiHostTest extends SimulatedServersTestCase
         $this->assertSame(['dead', 'pid_reused', 'reset'], [$entries[$old]['verdict'], $entries[$old]['reason'], $entries[$old]['action']]);
     }
 
+    public function testARegisteredOwnerWhosePidWentToALaterProcessIsDeadAtOnce(): void
+    {
+        // An archiver that loaded the extension (registered: its start ticks are on record)
+        // claims and is killed; its pid then goes to a later process of the same host and pid
+        // namespace, which claims nothing. The registration's start ticks differ from the
+        // process now holding the pid: the owner is dead (pid reused), provable by this host's
+        // reaper at once, not after 26 hours.
+        [$id] = $this->queue([[]]);
+        $server = $this->server('reuse-host');
+        $owner = $server->send(['cmd' => 'spawn', 'ids' => [$id], 'register' => true]);
+        $this->assertSame([$id], $owner['won']);
+        $server->send(['cmd' => 'kill', 'pid' => $owner['pid']]);
+        sleep(3); // the later process starts after the claim by more than a 2 s clock margin
+        $later = $server->send(['cmd' => 'spawn', 'ids' => [], 'extension' => false, 'pid' => $owner['pid']]);
+        $this->assertSame($owner['pid'], $later['pid'], 'ns_last_pid gave the later process the dead owner\'s pid');
+
+        $deadline = microtime(true) + 5;
+        do {
+            $entry = self::byId($server->send(['cmd' => 'reap']))[$id];
+            if ($entry['action'] !== 'kept') {
+                break;
+            }
+            usleep(250000);
+        } while (microtime(true) < $deadline);
+        $this->assertSame(['dead', 'pid_reused', 'reset'], [$entry['verdict'], $entry['reason'], $entry['action']],
+            'the registered owner whose pid now names a later process is dead');
+        $this->assertSame(0, (int) $this->row($id)['status']);
+    }
+
     public function testAStockMatomoClaimerIsJudgedOnlyOnItsOwnHost(): void
     {
         [$id] = $this->queue([[]]);

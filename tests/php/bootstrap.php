@@ -9,8 +9,12 @@ if (!extension_loaded('matomo_archive_claim')) {
 
 require __DIR__ . '/../support/TestDatabase.php';
 require __DIR__ . '/../support/SimulatedServer.php';
+require __DIR__ . '/../support/GaleraCluster.php';
+require __DIR__ . '/../support/MariaDbServer.php';
+require __DIR__ . '/../support/TcpForwarder.php';
 require __DIR__ . '/../support/WorkLog.php';
 require __DIR__ . '/../support/FpmPool.php';
 require __DIR__ . '/../support/RealMatomo.php';
 require __DIR__ . '/ExtensionTestCase.php';
 require __DIR__ . '/SimulatedServersTestCase.php';
+require __DIR__ . '/ClusterTestCase.php';

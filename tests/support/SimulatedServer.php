@@ -89,6 +89,62 @@ final class SimulatedServer
         return $answer;
     }
 
+    /**
+     * Sends one command without waiting for its answer (which answer() reads), so a test can
+     * drive several servers at once, or go on while a server's call is blocked.
+     */
+    public function request(array $command): void
+    {
+        fwrite($this->pipes[0], json_encode($command) . "\n");
+    }
+
+    /**
+     * The answer to the oldest request() not yet answered, or null if none came within
+     * $seconds (the request stays pending: call again to keep waiting). An error answer is
+     * returned as it is (['error' => ...]), not thrown.
+     */
+    public function answer(float $seconds): ?array
+    {
+        $read = [$this->pipes[1]];
+        $write = $except = null;
+        $sec = (int) $seconds;
+        if (@stream_select($read, $write, $except, $sec, (int) (($seconds - $sec) * 1e6)) < 1) {
+            return null;
+        }
+        $line = fgets($this->pipes[1]);
+        if ($line === false) {
+            throw new \RuntimeException("server {$this->name} is gone");
+        }
+        return json_decode($line, true);
+    }
+
+    /**
+     * A pid (as this server sees it) of one of its live processes other than the agent: the
+     * agent's children, which include climulti:request children whose archiver was killed
+     * (adopted by pid 1). Not a zombie: the agent never collects adopted children, and
+     * "killing" one again later would be no death at all. Null if there is none.
+     */
+    public function randomLiveChild(): ?int
+    {
+        $outer = $this->outerPid;
+        $children = array_values(array_filter(
+            explode(' ', trim((string) @file_get_contents("/proc/$outer/task/$outer/children"))),
+            fn ($pid) => $pid !== '' && preg_match('/\) [RSD] /', (string) @file_get_contents("/proc/$pid/stat")) === 1,
+        ));
+        if (!$children) {
+            return null;
+        }
+        $child = (int) $children[array_rand($children)];
+        // Its pid as the server sees it: the last field of NSpid.
+        foreach (file("/proc/$child/status") ?: [] as $line) {
+            if (str_starts_with($line, 'NSpid:')) {
+                $pids = preg_split('/\s+/', trim(substr($line, 6)));
+                return (int) end($pids);
+            }
+        }
+        return null;
+    }
+
     /** The host name its processes see. */
     public function host(): string
     {

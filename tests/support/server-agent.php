@@ -79,6 +79,20 @@ while (($line = fgets(STDIN)) !== false) {
             case 'claim':
                 answer(['won' => array_values(array_filter($msg['ids'], fn ($id) => AC\claim_invalidation($id)))]);
                 break;
+            case 'claim_all':
+                // Every id tried, whatever the others did: what each claim answered or threw.
+                $won = $errors = [];
+                foreach ($msg['ids'] as $id) {
+                    try {
+                        if (AC\claim_invalidation($id)) {
+                            $won[] = $id;
+                        }
+                    } catch (\Throwable $e) {
+                        $errors[$id] = get_class($e) . ' (' . $e->getCode() . '): ' . $e->getMessage();
+                    }
+                }
+                answer(['won' => $won, 'errors' => (object) $errors]);
+                break;
             case 'complete':
                 answer(['changed' => AC\complete_invalidations($msg['ids'])]);
                 break;
