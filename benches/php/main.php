@@ -23,14 +23,14 @@ require __DIR__ . '/../../tests/support/StockMatomo.php';
 $quick = in_array('--quick', $argv, true);
 // --large: the background section also measures a 10,000,000-row table (about 5 more minutes).
 $large = in_array('--large', $argv, true);
-// --only=claim,reap,... runs some sections: claim, drain, reap, release, recovery, overheads, background.
+// --only=claim,reap,... runs some sections: claim, drain, reap, release, recovery, overheads, background, matomo.
 $only = null;
 foreach ($argv as $arg) {
     if (str_starts_with($arg, '--only=')) {
         $only = explode(',', substr($arg, 7));
     }
 }
-const SECTIONS = ['claim', 'drain', 'reap', 'release', 'recovery', 'overheads', 'background'];
+const SECTIONS = ['claim', 'drain', 'reap', 'release', 'recovery', 'overheads', 'background', 'matomo'];
 foreach ($only ?? [] as $name) {
     in_array($name, SECTIONS, true) || throw new \InvalidArgumentException("unknown section '$name'; sections: " . implode(', ', SECTIONS));
 }
@@ -620,4 +620,158 @@ if ($wanted('background')) {
         say('(The version before was not measured in this run: set MATOMO_ARCHIVE_CLAIM_BENCH_BEFORE to its .so, see the README.)');
     }
     say();
+}
+
+// What the plugin and the extension cost a real Matomo 5.2's core:archive: wall time and the
+// statements the database server received (SHOW GLOBAL STATUS 'Questions'; this server has no
+// other client), stock (plugin deactivated, no extension) and with the plugin active and the
+// extension loaded from an ini file, alternating, N rounds each, the same invalidations each
+// time. Then one run of each with MariaDB's general log on (not timed), to break the extension's
+// statements down by purpose and per climulti:request child.
+if ($wanted('matomo')) {
+    require_once __DIR__ . '/../../tests/support/RealMatomo.php';
+    say('## A real Matomo 5.2: one core:archive, stock and with the plugin and the extension');
+    say();
+    if (\Matomo\ArchiveClaim\Tests\RealMatomo::sharedDir() === null) {
+        say('skipped: no real Matomo (../shared/matomo beside the repository)');
+        say();
+    } else {
+        $sites = $quick ? 2 : 3;
+        $days = $quick ? 7 : 14;
+        $perDay = $quick ? 10 : 30;
+        $rounds = $quick ? 2 : 3;
+        $start = '2024-01-01';
+        $end = date('Y-m-d', strtotime("$start +" . ($days - 1) . ' days'));
+        // The extension's defaults (heartbeat 5 s, lease 60 s, automatic reaping on), as an operator runs it.
+        $m = \Matomo\ArchiveClaim\Tests\RealMatomo::install(['SITES' => $sites, 'DAYS' => $days, 'VISITS_PER_DAY' => $perDay, 'START' => $start], []);
+        try {
+            $m->copyPlugin();
+            $m->setConfig('General', 'enable_browser_archiving_triggering', '0');
+            $admin = TestDatabase::admin();
+            $self = (int) $admin->query('SELECT CONNECTION_ID()')->fetchColumn();
+            $questions = fn (): int => (int) $admin->query("SHOW GLOBAL STATUS LIKE 'Questions'")->fetch(PDO::FETCH_NUM)[1];
+            $prepare = function (bool $plugin) use ($m, $start, $end): int {
+                $pdo = $m->pdo();
+                foreach ($pdo->query("SHOW TABLES LIKE 'matomo_archive\\_%'")->fetchAll(PDO::FETCH_COLUMN) as $t) {
+                    if (preg_match('/^matomo_archive_(numeric|blob)_\d{4}_\d{2}$/', $t)) {
+                        $pdo->exec("TRUNCATE `$t`");
+                    }
+                }
+                $pdo->exec('DELETE FROM matomo_archive_invalidations');
+                $pdo->exec("DELETE FROM matomo_option WHERE option_name LIKE 'SharedSiteIdsToArchive%'");
+                if ($pdo->query("SHOW TABLES LIKE 'matomo_archive_claim_process'")->fetchColumn()) {
+                    $pdo->exec('DELETE FROM matomo_archive_claim_process');
+                }
+                [$code, $out] = $m->console(['plugin:' . ($plugin ? 'activate' : 'deactivate'), 'ArchiveClaim'], $plugin);
+                $code === 0 || throw new \RuntimeException($out);
+                [$code, $out] = $m->console(['core:invalidate-report-data', "--dates=$start,$end", '--sites=all'], $plugin);
+                $code === 0 || throw new \RuntimeException($out);
+                return (int) $pdo->query('SELECT COUNT(*) FROM matomo_archive_invalidations')->fetchColumn();
+            };
+            $archive = function (bool $plugin) use ($m, $questions): array {
+                $q0 = $questions();
+                $t = microtime(true);
+                [$code, $out] = $m->console(['core:archive', '--url=http://localhost/'], $plugin);
+                $wall = microtime(true) - $t;
+                $q = $questions() - $q0 - 1; // minus the SHOW that read q0
+                $code === 0 || throw new \RuntimeException("core:archive exited $code:\n$out");
+                return ['wall' => $wall, 'questions' => $q, 'archives' => count(preg_grep('/Archived website id/', explode("\n", $out)))];
+            };
+            $runs = ['stock' => [], 'plugin' => []];
+            $queued = 0;
+            for ($i = 0; $i < $rounds; $i++) {
+                // Alternate which goes first, so a drift of the machine's load falls on both.
+                foreach ($i % 2 ? ['plugin', 'stock'] : ['stock', 'plugin'] as $mode) {
+                    $queued = $prepare($mode === 'plugin');
+                    $runs[$mode][] = $archive($mode === 'plugin');
+                }
+            }
+            $med = fn (string $mode, string $k) => median(array_column($runs[$mode], $k));
+            say(sprintf('%d sites x %d days of %d visits/day, every report invalidated (%d invalidations), one core:archive, %d rounds, '
+                . 'load average %s at the end:', $sites, $days, $perDay, $queued, $rounds, explode(' ', (string) file_get_contents('/proc/loadavg'))[0]));
+            table(['core:archive', 'median wall', 'walls', 'median Questions', 'archives (children)'], [
+                ['stock (plugin deactivated, no extension)', fmt_s($med('stock', 'wall')), implode(' ', array_map(fn ($r) => sprintf('%.1f', $r['wall']), $runs['stock'])),
+                    number_format($med('stock', 'questions')), $runs['stock'][0]['archives']],
+                ['plugin + extension (ini file)', fmt_s($med('plugin', 'wall')), implode(' ', array_map(fn ($r) => sprintf('%.1f', $r['wall']), $runs['plugin'])),
+                    number_format($med('plugin', 'questions')), $runs['plugin'][0]['archives']],
+            ]);
+            say(sprintf('Ratios, plugin / stock: wall %.2fx, statements %.3fx (+%s statements, %+.1f per archive).',
+                $med('plugin', 'wall') / max(0.001, $med('stock', 'wall')), $med('plugin', 'questions') / max(1, $med('stock', 'questions')),
+                number_format($med('plugin', 'questions') - $med('stock', 'questions')),
+                ($med('plugin', 'questions') - $med('stock', 'questions')) / max(1, $runs['plugin'][0]['archives'])));
+            say();
+
+            // The breakdown: one more run of each with the general log on (slower; not timed).
+            $breakdown = [];
+            foreach (['stock', 'plugin'] as $mode) {
+                $prepare($mode === 'plugin');
+                $admin->exec("SET GLOBAL log_output = 'TABLE'");
+                $admin->exec('TRUNCATE mysql.general_log');
+                $admin->exec('SET GLOBAL general_log = 1');
+                try {
+                    $r = $archive($mode === 'plugin');
+                } finally {
+                    $admin->exec('SET GLOBAL general_log = 0');
+                }
+                $log = $admin->query("SELECT thread_id, command_type, CONVERT(argument USING utf8mb4) FROM mysql.general_log
+                    WHERE command_type IN ('Query', 'Execute') AND thread_id <> $self")->fetchAll(PDO::FETCH_NUM);
+                // The extension's connections are the ones that set its lock wait bounds at connect.
+                $ours = [];
+                foreach ($log as [$thread, , $sql]) {
+                    if (stripos($sql, 'innodb_lock_wait_timeout') !== false || stripos($sql, 'archive_claim_process') !== false) {
+                        $ours[$thread] = true;
+                    }
+                }
+                $count = ['matomo' => 0, 'ours' => 0];
+                $purpose = [];
+                $registrations = 0;
+                foreach ($log as [$thread, , $sql]) {
+                    if (!isset($ours[$thread])) {
+                        $count['matomo']++;
+                        continue;
+                    }
+                    $count['ours']++;
+                    $s = strtolower(ltrim($sql));
+                    $what = match (true) {
+                        str_contains($s, 'archive_claim_process') && str_starts_with($s, 'insert') => 'registration (INSERT into the registry)',
+                        str_contains($s, 'archive_claim_process') && str_starts_with($s, 'update') && str_contains($s, 'heartbeat_at') => 'heartbeats (UPDATE of the registration)',
+                        str_contains($s, 'archive_claim_process') && str_starts_with($s, 'delete') => 'unregistration (DELETE)',
+                        str_contains($s, 'archive_claim_process') && str_starts_with($s, 'select') && !str_contains($s, 'information_schema') => 'registry reads (who is registered, watch list, stale hosts)',
+                        str_contains($s, 'archive_invalidations') && str_starts_with($s, 'update') && str_contains($s, 'set status = 1') => 'claims (UPDATE ... SET status = 1)',
+                        str_contains($s, 'archive_invalidations') && str_starts_with($s, 'delete') => 'completions (fenced DELETE)',
+                        str_contains($s, 'archive_invalidations') && str_starts_with($s, 'update') => 'releases (fenced UPDATE)',
+                        str_contains($s, 'information_schema') => 'schema checks (registry table, index, column charset)',
+                        str_contains($s, 'archive_invalidations') => 'reads of archive_invalidations (reaps)',
+                        str_contains($s, 'get_lock') => 'reaper elections (GET_LOCK)',
+                        str_starts_with($s, 'set ') || str_starts_with($s, 'select @@') || str_contains($s, ' using ') => 'session setup (per connection: packet size, sql_mode, lock waits, charset, zone)',
+                        str_contains($s, 'utc_timestamp') || str_contains($s, 'uptime') => 'database clock and uptime reads',
+                        in_array($s, ['commit', 'rollback', 'begin'], true) || str_starts_with($s, 'start transaction') => 'transactions (BEGIN/COMMIT)',
+                        default => 'other',
+                    };
+                    if (str_starts_with($what, 'registration')) {
+                        $registrations++;
+                    }
+                    $purpose[$what] = ($purpose[$what] ?? 0) + 1;
+                }
+                arsort($purpose);
+                $breakdown[$mode] = ['count' => $count, 'purpose' => $purpose, 'registrations' => $registrations, 'archives' => $r['archives'], 'threads' => count($ours)];
+            }
+            $b = $breakdown['plugin'];
+            $children = max(1, $b['registrations'] - 1); // every climulti:request child registers, and so does the parent
+            say(sprintf('Statements by connection, from the general log (Query + Execute; one run each): stock: Matomo %s; with the plugin: '
+                . 'Matomo %s, the extension %s on %d connections (%d registrations: the core:archive parent and %d climulti:request children, %d archives).',
+                number_format($breakdown['stock']['count']['matomo']), number_format($b['count']['matomo']), number_format($b['count']['ours']),
+                $b['threads'], $b['registrations'], $children, $b['archives']));
+            $rows = [];
+            foreach ($b['purpose'] as $what => $n) {
+                $rows[] = [$what, number_format($n), sprintf('%.1f', $n / $children)];
+            }
+            $rows[] = ['all of the extension', number_format($b['count']['ours']), sprintf('%.1f', $b['count']['ours'] / $children)];
+            table(['the extension\'s statements, by purpose', 'in the run', 'per child (divided by the children)'], $rows);
+            say('(Per child divides the whole run\'s statements, the parent\'s included, by the children: what archiving one request costs in all.)');
+            say();
+        } finally {
+            $m->remove();
+        }
+    }
 }

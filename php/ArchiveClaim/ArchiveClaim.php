@@ -23,6 +23,7 @@ use Piwik\Config\GeneralConfig;
 use Piwik\Container\StaticContainer;
 use Piwik\Log\LoggerInterface;
 use Piwik\Plugins\ArchiveClaim\Lib\Extension;
+use Piwik\Plugins\ArchiveClaim\Lib\ModelCompatibility;
 use Piwik\Plugins\ArchiveClaim\Lib\ReleaseLog;
 use Piwik\Plugins\ArchiveClaim\Lib\Schema;
 use Piwik\Plugins\ArchiveClaim\Lib\StatusView;
@@ -72,7 +73,7 @@ class ArchiveClaim extends \Piwik\Plugin
     public function onCronArchiveStart(): void
     {
         $logger = self::logger();
-        if (!Extension::ready($logger, true)) {
+        if (!self::modelIsOurs($logger) || !Extension::ready($logger, true)) {
             return;
         }
         try {
@@ -94,7 +95,7 @@ class ArchiveClaim extends \Piwik\Plugin
 
     public function onCronArchiveEnd(): void
     {
-        if (Extension::loaded()) {
+        if (Extension::loaded() && ModelCompatibility::compatible()) {
             ReleaseLog::background(self::logger());
             Native\unregister_process();
         }
@@ -106,8 +107,10 @@ class ArchiveClaim extends \Piwik\Plugin
      */
     public function onArchivingRequestStart(): void
     {
-        if (PHP_SAPI !== 'cli' || !Extension::ready(self::logger())) {
-            return; // web requests to this API method are not archiving children
+        if (PHP_SAPI !== 'cli' || !ModelCompatibility::compatible() || !Extension::ready(self::logger())) {
+            // Web requests to this API method are not archiving children; and where the plugin
+            // stepped aside (see modelIsOurs) its parent claims with Matomo's own statement.
+            return;
         }
         try {
             Native\register_process();
@@ -118,7 +121,7 @@ class ArchiveClaim extends \Piwik\Plugin
 
     public function onArchivingRequestEnd(): void
     {
-        if (PHP_SAPI === 'cli' && Extension::loaded()) {
+        if (PHP_SAPI === 'cli' && Extension::loaded() && ModelCompatibility::compatible()) {
             ReleaseLog::background(self::logger());
             Native\unregister_process();
         }
@@ -143,6 +146,21 @@ class ArchiveClaim extends \Piwik\Plugin
             $options['site_timeouts'] = $siteTimeouts;
         }
         return $options;
+    }
+
+    /**
+     * Whether core:archive got ClaimingModel (config/config.php hands it out only when this
+     * Matomo's Model is the one it was written for). If not, the plugin steps aside as a whole:
+     * no registration, no heartbeat, Matomo's own claims; and says why, once per run, as a
+     * NOTICE (a warning would make core:archive exit 1, and archiving is fine).
+     */
+    private static function modelIsOurs(LoggerInterface $logger): bool
+    {
+        $problems = ModelCompatibility::problems();
+        if ($problems) {
+            Extension::once($logger, ModelCompatibility::message($problems));
+        }
+        return $problems === [];
     }
 
     private static function logger(): LoggerInterface

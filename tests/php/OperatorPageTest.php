@@ -199,7 +199,7 @@ final class OperatorPageTest extends TestCase
         $checks = [];
         $labels = ['Archive claims: matomo_archive_claim extension', 'Archive claims: index on status',
             'Archive claims: invalidations held by dead processes', "Archive claims: archiving hosts' heartbeats",
-            'Archive claims: clock offset to the database'];
+            'Archive claims: clock offset to the database', "Archive claims: Matomo's archive Model"];
         foreach ($pages['system-check']['collect']['checks'] as $row) {
             foreach ($labels as $label) {
                 if (str_starts_with($row['text'], $label)) {
@@ -215,6 +215,7 @@ final class OperatorPageTest extends TestCase
         $this->assertSame('icon-warning', $checks["Archive claims: archiving hosts' heartbeats"][0] ?? null);
         $this->assertStringContainsString('No fresh heartbeat from ' . self::GONE_HOST, $checks["Archive claims: archiving hosts' heartbeats"][1]);
         $this->assertSame('icon-ok', $checks['Archive claims: clock offset to the database'][0] ?? null);
+        $this->assertSame('icon-ok', $checks["Archive claims: Matomo's archive Model"][0] ?? null, 'Matomo 5.2\'s Model is the one the plugin was written for');
 
         foreach (['fleet', 'system-check'] as $page) {
             $this->assertFileExists($pages[$page]['screenshot']);

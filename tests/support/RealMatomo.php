@@ -122,6 +122,12 @@ final class RealMatomo
         return $this->pdo;
     }
 
+    /** Forgets the connection (after a database restart); the next pdo() connects again. */
+    public function reconnect(): void
+    {
+        $this->pdo = null;
+    }
+
     /** Queues an invalidation (Matomo's columns; defaults: a day of site 2); returns its id. */
     public function queueRow(array $row): int
     {

@@ -11,6 +11,7 @@ declare(strict_types=1);
 namespace Piwik\Plugins\ArchiveClaim\Diagnostic;
 
 use Piwik\Plugins\ArchiveClaim\Lib\Fleet;
+use Piwik\Plugins\ArchiveClaim\Lib\ModelCompatibility;
 use Piwik\Plugins\ArchiveClaim\Lib\Schema;
 use Piwik\Plugins\Diagnostics\Diagnostic\Diagnostic;
 use Piwik\Plugins\Diagnostics\Diagnostic\DiagnosticResult;
@@ -28,7 +29,7 @@ class ArchiveClaimCheck implements Diagnostic
             return [];
         }
         $fleet = Fleet::forMatomo();
-        $results = [];
+        $results = [$this->guard('Archive claims: Matomo\'s archive Model', fn () => $this->model())];
         $extension = $fleet->extension();
         $results[] = $this->extension($extension);
         $results[] = $this->guard('Archive claims: index on status', fn () => $this->index());
@@ -50,6 +51,21 @@ class ArchiveClaimCheck implements Diagnostic
             default => DiagnosticResult::singleResult($label, DiagnosticResult::STATUS_ERROR, $message
                 . ' Check the [database] section of config.ini.php, or <code>matomo_archive_claim.database</code> in php.ini.'),
         };
+    }
+
+    /** Whether core:archive gets ClaimingModel here, or the plugin stepped aside (config/config.php). */
+    private function model(): DiagnosticResult
+    {
+        $label = 'Archive claims: Matomo\'s archive Model';
+        $problems = ModelCompatibility::problems();
+        if (!$problems) {
+            return DiagnosticResult::singleResult($label, DiagnosticResult::STATUS_OK,
+                'Matomo\'s <code>' . ModelCompatibility::PARENT . '</code> is the one the plugin was written for: core:archive claims through the plugin.');
+        }
+        return DiagnosticResult::singleResult($label, DiagnosticResult::STATUS_WARNING, sprintf(
+            'Matomo\'s <code>%s</code> changed in %s, so the ArchiveClaim plugin stepped aside: core:archive archives with Matomo\'s own Model and claims, '
+            . 'and orphaned invalidations wait for archive_failure_recovery_timeout. Details: %s. Update the ArchiveClaim plugin to a version made for this Matomo.',
+            ModelCompatibility::PARENT, htmlspecialchars(ModelCompatibility::names($problems)), htmlspecialchars(ModelCompatibility::describe($problems))));
     }
 
     private function index(): DiagnosticResult
