@@ -159,6 +159,12 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
 /// Registers this process and starts its heartbeat now (hosts such as the Matomo plugin that
 /// want to be visible before their first claim).
 pub fn register() -> Result<Registered> {
+    if heartbeat::current().is_none() && Identity::current().works_for.is_some() {
+        // An archiving child claims nothing: it registers on its heartbeat's connection and
+        // never opens its own.
+        let config = connection::settings()?;
+        return heartbeat::ensure_child_registered(&config).map_err(registration_error);
+    }
     // Not retried after a reconnect: the first attempt may have registered.
     connection::run("register_process", |conn, config, _| {
         heartbeat::ensure_registered(conn, config)

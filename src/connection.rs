@@ -117,6 +117,25 @@ impl From<mysql::Error> for WorkError {
     }
 }
 
+/// The settings `configure()` gave, else the php.ini URL's (kept from then on).
+fn active_config(state: &mut State) -> Result<Rc<DbConfig>> {
+    if let Some(c) = &state.config {
+        return Ok(c.clone());
+    }
+    let url = crate::settings::DATABASE
+        .get()
+        .filter(|u| !u.trim().is_empty())
+        .ok_or(Error::NotConfigured)?;
+    let c = Rc::new(DbConfig::from_url(&url)?);
+    state.config = Some(c.clone());
+    Ok(c)
+}
+
+/// The settings the next connection would use, without connecting.
+pub fn settings() -> Result<Rc<DbConfig>> {
+    STATE.with(|cell| active_config(&mut cell.borrow_mut()))
+}
+
 /// Runs `work` on this process's connection, connecting first if needed, reconnecting once if
 /// the connection turns out to be dead. Without `configure()`, the php.ini URL is used.
 pub fn run<T>(
@@ -125,18 +144,7 @@ pub fn run<T>(
 ) -> Result<T> {
     STATE.with(|cell| {
         let mut state = cell.borrow_mut();
-        let config = match &state.config {
-            Some(c) => c.clone(),
-            None => {
-                let url = crate::settings::DATABASE
-                    .get()
-                    .filter(|u| !u.trim().is_empty())
-                    .ok_or(Error::NotConfigured)?;
-                let c = Rc::new(DbConfig::from_url(&url)?);
-                state.config = Some(c.clone());
-                c
-            }
-        };
+        let config = active_config(&mut state)?;
         if state
             .conn
             .as_ref()
@@ -208,30 +216,45 @@ fn settle_abandoned(conn: &mut Conn, id: u32, config: &DbConfig) {
     }
 }
 
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Anything, reaps included: on a Galera node its reads wait for causality.
+    Any,
+    /// Only writes of its own registration (an archiving child's heartbeat): it decides
+    /// nothing, so it skips the look for a cluster.
+    BeatOnly,
+}
+
 /// Opens a connection of its own (the heartbeat thread's, tests).
 pub fn connect(config: &DbConfig) -> Result<Conn> {
+    connect_for(config, Purpose::Any)
+}
+
+/// Opens a connection for `purpose`. Its session is set up in one statement: an archiving
+/// child opens one connection, and every statement it saves is saved once per archive.
+pub fn connect_for(config: &DbConfig, purpose: Purpose) -> Result<Conn> {
     // The server gives up on a lock before we give up on the server: a statement that waits
     // on a row (or a table) ends with an error and commits nothing, instead of running on
     // after our read_timeout left its outcome unknown.
     let read = config.read_timeout.as_secs();
     let lock_wait = read.saturating_sub((read / 4).max(1)).max(1);
-    let mut init = vec![
-        "SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'".to_owned(),
-        format!(
-            "SET SESSION innodb_lock_wait_timeout = {lock_wait}, lock_wait_timeout = {lock_wait}"
-        ),
+    let mut session = vec![
+        "sql_mode = 'NO_AUTO_VALUE_ON_ZERO'".to_owned(),
+        format!("innodb_lock_wait_timeout = {lock_wait}, lock_wait_timeout = {lock_wait}"),
     ];
     if let Some(charset) = &config.charset {
         // Checked to be [A-Za-z0-9_]+ by DbConfig.
-        init.push(format!("SET NAMES {charset}"));
+        session.push(format!("NAMES {charset}"));
     }
     if let Some(zone) = PINNED_TIME_ZONE
         .try_with(|p| p.borrow().clone())
         .ok()
         .flatten()
     {
-        init.push(format!("SET SESSION time_zone = '{zone}'"));
+        session.push(format!("time_zone = '{zone}'"));
     }
+    let init = vec![format!("SET SESSION {}", session.join(", "))];
     let opts = OptsBuilder::new()
         .ip_or_hostname(Some(config.host.clone()))
         .tcp_port(config.port)
@@ -244,6 +267,10 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
         .read_timeout(Some(config.read_timeout))
         .write_timeout(Some(config.write_timeout))
         .tcp_nodelay(true)
+        // Named, so the driver does not ask the server for it at every connect: the largest
+        // packet either side sends here is a statement with a chunk of ids (well under 1 MiB)
+        // or a row of the invalidations table.
+        .max_allowed_packet(Some(MAX_PACKET))
         .init(init)
         .ssl_opts(ssl_opts(config)?);
     // The handshake reads with read_timeout, not connect_timeout: a server that accepts but
@@ -268,7 +295,9 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
     match rx.recv_timeout(allowed) {
         Ok(result) => {
             let mut conn = result.map_err(|e| connection_error(config, &e))?;
-            causal_reads(&mut conn).map_err(|e| connection_error(config, &e))?;
+            if purpose == Purpose::Any {
+                causal_reads(&mut conn).map_err(|e| connection_error(config, &e))?;
+            }
             Ok(conn)
         }
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::Connection {
@@ -289,6 +318,10 @@ pub fn connect(config: &DbConfig) -> Result<Conn> {
         }),
     }
 }
+
+/// The client's packet limit (the server's own max_allowed_packet still applies to what it
+/// accepts; 16 MiB is MariaDB's default, MySQL 8's is 64 MiB).
+const MAX_PACKET: usize = 16 << 20;
 
 /// On a Galera node, makes every read of this session wait until the node has applied what the
 /// cluster committed before it (`wsrep_sync_wait`): a reaper on a node whose applier lags must

@@ -31,7 +31,7 @@ use mysql::Conn;
 use once_cell::sync::Lazy;
 
 use crate::config::DbConfig;
-use crate::connection;
+use crate::connection::{self, Purpose};
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::pidfd;
@@ -145,6 +145,21 @@ pub fn ensure_registered(
     conn: &mut Conn,
     config: &DbConfig,
 ) -> std::result::Result<Registered, RegisterError> {
+    register_with(Some(conn), config)
+}
+
+/// Registers an archiving child (it works for a `core:archive` parent and claims nothing) on
+/// its heartbeat's connection alone: one connection per child instead of two.
+pub fn ensure_child_registered(
+    config: &DbConfig,
+) -> std::result::Result<Registered, RegisterError> {
+    register_with(None, config)
+}
+
+fn register_with(
+    main: Option<&mut Conn>,
+    config: &DbConfig,
+) -> std::result::Result<Registered, RegisterError> {
     if let Some(r) = current() {
         return Ok(r);
     }
@@ -157,23 +172,43 @@ pub fn ensure_registered(
     let beat_config = heartbeat_config(config, &settings);
     // The heartbeat's connection first: without it the registration would read as death a
     // lease from now while this process lives and claims.
-    let beat_conn =
-        connection::connect(&beat_config).map_err(RegisterError::HeartbeatCannotConnect)?;
-    // Claims write ts_started in this session's time zone; a reconnect after a SET GLOBAL
-    // time_zone would switch zones under the registration, so the connection keeps this one.
-    let time_zone: Option<String> = conn
-        .query_first("SELECT @@session.time_zone")
-        .map_err(RegisterError::Sql)?;
-    let idprocess = registry::register(
-        conn,
-        config,
-        &identity,
-        false,
-        time_zone.as_deref(),
-        settings.lease.as_secs_f64(),
-    )
-    .map_err(RegisterError::Sql)?;
-    connection::pin_time_zone(time_zone.clone());
+    let mut beat_conn = connection::connect_for(&beat_config, beat_purpose(&identity))
+        .map_err(RegisterError::HeartbeatCannotConnect)?;
+    let lease_seconds = settings.lease.as_secs_f64();
+    let (time_zone, idprocess) = match main {
+        Some(conn) => {
+            // Claims write ts_started in this session's time zone; a reconnect after a SET
+            // GLOBAL time_zone would switch zones under the registration, so the connection
+            // keeps this one.
+            let time_zone: Option<String> = conn
+                .query_first("SELECT @@session.time_zone")
+                .map_err(RegisterError::Sql)?;
+            let id = registry::register(
+                conn,
+                config,
+                &identity,
+                false,
+                time_zone.as_deref(),
+                lease_seconds,
+            )
+            .map_err(RegisterError::Sql)?;
+            connection::pin_time_zone(time_zone.clone());
+            (time_zone, id)
+        }
+        // No claims of its own: the registration records the session's zone by itself.
+        None => {
+            let id = registry::register(
+                &mut beat_conn,
+                config,
+                &identity,
+                false,
+                None,
+                lease_seconds,
+            )
+            .map_err(RegisterError::Sql)?;
+            (None, id)
+        }
+    };
     let registered = Registered {
         idprocess,
         identity,
@@ -205,7 +240,9 @@ pub fn ensure_registered(
         Ok(h) => h,
         Err(e) => {
             // Without a heartbeat the registration would soon read as death: take it back.
-            let _ = registry::unregister(conn, config, idprocess);
+            if let Ok(mut c) = connection::connect_for(config, Purpose::BeatOnly) {
+                let _ = registry::unregister(&mut c, config, idprocess);
+            }
             return Err(RegisterError::Sql(mysql::Error::IoError(e)));
         }
     };
@@ -325,6 +362,16 @@ fn forget_inherited() {
             }
         }
     });
+}
+
+/// What the heartbeat's connection is for: an archiving child's only beats (it never watches
+/// or reaps), so it skips the look for a cluster.
+pub(super) fn beat_purpose(identity: &Identity) -> Purpose {
+    if identity.works_for.is_some() {
+        Purpose::BeatOnly
+    } else {
+        Purpose::Any
+    }
 }
 
 /// A hung statement must not hold beats back for longer than a fraction of the lease.

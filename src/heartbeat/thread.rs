@@ -110,8 +110,10 @@ impl Heartbeat {
             // watch saw through the old.
             self.election.lost(&self.link.lease);
             self.watcher.broken();
-            self.link.conn =
-                Some(connection::connect(&self.link.config).map_err(|e| e.to_string())?);
+            let purpose = super::beat_purpose(&self.link.registered.identity);
+            self.link.conn = Some(
+                connection::connect_for(&self.link.config, purpose).map_err(|e| e.to_string())?,
+            );
         }
         let result = self.duties(beat_due);
         if let Err(e) = &result {
