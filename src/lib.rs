@@ -13,6 +13,7 @@ pub mod heartbeat;
 pub mod identity;
 pub mod invalidations;
 pub mod liveness;
+pub mod load;
 pub mod options;
 mod php_api;
 mod php_exceptions;

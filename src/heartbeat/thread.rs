@@ -87,6 +87,8 @@ impl Heartbeat {
         } = &mut self.link;
         let idprocess = lease.idprocess();
         if let Some(c) = conn.as_mut() {
+            // The last minute's counts, so a run shorter than a minute is on the load chart too.
+            crate::load::tick(c, config, true);
             let _ = registry::unregister(c, config, idprocess);
         } else if let Ok(mut c) = connection::connect(config) {
             let _ = registry::unregister(&mut c, config, idprocess);
@@ -123,6 +125,9 @@ impl Heartbeat {
         if beat_due {
             self.stale.note_silence(link.lease.age(), settings.lease);
             self.beat.run(link)?;
+            if let Some(conn) = link.conn.as_mut() {
+                crate::load::tick(conn, &link.config, false);
+            }
         }
         if !settings.auto_reap {
             return Ok(());
