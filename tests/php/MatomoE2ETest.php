@@ -190,8 +190,8 @@ final class MatomoE2ETest extends TestCase
             TestDatabase::admin($twin)->exec(self::$table52);
             configure(['dbname' => $twin] + self::m()->database());
             $report = install_schema(['index' => true]);
-            $this->assertCount(4, $report['changes'], implode('; ', $report['changes']));
-            foreach (['matomo_archive_invalidations', 'matomo_archive_claim_process'] as $table) {
+            $this->assertCount(6, $report['changes'], implode('; ', $report['changes']));
+            foreach (['matomo_archive_invalidations', 'matomo_archive_claim_process', 'matomo_archive_claim_load', 'matomo_archive_claim_duration'] as $table) {
                 $theirs = preg_replace('/ AUTO_INCREMENT=\d+/', '', TestDatabase::admin($twin)->query("SHOW CREATE TABLE `$table`")->fetch(\PDO::FETCH_NUM)[1]);
                 $this->assertSame($theirs, self::createTable($table), "$table: the plugin's SQL and install_schema() differ");
             }
