@@ -42,10 +42,10 @@ final class StatusView
         $hosts = [];
         foreach ($rows as $r) {
             $host = $r['processing_host'] ?? '(unknown host)';
-            $hosts[$host] ??= ['in_progress' => 0, Native\Verdict::DEAD => 0, Native\Verdict::ALIVE => 0, Native\Verdict::UNKNOWN => 0];
+            $hosts[$host] ??= ['in_progress' => 0, Native\Verdict::DEAD => 0, Native\Verdict::ALIVE => 0, Native\Verdict::UNKNOWN => 0, 'long_running' => 0];
             $hosts[$host]['in_progress']++;
             $hosts[$host][$r['verdict']]++;
-            $hosts[$host]['long_running'] = ($hosts[$host]['long_running'] ?? 0) + (empty($r['long_running']) ? 0 : 1);
+            $hosts[$host]['long_running'] += empty($r['long_running']) ? 0 : 1;
         }
         ksort($hosts);
         return $hosts;
