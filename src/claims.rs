@@ -141,6 +141,9 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
             attempt,
         )?)
     });
+    if matches!(result, Ok(true)) {
+        crate::load::claimed();
+    }
     // request_scope: remember what this request holds, to give it back when the request ends.
     request_scope::claim_attempted(
         connection::configured(),
@@ -241,6 +244,7 @@ pub fn release(ids: &[i64]) -> Result<u64> {
         Ok(invalidations::release_owned(conn, config, &ids, &owner)?)
     })?;
     request_scope::settled(connection::configured().as_deref(), &ids);
+    crate::load::released(ids.len(), changed);
     Ok(changed)
 }
 
@@ -258,6 +262,7 @@ pub fn complete(ids: &[i64]) -> Result<u64> {
         Ok(())
     })?;
     request_scope::settled(connection::configured().as_deref(), &ids);
+    crate::load::finished(ids.len(), deleted);
     Ok(deleted)
 }
 

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod invalidations;
 mod library;
 pub mod liveness;
+pub mod load;
 pub mod options;
 mod php_api;
 mod php_exceptions;

@@ -233,6 +233,7 @@ pub fn install(
             }
         }
     }
+    changes.extend(crate::load::install(conn, config, options.dry_run)?);
     Ok(Some(SchemaReport {
         table: table_name,
         changes,

@@ -559,6 +559,25 @@ if ($wanted('background')) {
                     sleep($ini['heartbeat_interval'] + 2);
                     $m = $measure();
                     $m['held'] = (int) $pdo->query('SELECT COUNT(*) FROM matomo_archive_invalidations WHERE status = 1')->fetchColumn();
+                    // The load history (src/load.rs): one upsert per busy process and minute, never
+                    // a read of archive_invalidations. Its own cost, timed here on this table size:
+                    // 1,000 upserts of the heartbeat thread's statement (50 hosts, one minute each).
+                    $pdo->exec('CREATE TABLE IF NOT EXISTS matomo_archive_claim_load (minute INT UNSIGNED NOT NULL, host VARCHAR(100) NOT NULL,
+                        claimed INT UNSIGNED NOT NULL DEFAULT 0, finished INT UNSIGNED NOT NULL DEFAULT 0, released INT UNSIGNED NOT NULL DEFAULT 0,
+                        in_progress INT UNSIGNED NOT NULL DEFAULT 0, processes SMALLINT UNSIGNED NOT NULL DEFAULT 0, PRIMARY KEY (minute, host)) ENGINE=InnoDB');
+                    $upsert = $pdo->prepare('INSERT INTO matomo_archive_claim_load (minute, host, claimed, finished, released, in_progress, processes)
+                        VALUES (?, ?, ?, ?, ?, ?, 1) ON DUPLICATE KEY UPDATE claimed = claimed + VALUES(claimed), finished = finished + VALUES(finished),
+                        released = released + VALUES(released), in_progress = in_progress + VALUES(in_progress), processes = processes + 1');
+                    $lat = [];
+                    for ($i = 0; $i < 1000; $i++) {
+                        $t0 = hrtime(true);
+                        $upsert->execute([1700000000 + 60 * intdiv($i, 50), 'bench-host' . ($i % 50), 3, 2, 1, 4]);
+                        $lat[] = (hrtime(true) - $t0) / 1e3;
+                    }
+                    sort($lat);
+                    $m['load_upsert_us'] = $lat[500];
+                    $m['load_rows'] = (int) $pdo->query('SELECT COUNT(*) FROM matomo_archive_claim_load WHERE host NOT LIKE \'bench-host%\'')->fetchColumn();
+                    $pdo->exec('DELETE FROM matomo_archive_claim_load');
                     foreach ($servers as $server) {
                         $server->stop();
                     }
@@ -599,11 +618,12 @@ if ($wanted('background')) {
             foreach ($hostCounts as $h) {
                 foreach ([0, 1] as $i) {
                     $m = $byHosts[$h][$i];
-                    $detail[] = [number_format($size), $h, $i ? 'yes' : 'no', sprintf('%.1f', $m['qps']), number_format($m['rows_s']), number_format($m['held'])];
+                    $detail[] = [number_format($size), $h, $i ? 'yes' : 'no', sprintf('%.1f', $m['qps']), number_format($m['rows_s']), number_format($m['held']),
+                        sprintf('%.0f µs', $m['load_upsert_us']), number_format($m['load_rows'])];
                 }
             }
         }
-        table(['table rows', 'hosts', 'index on status', 'statements/s', 'rows read/s', 'in progress after'], $detail);
+        table(['table rows', 'hosts', 'index on status', 'statements/s', 'rows read/s', 'in progress after', 'load history upsert (median)', 'load rows the hosts wrote'], $detail);
         $first = array_key_first($bySize);
         $last = array_key_last($bySize);
         foreach ($hostCounts as $h) {

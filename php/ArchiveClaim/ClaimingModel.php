@@ -29,6 +29,7 @@ use Piwik\Date;
 use Piwik\Db;
 use Piwik\Log\LoggerInterface;
 use Piwik\Plugins\ArchiveClaim\Lib\Extension;
+use Piwik\Plugins\ArchiveClaim\Lib\History;
 use Piwik\Plugins\ArchiveClaim\Lib\ReleaseLog;
 use Piwik\Plugins\ArchiveClaim\Lib\SiteQueue;
 
@@ -36,6 +37,9 @@ class ClaimingModel extends Model
 {
     /** @var array<int, true> ids this object claimed through the extension and has not finished */
     private array $ours = [];
+
+    /** @var array<int, array{0: float, 1: int, 2: int}> claim time, idsite, period of our claims, for History::recordDurations */
+    private array $started = [];
 
     private LoggerInterface $log;
 
@@ -65,6 +69,7 @@ class ClaimingModel extends Model
         }
         if ($claimed) {
             $this->ours[$id] = true;
+            $this->started[$id] = [microtime(true), (int) $invalidation['idsite'], (int) $invalidation['period']];
         }
         return $claimed;
     }
@@ -147,9 +152,12 @@ class ClaimingModel extends Model
             }
         }
         if ($ours) {
+            $finished = array_intersect_key($this->started, array_flip($ours));
             $this->forget($ours);
             if (Extension::ready($this->log)) {
                 $deleted = Native\complete_invalidations($ours);
+                // How long each took, for "long-running" on the fleet page (one INSERT for the batch).
+                History::recordDurations($this->log, $finished);
                 if ($deleted < count($ours)) {
                     $this->log->info('ArchiveClaim: {n} of invalidations {ids} finished by pid {pid} were no longer its claims '
                         . '(released meanwhile and taken by another archiver); left to their new owner', [
@@ -215,7 +223,7 @@ class ClaimingModel extends Model
     private function forget(array $ids): void
     {
         foreach ($ids as $id) {
-            unset($this->ours[$id]);
+            unset($this->ours[$id], $this->started[$id]);
         }
     }
 }

@@ -84,14 +84,22 @@ impl Heartbeat {
         }
         let Link {
             config,
+            registered,
             lease,
             conn,
-            ..
         } = &mut self.link;
         let idprocess = lease.idprocess();
+        let child = registered.identity.works_for.is_some();
         if let Some(c) = conn.as_mut() {
+            // The last minute's counts, so a run shorter than a minute is on the load chart too
+            // (a child claims nothing: it has none).
+            if !child {
+                crate::load::tick(c, config, true);
+            }
             let _ = registry::unregister(c, config, idprocess);
-        } else if let Ok(mut c) = connection::connect(config) {
+        } else if let Ok(mut c) =
+            connection::connect_for(config, super::beat_purpose(&registered.identity))
+        {
             let _ = registry::unregister(&mut c, config, idprocess);
         }
     }
@@ -135,6 +143,12 @@ impl Heartbeat {
         let link = &mut self.link;
         if beat_due {
             self.beat.run(link)?;
+            // A child claims nothing, so it has no load to write (nor the history to prune).
+            if link.registered.identity.works_for.is_none() {
+                if let Some(conn) = link.conn.as_mut() {
+                    crate::load::tick(conn, &link.config, false);
+                }
+            }
             if reaps || crate::watch::wanted() {
                 self.watcher.run(link)?;
             }

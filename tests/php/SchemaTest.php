@@ -40,7 +40,7 @@ final class SchemaTest extends ExtensionTestCase
     {
         $dry = install_schema(['dry_run' => true]);
         $this->assertTrue($dry['dry_run']);
-        $this->assertCount(3, $dry['changes']);
+        $this->assertCount(5, $dry['changes']);
         $this->assertCount(11, $this->columns(self::PREFIX), 'a dry run changes nothing');
 
         $first = install_schema();
@@ -49,6 +49,8 @@ final class SchemaTest extends ExtensionTestCase
             'added column processing_host VARCHAR(100) NULL DEFAULT NULL',
             'added column process_id VARCHAR(15) NULL DEFAULT NULL',
             'created table matomo_archive_claim_process (the process registry)',
+            'created table matomo_archive_claim_load (load per host and minute)',
+            'created table matomo_archive_claim_duration (how long archives took)',
         ], $first['changes']);
         $this->assertSame([], install_schema()['changes'], 'a second call changes nothing');
 

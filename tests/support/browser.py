@@ -9,6 +9,14 @@ usage: browser.py SPEC.json   where SPEC is
   {"base": "http://127.0.0.1:PORT/", "login": "...", "password": "...", "out": "DIR",
    "pages": [{"name": "fleet", "url": "index.php?...", "wait_for": "CSS", "collect": {"key": "CSS"}}]}
 prints {"pages": {"fleet": {"title": ..., "text": ..., "screenshot": PATH, "collect": {"key": [{attr: value}, ...]}}}}
+
+With "interactive": true in SPEC it logs in, prints {"ready": true} and then takes one JSON
+command a line on stdin, answering each with one JSON line on stdout, so a test can change the
+world (start or kill an archiver) while the page stays open:
+  {"op": "open", "url": ..., "wait_for": CSS}   opens a page and marks its window (a reload would lose the mark)
+  {"op": "wait", "css": CSS, "collect": {...}, "screenshot": NAME}   waits until CSS matches (the page
+      refreshes itself), then answers {"marked": bool, "refreshes": N, "text": ..., "collect": ..., "screenshot": PATH}
+  {"op": "quit"}
 """
 
 import json
@@ -58,11 +66,55 @@ def collect(browser, css):
     return found
 
 
+def full_screenshot(browser, path):
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1400, min(max(height + 50, 1000), 6000))
+    browser.save_screenshot(path)
+    browser.set_window_size(1400, 1000)
+
+
+def interactive(browser, spec):
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        answer = {}
+        if command["op"] == "quit":
+            break
+        if command["op"] == "open":
+            browser.get(spec["base"] + command["url"])
+            WebDriverWait(browser, WAIT_SECONDS).until(
+                ec.visibility_of_element_located((By.CSS_SELECTOR, command["wait_for"])))
+            browser.execute_script("window.archiveClaimTestMark = 'not reloaded';")
+        elif command["op"] == "wait":
+            # Generous: the page refreshes every few seconds and the machine may be busy; this
+            # is a wait for something to appear, not a measurement.
+            WebDriverWait(browser, command.get("timeout", 90)).until(
+                ec.presence_of_element_located((By.CSS_SELECTOR, command["css"])))
+            answer = {
+                "marked": browser.execute_script("return window.archiveClaimTestMark === 'not reloaded';"),
+                "refreshes": int(browser.execute_script(
+                    "var b = document.getElementById('archiveclaim-live'); return b ? b.getAttribute('data-refreshes') : -1;") or -1),
+                "text": browser.find_element(By.TAG_NAME, "body").text,
+                "collect": {key: collect(browser, css) for key, css in command.get("collect", {}).items()},
+            }
+            if command.get("screenshot"):
+                answer["screenshot"] = os.path.join(spec["out"], command["screenshot"] + ".png")
+                full_screenshot(browser, answer["screenshot"])
+        print(json.dumps(answer), flush=True)
+
+
 def main():
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     os.makedirs(spec["out"], exist_ok=True)
     browser = driver()
+    if spec.get("interactive"):
+        try:
+            login(browser, spec)
+            interactive(browser, spec)
+        finally:
+            browser.quit()
+        return
     result = {"pages": {}}
     try:
         login(browser, spec)

@@ -24,9 +24,12 @@ class Status extends ConsoleCommand
         $this->setDescription('Shows every invalidation in progress: host, pid, age and whether its owner is alive.');
         $this->addRequiredValueOption('processing-host', null, 'Only rows of this host (repeatable).', null, true);
         $this->addRequiredValueOption('idsite', null, 'Only rows of these sites (repeatable, or comma separated).', null, true);
+        $this->addNoValueOption('long-running', null, 'Only long-running rows: older than [ArchiveClaim] long_running_factor x the usual duration of their kind (and long_running_min_seconds).');
         $this->addNoValueOption('json', null, 'Print JSON: counts per host and every row.');
         $this->setHelp("Verdicts: dead (proven: pid gone or reused on its host, or heartbeats older than the lease),\n"
             . "alive (heartbeat fresh, or its process runs), unknown (claimed without the extension on another host).\n"
+            . "LONG-RUNNING marks a row older than long_running_factor (3) x the 95th percentile of recent archives of its\n"
+            . "period and site (else period) and over long_running_min_seconds (300), both in [ArchiveClaim] of config.ini.php.\n"
             . 'Exit code 3 when some rows are dead (archiveclaim:reap releases them).');
     }
 
@@ -47,6 +50,9 @@ class Status extends ConsoleCommand
             $filters['idsites'] = ReapRequest::idsites($sites);
         }
         $rows = Fleet::rows($filters);
+        if ($this->getInput()->getOption('long-running')) {
+            $rows = array_values(array_filter($rows, fn ($r) => !empty($r['long_running'])));
+        }
         if ($this->getInput()->getOption('json')) {
             $this->getOutput()->writeln(StatusView::json($rows));
         } else {

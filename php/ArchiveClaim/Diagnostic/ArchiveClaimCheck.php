@@ -11,8 +11,10 @@ declare(strict_types=1);
 namespace Piwik\Plugins\ArchiveClaim\Diagnostic;
 
 use Piwik\Plugins\ArchiveClaim\Lib\Fleet;
+use Piwik\Plugins\ArchiveClaim\Lib\History;
 use Piwik\Plugins\ArchiveClaim\Lib\ModelCompatibility;
 use Piwik\Plugins\ArchiveClaim\Lib\Schema;
+use Piwik\Plugins\ArchiveClaim\Lib\StatusView;
 use Piwik\Plugins\Diagnostics\Diagnostic\Diagnostic;
 use Piwik\Plugins\Diagnostics\Diagnostic\DiagnosticResult;
 
@@ -34,6 +36,7 @@ class ArchiveClaimCheck implements Diagnostic
         $results[] = $this->extension($extension);
         $results[] = $this->guard('Archive claims: index on status', fn () => $this->index());
         $results[] = $this->guard('Archive claims: invalidations held by dead processes', fn () => $this->dead($extension['state'] === 'ok'));
+        $results[] = $this->guard('Archive claims: long-running archives', fn () => $this->longRunning($extension['state'] === 'ok'));
         $results[] = $this->guard('Archive claims: archiving hosts\' heartbeats', fn () => $this->heartbeats($fleet));
         $results[] = $this->guard('Archive claims: clock offset to the database', fn () => $this->clock($fleet));
         return $results;
@@ -100,6 +103,30 @@ class ArchiveClaimCheck implements Diagnostic
             '%d invalidation(s) are held by dead processes (%s). The heartbeat threads of running archivers re-queue them within a lease, and the next <code>core:archive</code> at its start; '
             . 'if none runs, release them now with <code>./console archiveclaim:reap</code>. Details: %s.',
             count($dead), htmlspecialchars(implode(', ', array_unique($by))), self::PAGE));
+    }
+
+    private function longRunning(bool $canJudge): DiagnosticResult
+    {
+        $label = 'Archive claims: long-running archives';
+        $t = History::threshold();
+        if (!$canJudge) {
+            return DiagnosticResult::singleResult($label, DiagnosticResult::STATUS_WARNING,
+                'Cannot judge here: the extension is not usable in this PHP (see above).');
+        }
+        $long = array_filter(Fleet::rows(), fn ($r) => !empty($r['long_running']));
+        if (!$long) {
+            return DiagnosticResult::singleResult($label, DiagnosticResult::STATUS_OK, sprintf(
+                'No invalidation in progress has run more than %s x as long as archives of its kind usually take (and over %d s).', $t['factor'], $t['min_seconds']));
+        }
+        $what = [];
+        foreach ($long as $r) {
+            $what[] = sprintf('#%d (site %d, %s %s, on %s pid %s, %s; usually %s)', $r['idinvalidation'], $r['idsite'], StatusView::period((int) $r['period']),
+                $r['date1'], $r['processing_host'] ?? '?', $r['process_id'] ?? '?', StatusView::age((int) $r['age_seconds']), StatusView::age((int) ceil($r['usual_seconds'])));
+        }
+        return DiagnosticResult::singleResult($label, DiagnosticResult::STATUS_WARNING, sprintf(
+            '%d invalidation(s) have run more than %s x as long as archives of their kind usually take: %s. Their archivers are alive; see what they archive '
+            . '(<code>./console archiveclaim:status --long-running</code>, %s). The threshold: <code>[ArchiveClaim] long_running_factor</code> and <code>long_running_min_seconds</code> in config.ini.php.',
+            count($long), $t['factor'], htmlspecialchars(implode(', ', array_slice($what, 0, 10))), self::PAGE));
     }
 
     private function heartbeats(Fleet $fleet): DiagnosticResult

@@ -45,7 +45,19 @@ final class Fleet
     public static function rows(array $filters = []): array
     {
         // Paged: the extension never holds more than a page of a large in-progress set.
-        return StatusView::all($filters);
+        $rows = StatusView::all($filters);
+        try {
+            return History::forMatomo()->markLongRunning($rows);
+        } catch (\Throwable $e) {
+            // No history to judge by (a database that refuses the read): nothing is long-running.
+            return array_map(fn ($r) => $r + ['usual_seconds' => null, 'usual_basis' => null, 'long_running' => false], $rows);
+        }
+    }
+
+    /** @param list<array<string, mixed>> $rows from rows() */
+    public static function longRunningCount(array $rows): int
+    {
+        return count(array_filter($rows, fn ($r) => !empty($r['long_running'])));
     }
 
     /**
@@ -136,7 +148,7 @@ final class Fleet
      *
      * @return array<string, mixed>
      */
-    public function snapshot(): array
+    public function snapshot(string $window = '24h'): array
     {
         $extension = $this->extension();
         $lease = self::lease();
@@ -168,6 +180,8 @@ final class Fleet
             $hosts[$host] ??= self::host();
             $hosts[$host]['counts']['in_progress']++;
             $hosts[$host]['counts'][$r['verdict']]++;
+            $hosts[$host]['counts']['long_running'] += empty($r['long_running']) ? 0 : 1;
+            $r['usual'] = $r['usual_seconds'] === null ? null : StatusView::age((int) ceil($r['usual_seconds']));
             $r['period_name'] = StatusView::period((int) $r['period']);
             $r['age'] = StatusView::age((int) $r['age_seconds']);
             $owner = null;
@@ -189,7 +203,23 @@ final class Fleet
         }
         ksort($hosts);
 
+        $history = History::forMatomo();
+        $load = $history->load($window);
+        $shares = History::shares($load['points']);
+        $colors = History::colors(array_unique(array_merge(array_keys($shares), array_keys($hosts))));
+        $charts = [];
+        foreach (['claimed' => 'claimed', 'finished' => 'finished', 'released' => 'released', 'in_progress' => 'in progress'] as $metric => $label) {
+            $charts[$metric] = ['label' => $label, 'svg' => History::svg($load, $metric, $label, $colors)];
+        }
+
         return [
+            'window' => $window,
+            'load' => $load,
+            'shares' => $shares,
+            'colors' => $colors,
+            'charts' => $charts,
+            'threshold' => History::threshold(),
+            'database_now' => $this->clock()['database'],
             'extension' => $extension,
             'lease' => $lease,
             'registry' => $processes !== null,
@@ -198,6 +228,7 @@ final class Fleet
                 'processes' => count($processes ?? []),
                 'in_progress' => $rows === null ? null : count($rows),
                 'dead' => $rows === null ? null : StatusView::deadCount($rows),
+                'long_running' => $rows === null ? null : self::longRunningCount($rows),
             ],
             'recent' => array_map(function (array $r): array {
                 $r['period_name'] = StatusView::period((int) ($r['period'] ?? 0));
@@ -210,9 +241,49 @@ final class Fleet
         ];
     }
 
+    /**
+     * What the page shows of who does what, one flat row per claim in progress (with its
+     * owner's registration) and per registered process that holds none, so every format of
+     * Matomo's API (CSV and TSV included) carries it.
+     *
+     * @param array<string, mixed> $snapshot from snapshot()
+     * @return list<array<string, scalar|null>>
+     */
+    public static function flatFleet(array $snapshot): array
+    {
+        $out = [];
+        $claim = function (string $host, ?array $p, array $r) use ($snapshot): array {
+            return ['kind' => 'claim', 'host' => $host, 'pid' => $p['pid'] ?? (is_numeric($r['process_id'] ?? null) ? (int) $r['process_id'] : null),
+                'registered' => $p ? 1 : 0, 'heartbeat_age' => $p ? round($p['heartbeat_age'], 1) : null, 'host_stale' => $snapshot['hosts'][$host]['stale'] ? 1 : 0,
+                'idinvalidation' => (int) $r['idinvalidation'], 'idsite' => (int) $r['idsite'], 'period' => $r['period_name'],
+                'date1' => $r['date1'], 'date2' => $r['date2'], 'name' => $r['name'], 'report' => $r['report'] ?? null,
+                'ts_started' => $r['ts_started'] ?? null, 'age_seconds' => (int) $r['age_seconds'], 'verdict' => $r['verdict'], 'reason' => $r['reason'],
+                'usual_seconds' => $r['usual_seconds'] === null ? null : round($r['usual_seconds'], 1), 'usual_basis' => $r['usual_basis'],
+                'long_running' => empty($r['long_running']) ? 0 : 1];
+        };
+        foreach ($snapshot['hosts'] as $host => $h) {
+            $host = (string) $host;
+            foreach ($h['processes'] as $p) {
+                foreach ($p['rows'] as $r) {
+                    $out[] = $claim($host, $p, $r);
+                }
+                if (!$p['rows']) {
+                    $out[] = ['kind' => 'idle_process', 'host' => $host, 'pid' => $p['pid'], 'registered' => 1,
+                        'heartbeat_age' => round($p['heartbeat_age'], 1), 'host_stale' => $h['stale'] ? 1 : 0] + array_fill_keys(['idinvalidation',
+                        'idsite', 'period', 'date1', 'date2', 'name', 'report', 'ts_started', 'age_seconds', 'verdict', 'reason',
+                        'usual_seconds', 'usual_basis', 'long_running'], null);
+                }
+            }
+            foreach ($h['unregistered'] as $r) {
+                $out[] = $claim($host, null, $r);
+            }
+        }
+        return $out;
+    }
+
     private static function host(): array
     {
-        return ['processes' => [], 'unregistered' => [], 'counts' => ['in_progress' => 0, 'alive' => 0, 'dead' => 0, 'unknown' => 0]];
+        return ['processes' => [], 'unregistered' => [], 'counts' => ['in_progress' => 0, 'alive' => 0, 'dead' => 0, 'unknown' => 0, 'long_running' => 0]];
     }
 
     private function table(string $name): string

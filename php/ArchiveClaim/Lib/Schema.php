@@ -29,6 +29,12 @@ final class Schema
 
     public const REGISTRY = 'archive_claim_process';
 
+    /** Per host and minute: claimed, finished, released, in progress (src/load.rs create_table_sql; 0.4.0). */
+    public const LOAD = 'archive_claim_load';
+
+    /** How long each finished archive took, for "long-running" (src/load.rs create_duration_table_sql; 0.4.0). */
+    public const DURATION = 'archive_claim_duration';
+
     /** What each heartbeat thread did (src/registry.rs COUNTER_COLUMNS), added in 0.3.0. */
     public const COUNTER_COLUMNS = [
         'beats' => 'BIGINT UNSIGNED NULL',
@@ -129,6 +135,13 @@ final class Schema
                 $changes[] = 'added columns ' . implode(', ', array_keys($missing)) . " to $registry (the heartbeat's version and fence, the lease and what each heartbeat thread did)";
             }
         }
+        foreach ([self::LOAD => [$this->loadSql(), 'load per host and minute'],
+            self::DURATION => [$this->durationSql(), 'how long archives took']] as $name => [$sql, $what]) {
+            if (!$this->names('TABLE_NAME', 'TABLES', $this->prefix . $name)) {
+                ($this->execute)($sql);
+                $changes[] = 'created table ' . $this->prefix . $name . " ($what)";
+            }
+        }
         return $changes;
     }
 
@@ -146,10 +159,12 @@ final class Schema
             ($this->execute)("ALTER TABLE `$table` DROP INDEX `" . self::OWNER_INDEX . '`');
             $changes[] = 'dropped index ' . self::OWNER_INDEX;
         }
-        $registry = $this->prefix . self::REGISTRY;
-        if ($this->names('TABLE_NAME', 'TABLES', $registry)) {
-            ($this->execute)("DROP TABLE `$registry`");
-            $changes[] = "dropped table $registry";
+        foreach ([self::REGISTRY, self::LOAD, self::DURATION] as $name) {
+            $own = $this->prefix . $name;
+            if ($this->names('TABLE_NAME', 'TABLES', $own)) {
+                ($this->execute)("DROP TABLE `$own`");
+                $changes[] = "dropped table $own";
+            }
         }
         return $changes;
     }
@@ -181,6 +196,37 @@ final class Schema
           PRIMARY KEY (idprocess),
           INDEX index_host_pid (host, pid),
           INDEX index_heartbeat_at (heartbeat_at)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4';
+    }
+
+    /** The load history as src/load.rs create_table_sql() creates it. */
+    public function loadSql(): string
+    {
+        return 'CREATE TABLE IF NOT EXISTS `' . $this->prefix . self::LOAD . '` (
+          minute INT UNSIGNED NOT NULL,
+          host VARCHAR(100) NOT NULL,
+          claimed INT UNSIGNED NOT NULL DEFAULT 0,
+          finished INT UNSIGNED NOT NULL DEFAULT 0,
+          released INT UNSIGNED NOT NULL DEFAULT 0,
+          in_progress INT UNSIGNED NOT NULL DEFAULT 0,
+          processes SMALLINT UNSIGNED NOT NULL DEFAULT 0,
+          PRIMARY KEY (minute, host)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4';
+    }
+
+    /** The durations as src/load.rs create_duration_table_sql() creates it. */
+    public function durationSql(): string
+    {
+        return 'CREATE TABLE IF NOT EXISTS `' . $this->prefix . self::DURATION . '` (
+          idduration BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+          idsite INT UNSIGNED NOT NULL,
+          period TINYINT UNSIGNED NOT NULL,
+          finished_at DOUBLE NOT NULL,
+          seconds DOUBLE NOT NULL,
+          host VARCHAR(100) NULL,
+          PRIMARY KEY (idduration),
+          INDEX index_period_site_finished (period, idsite, finished_at),
+          INDEX index_finished_at (finished_at)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4';
     }
 

@@ -42,9 +42,10 @@ final class StatusView
         $hosts = [];
         foreach ($rows as $r) {
             $host = $r['processing_host'] ?? '(unknown host)';
-            $hosts[$host] ??= ['in_progress' => 0, Native\Verdict::DEAD => 0, Native\Verdict::ALIVE => 0, Native\Verdict::UNKNOWN => 0];
+            $hosts[$host] ??= ['in_progress' => 0, Native\Verdict::DEAD => 0, Native\Verdict::ALIVE => 0, Native\Verdict::UNKNOWN => 0, 'long_running' => 0];
             $hosts[$host]['in_progress']++;
             $hosts[$host][$r['verdict']]++;
+            $hosts[$host]['long_running'] += empty($r['long_running']) ? 0 : 1;
         }
         ksort($hosts);
         return $hosts;
@@ -63,16 +64,18 @@ final class StatusView
         }
         $lines = [];
         foreach (self::byHost($rows) as $host => $c) {
-            $lines[] = sprintf('%s: %d in progress (%d alive, %d dead, %d unknown)',
-                $host, $c['in_progress'], $c['alive'], $c['dead'], $c['unknown']);
+            $lines[] = sprintf('%s: %d in progress (%d alive, %d dead, %d unknown%s)',
+                $host, $c['in_progress'], $c['alive'], $c['dead'], $c['unknown'],
+                empty($c['long_running']) ? '' : ", {$c['long_running']} long-running");
             foreach ($rows as $r) {
                 if (($r['processing_host'] ?? '(unknown host)') !== $host) {
                     continue;
                 }
-                $lines[] = sprintf('  #%-8d site %-5d %-5s %s..%s  %-24s pid %-8s %9s  %-7s %s',
+                $lines[] = sprintf('  #%-8d site %-5d %-5s %s..%s  %-24s pid %-8s %9s  %-7s %s%s',
                     $r['idinvalidation'], $r['idsite'], self::period((int) $r['period']),
                     $r['date1'], $r['date2'], self::shorten($r['name'] . ($r['report'] ? " ({$r['report']})" : ''), 24),
-                    $r['process_id'] ?? '-', self::age((int) $r['age_seconds']), $r['verdict'], $r['reason']);
+                    $r['process_id'] ?? '-', self::age((int) $r['age_seconds']), $r['verdict'], $r['reason'],
+                    empty($r['long_running']) ? '' : '  LONG-RUNNING (usually ' . self::age((int) ceil($r['usual_seconds'])) . ')');
             }
         }
         return $lines;
