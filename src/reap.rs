@@ -681,6 +681,107 @@ fn release_dead(
 mod tests {
     use super::*;
     use crate::invalidations::TimeBound;
+    use crate::liveness::Reason;
+    use crate::watch::{BeatToken, Silence};
+
+    fn held(id: u64, host: &str, pid: &str) -> InvalidationRow {
+        InvalidationRow {
+            idinvalidation: id,
+            idarchive: None,
+            name: "done".into(),
+            idsite: 1,
+            date1: "2026-11-28".into(),
+            date2: "2026-11-28".into(),
+            period: 1,
+            ts_invalidated: None,
+            ts_started: Some("2026-12-07 05:00:00".into()),
+            status: 1,
+            report: None,
+            processing_host: Some(host.into()),
+            process_id: Some(pid.into()),
+            age_seconds: Some(100),
+            claimed_at: Some(1_800_000_000.0),
+            in_dst_fold: false,
+            claim_zone: Some("SYSTEM".into()),
+            archive_details: false,
+        }
+    }
+
+    fn registered(idprocess: u64, host: &str, pid: u32, boot: &str) -> Registration {
+        Registration {
+            idprocess,
+            host: Some(host.into()),
+            pid,
+            boot_id: Some(boot.into()),
+            pid_namespace: Some(1),
+            start_ticks: Some(10),
+            time_zone: Some("SYSTEM".into()),
+            works_for: None,
+            reaps: false,
+            registered_at: 1_799_999_000.0,
+            last_heartbeat: 1_800_000_050.0,
+            lease_seconds: None,
+            token: BeatToken::new(Some(idprocess * 10), 1_800_000_050.0),
+            silence: Silence::Watched {
+                unchanged_for: 90.0,
+                saw_beat: true,
+            },
+        }
+    }
+
+    #[test]
+    fn a_release_on_silence_is_fenced_on_every_registration_of_the_owner_and_its_children() {
+        let mut child = registered(3, "server2", 200, "boot-2");
+        child.works_for = Some(100);
+        let registrations = vec![
+            registered(1, "server2", 100, "boot-2"),
+            registered(2, "server2", 100, "boot-old"),
+            child,
+            registered(4, "server2", 300, "boot-2"),
+        ];
+        let observer = Observer {
+            context: Context {
+                host: Some("server1".into()),
+                boot_id: Some("boot-1".into()),
+                pid_namespace: Some(1),
+                now: 1_800_000_100.0,
+                database_started_at: 0.0,
+                clock_offset: 0.0,
+                clock_uncertainty: 0.0,
+                shared_host_names: Vec::new(),
+                machines_with_live_reaper: Vec::new(),
+                policy: Policy::proof_only(60.0),
+            },
+            registrations: HashMap::from([(Some("server2".to_owned()), registrations)]),
+        };
+        let dead_by_silence = Decision {
+            verdict: Verdict::Dead,
+            reason: Reason::HeartbeatStale,
+        };
+        let dead_by_timeout = Decision {
+            verdict: Verdict::Dead,
+            reason: Reason::Timeout,
+        };
+        let decided = vec![
+            (held(10, "server2", "100"), dead_by_silence),
+            (held(11, "server2", "300"), dead_by_timeout),
+        ];
+        let guards = heartbeat_guards(&observer, &decided);
+        let fenced: Vec<(u64, BeatToken, Vec<u64>)> = guards
+            .into_iter()
+            .map(|g| (g.idprocess, g.token, g.rows))
+            .collect();
+        // The owner's two registrations and its child's, each on the token watched; the row
+        // released by the timeout rests on no silence and is fenced on none.
+        assert_eq!(
+            fenced,
+            vec![
+                (1, BeatToken::new(Some(10), 1_800_000_050.0), vec![10]),
+                (2, BeatToken::new(Some(20), 1_800_000_050.0), vec![10]),
+                (3, BeatToken::new(Some(30), 1_800_000_050.0), vec![10]),
+            ]
+        );
+    }
 
     fn s(k: &str, v: Value) -> (Key, Value) {
         (Key::Str(k.into()), v)
