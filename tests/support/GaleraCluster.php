@@ -275,8 +275,20 @@ final class GaleraCluster
     /** A status variable of node $n (read over its socket, which answers even when cut off). */
     public function status(int $n, string $name): ?string
     {
-        $row = $this->rootPdo($n)->query("SHOW GLOBAL STATUS LIKE " . $this->rootPdo($n)->quote($name))->fetch(PDO::FETCH_NUM);
-        return $row === false ? null : (string) $row[1];
+        // A node changing its membership (isolated, rejoining) may drop a session as it opens:
+        // ask again on a new one.
+        for ($attempt = 1; ; $attempt++) {
+            try {
+                $pdo = $this->rootPdo($n);
+                $row = $pdo->query('SHOW GLOBAL STATUS LIKE ' . $pdo->quote($name))->fetch(PDO::FETCH_NUM);
+                return $row === false ? null : (string) $row[1];
+            } catch (\PDOException $e) {
+                if ($attempt >= 5) {
+                    throw $e;
+                }
+                usleep(200000);
+            }
+        }
     }
 
     /** Stops every node and removes every file. Safe to call twice. */

@@ -51,7 +51,7 @@ final class ModelCompatibility
      * these names makes the subclass fatal too ("Access level ... must be public").
      */
     public const OWN_METHODS = ['takeOver', 'releaseOurs', 'forget'];
-    public const OWN_PROPERTIES = ['ours', 'log'];
+    public const OWN_PROPERTIES = ['ours', 'log', 'started'];
 
     /** @var array<string, list<array{method: string, found: ?string, expected: list<?string>}>> per parent class, this process */
     private static array $cache = [];
