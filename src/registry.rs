@@ -381,12 +381,17 @@ pub fn exists_table(conn: &mut Conn, config: &DbConfig) -> SqlResult<bool> {
     Ok(found.is_some())
 }
 
-/// Pids registered on this very machine (host, boot, pid namespace): the local processes whose
-/// death the host's reaper watches for.
-pub fn pids_on_machine(conn: &mut Conn, config: &DbConfig, me: &Identity) -> SqlResult<Vec<u32>> {
+/// Processes registered on this very machine (host, boot, pid namespace), each with the pid it
+/// works for if it is an archiving child: the local processes whose death the host's reaper
+/// watches for.
+pub fn pids_on_machine(
+    conn: &mut Conn,
+    config: &DbConfig,
+    me: &Identity,
+) -> SqlResult<Vec<(u32, Option<u32>)>> {
     conn.exec(
         format!(
-            "SELECT pid FROM {} WHERE host <=> ? AND boot_id <=> ? AND pid_namespace <=> ?",
+            "SELECT pid, works_for FROM {} WHERE host <=> ? AND boot_id <=> ? AND pid_namespace <=> ?",
             config.table(TABLE)
         ),
         (&me.host, &me.boot_id, me.pid_namespace),

@@ -12,7 +12,7 @@ use mysql::Conn;
 
 use crate::config::DbConfig;
 use crate::connection::WorkError;
-use crate::liveness;
+use crate::liveness::{self, LocalView};
 use crate::pidfd;
 use crate::reap::{self, Action, ReapEntry, ReapOptions};
 use crate::registry::{self, ReaperDuty, Watched};
@@ -267,7 +267,20 @@ impl LocalReaper {
         link: &mut Link,
     ) -> std::result::Result<(), mysql::Error> {
         let me = &link.registered.identity;
-        let mut pids = registry::pids_on_machine(open(&mut link.conn)?, &link.config, me)?;
+        let local = reap::ProcFs::default();
+        // An archiving child's death matters only once its parent is gone (then the child was
+        // what kept the parent's claims alive): while the parent runs, a child that ends (one
+        // per archive) must not wake a look at this host's rows.
+        let mut pids: Vec<u32> =
+            registry::pids_on_machine(open(&mut link.conn)?, &link.config, me)?
+                .into_iter()
+                .filter(|(_, parent)| {
+                    parent.is_none_or(|p| {
+                        !matches!(local.process(p), liveness::LocalProcess::Running { .. })
+                    })
+                })
+                .map(|(pid, _)| pid)
+                .collect();
         pids.extend(&self.row_owners);
         pids.retain(|p| *p != me.pid);
         pids.sort_unstable();

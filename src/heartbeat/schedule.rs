@@ -18,17 +18,18 @@ pub(super) const PRUNE_AFTER_LEASES: u32 = 60;
 /// Registrations that no row names any more are pruned once watched silent this many leases.
 pub(super) const PRUNE_SILENT_LEASES: f64 = 3.0;
 
-/// When the next beat is due; the first is due at once (it takes the reaper locks while the
-/// registration is new).
+/// When the next beat is due; the first is due at `first` (at once for a process that takes the
+/// reaper locks while its registration is new; an interval after it for an archiving child,
+/// whose registration was just written).
 pub(super) struct BeatClock {
     next: Instant,
     interval: Duration,
 }
 
 impl BeatClock {
-    pub(super) fn new(interval: Duration, now: Instant) -> BeatClock {
+    pub(super) fn new(interval: Duration, first: Instant) -> BeatClock {
         BeatClock {
-            next: now,
+            next: first,
             interval,
         }
     }

@@ -55,7 +55,14 @@ impl Heartbeat {
         let now = Instant::now();
         Heartbeat {
             report: Report::new(log, announce, &registered.identity),
-            clock: BeatClock::new(registered.settings.interval, now),
+            clock: BeatClock::new(
+                registered.settings.interval,
+                if registered.identity.works_for.is_some() {
+                    now + registered.settings.interval
+                } else {
+                    now
+                },
+            ),
             beat: Beat::new(),
             watcher: Watcher::new(),
             election: Election::new(),

@@ -119,6 +119,8 @@ final class ClusterTest extends ClusterTestCase
             }
             usleep(500000);
         }
+        fwrite(STDERR, sprintf("\ncluster, node 3 at %s (lease %d s): no live claim released over %d s; the powered-off servers' claims back %s after the power loss\n",
+            $offset, self::LEASE, 3 * self::LEASE, $pending ? 'not within ' . $bound . ' s' : sprintf('%.1f s', microtime(true) - $killed)));
         $this->assertSame([], $pending, sprintf('the claims of the powered-off servers (%s) were not released within %d s (3 leases + 10 s) with node 3 at %s; reapers say: %s',
             implode(', ', $pending), $bound, $offset, json_encode($this->verdicts($reapers, array_keys($pending)))));
     }

@@ -157,6 +157,8 @@ final class FailoverTest extends TestCase
             $stillWorking[$host] = $this->servers[$host]->send(['cmd' => 'claim_all', 'ids' => [$spare]]);
         }
 
+        fwrite(STDERR, sprintf("\nfailover (lease %d s, outage %.1f s): the dead archiver's claim was back %s after the address came back; %d live claim(s) released\n",
+            self::LEASE, $back - $outage, $deadReleasedAfter === null ? 'never' : sprintf('%.1f s', $deadReleasedAfter), count($lost)));
         $this->assertSame([], array_values($lost), 'the claims of archivers that reconnected within a lease were released: '
             . json_encode(array_intersect_key($released, [$rowA => 1, $rowB => 1])));
         $this->assertNotNull($deadReleasedAfter, "the claim of the archiver that died during the outage was not released within $bound s (2 leases + 10 s) after the failover");
