@@ -25,6 +25,8 @@ pub mod request_scope;
 pub mod schema;
 pub mod settings;
 pub mod thread_log;
+pub mod tls;
+pub mod tls_relay;
 
 use ext_php_rs::prelude::*;
 use php_module::startup;
