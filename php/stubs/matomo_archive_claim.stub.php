@@ -190,8 +190,9 @@ function in_progress(?array $filters = null): array {}
 
 /**
  * Idempotently adds what claims need: the processing_host and process_id columns (Matomo 5.3's
- * exact types) to an older table, and on request an index on (status, processing_host, ...)
- * that covers a reap's read (an earlier version's (status, processing_host) is widened).
+ * exact types) to an older table, and an index on (status, processing_host, ...) that covers a
+ * reap's read (an earlier version's (status, processing_host) is widened), as the plugin does;
+ * `['index' => false]` leaves the index out.
  *
  * @param array{index?: bool, dry_run?: bool}|null $options
  * @return array{table: string, dry_run: bool, changes: list<string>} changes is empty when nothing was needed
