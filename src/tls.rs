@@ -222,15 +222,17 @@ fn wildcard_match(host: &str, pattern: &str) -> bool {
     let Some(star) = pattern.find('*') else {
         return false;
     };
+    // Bytes, as PHP compares them: no slicing inside a UTF-8 character.
+    let (host, pattern) = (host.as_bytes(), pattern.as_bytes());
     let (prefix, suffix) = (&pattern[..star], &pattern[star + 1..]);
-    if prefix.contains('.') || host.len() < prefix.len() + suffix.len() {
+    if prefix.contains(&b'.') || host.len() < prefix.len() + suffix.len() {
         return false;
     }
     let (h_prefix, rest) = host.split_at(prefix.len());
     let (middle, h_suffix) = rest.split_at(rest.len() - suffix.len());
     h_prefix.eq_ignore_ascii_case(prefix)
         && h_suffix.eq_ignore_ascii_case(suffix)
-        && !middle.contains('.')
+        && !middle.contains(&b'.')
 }
 
 /// What a failed handshake means for the operator, from OpenSSL's verdict on the server's
@@ -308,6 +310,12 @@ mod tests {
         assert!(!wildcard_match("db.example.com", "db.*.com"));
         assert!(wildcard_match("127.0.0.1", "127.0.0.1"));
         assert!(!wildcard_match("127.0.0.1", "127.0.0.2"));
+        assert!(
+            !wildcard_match("aaaa", "a*aaaa"),
+            "prefix and suffix may not overlap"
+        );
+        assert!(!wildcard_match("é.example.com", "\u{e9}x*.example.com"));
+        assert!(wildcard_match("dbé.example.com", "db*.example.com"));
     }
 
     #[test]
