@@ -82,6 +82,10 @@ final class TlsTest extends TestCase
 
     public static function tearDownAfterClass(): void
     {
+        if (isset(self::$made['dir'])) {
+            exec('rm -rf ' . escapeshellarg(self::$made['dir']));
+            self::$made = [];
+        }
         self::stopServer(self::$server, self::$pipes);
         self::$pipes = [];
         self::$server = null;
