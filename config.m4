@@ -30,6 +30,17 @@ if test "$PHP_MATOMO_ARCHIVE_CLAIM" != "no"; then
     AC_MSG_RESULT([no])
     AC_MSG_WARN([libclang was not found (Debian: apt-get install libclang-dev; else set LIBCLANG_PATH): cargo build will fail])
   fi
+  dnl TLS to the database goes through the system's OpenSSL (the openssl crate links it; it
+  dnl finds the headers and libraries with pkg-config).
+  AC_MSG_CHECKING([for OpenSSL headers and pkg-config (TLS to the database)])
+  if test -n "$OPENSSL_DIR"; then
+    AC_MSG_RESULT([OPENSSL_DIR=$OPENSSL_DIR])
+  elif pkg-config --exists openssl 2>/dev/null; then
+    AC_MSG_RESULT([OpenSSL `pkg-config --modversion openssl`])
+  else
+    AC_MSG_RESULT([no])
+    AC_MSG_ERROR([OpenSSL development files were not found (Debian: apt-get install libssl-dev pkg-config; or set OPENSSL_DIR)])
+  fi
   dnl Without a C source phpize would make no build directory at all (and shtool complains).
   PHP_ADD_BUILD_DIR([modules])
   PHP_SUBST([CARGO])

@@ -14,6 +14,9 @@ declare -A needed=(
   [mariadb-client]=/usr/bin/mariadb
   [clang]=/usr/bin/clang
   [libclang-dev]=libclang
+  # TLS to the database through the system's OpenSSL (the openssl crate finds it with pkg-config).
+  [libssl-dev]=/usr/include/openssl/ssl.h
+  [pkg-config]=/usr/bin/pkg-config
   [util-linux]=/usr/bin/unshare
   # A database clock across a DST change (tests/php/DstTest.php).
   [faketime]=/usr/bin/faketime

@@ -67,15 +67,19 @@ pub struct DbConfig {
     pub tls: Option<Tls>,
 }
 
-/// Matomo's `ssl_*` keys as rustls (inside the `mysql` crate) can honour them.
+/// Matomo's `ssl_*` keys, as PHP's mysqlnd (so PDO, so Matomo) honours them (`crate::tls`).
 #[derive(Clone, PartialEq, Debug)]
 pub struct Tls {
     /// `ssl_ca`: PEM file with the CA certificate(s) the server's certificate must chain to.
-    /// The public CAs the driver has built in (Mozilla's list) are trusted besides it.
     pub ca: Option<PathBuf>,
+    /// `ssl_ca_path`: a directory of CA certificates under their hash names (`openssl rehash`).
+    /// With neither, the system's CA store is trusted, as by PDO.
+    pub ca_path: Option<PathBuf>,
     /// `ssl_cert` and `ssl_key`: the client certificate (PEM, may carry its chain) and its
     /// private key (PEM: PKCS#8, PKCS#1 or SEC1), for accounts created `REQUIRE X509`.
     pub client: Option<(PathBuf, PathBuf)>,
+    /// `ssl_cipher`: an OpenSSL cipher list (TLS 1.2 and older); None: PHP's default list.
+    pub cipher: Option<String>,
     /// False with `ssl_no_verify = 1`: encrypted, but any server certificate is accepted (what
     /// Matomo's PDO adapter does then: `MYSQL_ATTR_SSL_VERIFY_SERVER_CERT = false`).
     pub verify: bool,
@@ -269,9 +273,8 @@ impl DbConfig {
     }
 }
 
-/// Matomo reads the `ssl_*` keys only when `enable_ssl` is on; so do we. A key rustls cannot
-/// honour is refused by name: connecting without it would be a weaker connection than the
-/// operator asked for, and nobody would notice.
+/// Matomo reads the `ssl_*` keys only when `enable_ssl` is on; so do we. Every key Matomo
+/// passes to PDO is honoured; the files are read at each connection (`crate::tls`).
 fn tls_settings(o: &Options) -> Result<Option<Tls>> {
     if !truthy(o.get("enable_ssl")) {
         return Ok(None);
@@ -282,22 +285,6 @@ fn tls_settings(o: &Options) -> Result<Option<Tls>> {
             .filter(|s| !s.is_empty())
             .map(PathBuf::from))
     };
-    if path("ssl_ca_path")?.is_some() {
-        return Err(Error::Configuration(
-            "configure(): ssl_ca_path (a directory of CA certificates) is not supported: the TLS \
-             library used (rustls) reads CA certificates from one file; put them into one PEM \
-             file, name it in ssl_ca and leave ssl_ca_path empty"
-                .into(),
-        ));
-    }
-    if path("ssl_cipher")?.is_some() {
-        return Err(Error::Configuration(
-            "configure(): ssl_cipher is not supported: the TLS library used (rustls) offers only \
-             its own modern cipher suites (TLS 1.2 and 1.3, forward secrecy, AEAD) and takes no \
-             OpenSSL cipher list; leave ssl_cipher empty"
-                .into(),
-        ));
-    }
     let client = match (path("ssl_cert")?, path("ssl_key")?) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
@@ -310,9 +297,23 @@ fn tls_settings(o: &Options) -> Result<Option<Tls>> {
                 .into(),
         )),
     };
+    let cipher = o
+        .string("ssl_cipher")?
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    if let Some(c) = &cipher {
+        if c.contains('\0') {
+            return Err(Error::Configuration(
+                "configure(): ssl_cipher holds a NUL byte: give an OpenSSL cipher list".into(),
+            ));
+        }
+    }
     Ok(Some(Tls {
         ca: path("ssl_ca")?,
+        ca_path: path("ssl_ca_path")?,
         client,
+        cipher,
         verify: !truthy(o.get("ssl_no_verify")),
     }))
 }
@@ -519,16 +520,20 @@ mod tests {
             ("ssl_cert", "/etc/ssl/client.pem"),
             ("ssl_key", "/etc/ssl/client-key.pem"),
             ("ssl_no_verify", ""),
+            ("ssl_ca_path", " "),
+            ("ssl_cipher", ""),
         ]))
         .expect("valid");
         assert_eq!(
             c.tls,
             Some(Tls {
                 ca: Some("/etc/ssl/db-ca.pem".into()),
+                ca_path: None,
                 client: Some((
                     "/etc/ssl/client.pem".into(),
                     "/etc/ssl/client-key.pem".into()
                 )),
+                cipher: None,
                 verify: true,
             })
         );
@@ -541,7 +546,9 @@ mod tests {
             unverified.tls,
             Some(Tls {
                 ca: None,
+                ca_path: None,
                 client: None,
+                cipher: None,
                 verify: false
             })
         );
@@ -555,10 +562,21 @@ mod tests {
     }
 
     #[test]
-    fn ssl_keys_rustls_cannot_honour_are_refused_by_name() {
-        for (key, value) in [
-            ("ssl_cipher", "ECDHE-RSA-AES256-GCM-SHA384"),
+    fn a_ca_directory_and_a_cipher_list_are_taken_as_pdo_takes_them() {
+        let c = DbConfig::from_matomo(&with(&[
+            ("enable_ssl", "1"),
             ("ssl_ca_path", "/etc/ssl/certs"),
+            ("ssl_cipher", " ECDHE-RSA-AES256-GCM-SHA384 "),
+        ]))
+        .expect("valid");
+        let tls = c.tls.expect("TLS");
+        assert_eq!(tls.ca_path, Some("/etc/ssl/certs".into()));
+        assert_eq!(tls.cipher.as_deref(), Some("ECDHE-RSA-AES256-GCM-SHA384"));
+    }
+
+    #[test]
+    fn half_a_client_identity_is_refused_by_name() {
+        for (key, value) in [
             ("ssl_cert", "/etc/ssl/client.pem"),
             ("ssl_key", "/etc/ssl/client-key.pem"),
         ] {
@@ -579,7 +597,9 @@ mod tests {
             c.tls,
             Some(Tls {
                 ca: Some("/etc/ssl/ca.pem".into()),
+                ca_path: None,
                 client: None,
+                cipher: None,
                 verify: true
             })
         );
@@ -590,15 +610,12 @@ mod tests {
             plain_slashes.tls.and_then(|t| t.ca),
             Some("/etc/ssl/ca.pem".into())
         );
-        match DbConfig::from_url("mysql://u:p@h/m?enable_ssl=1&ssl_cipher=RC4") {
-            Err(Error::Configuration(m)) => {
-                assert!(
-                    m.starts_with("matomo_archive_claim.database: ssl_cipher"),
-                    "{m}"
-                )
-            }
-            other => panic!("{other:?}"),
-        }
+        let cipher = DbConfig::from_url("mysql://u:p@h/m?enable_ssl=1&ssl_cipher=AES256-SHA")
+            .expect("taken as PDO takes it");
+        assert_eq!(
+            cipher.tls.and_then(|t| t.cipher).as_deref(),
+            Some("AES256-SHA")
+        );
     }
 
     #[test]

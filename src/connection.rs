@@ -19,9 +19,11 @@ use std::mem::ManuallyDrop;
 use std::rc::Rc;
 
 use mysql::prelude::Queryable;
-use mysql::{ClientIdentity, Conn, OptsBuilder, SslOpts};
+use mysql::{Conn, OptsBuilder};
 
-use crate::config::{DbConfig, Tls};
+use crate::config::DbConfig;
+#[cfg(test)]
+use crate::config::Tls;
 use crate::error::{errno, Error, Result};
 
 /// Whether a unit of work runs for the first time or again on a fresh connection after the
@@ -271,18 +273,18 @@ pub fn connect_for(config: &DbConfig, purpose: Purpose) -> Result<Conn> {
         // packet either side sends here is a statement with a chunk of ids (well under 1 MiB)
         // or a row of the invalidations table.
         .max_allowed_packet(Some(MAX_PACKET))
-        .init(init)
-        .ssl_opts(ssl_opts(config)?);
+        .init(init);
     // The handshake reads with read_timeout, not connect_timeout: a server that accepts but
     // never greets would hold the caller (and PHP, whose time limit cannot interrupt us) for
     // read_timeout. Connect on a thread and give up after connect_timeout; a late connection
     // is dropped by that thread when it arrives.
     let (tx, rx) = std::sync::mpsc::channel();
     crate::library::pin();
+    let for_thread = config.clone();
     let spawned = std::thread::Builder::new()
         .name("archive-claim-connect".into())
         .spawn(move || {
-            let _ = tx.send(Conn::new(opts));
+            let _ = tx.send(open(&for_thread, opts));
         });
     if spawned.is_err() {
         return Err(Error::Connection {
@@ -294,7 +296,7 @@ pub fn connect_for(config: &DbConfig, purpose: Purpose) -> Result<Conn> {
     let allowed = config.connect_timeout + std::time::Duration::from_millis(500);
     match rx.recv_timeout(allowed) {
         Ok(result) => {
-            let mut conn = result.map_err(|e| connection_error(config, &e))?;
+            let mut conn = result?;
             if purpose == Purpose::Any {
                 causal_reads(&mut conn).map_err(|e| connection_error(config, &e))?;
             }
@@ -336,57 +338,27 @@ fn causal_reads(conn: &mut Conn) -> std::result::Result<(), mysql::Error> {
     }
 }
 
-/// The driver's TLS options for `config`, after checking that the files it names can be read:
-/// the driver would only say "No such file or directory", without saying which.
-fn ssl_opts(config: &DbConfig) -> Result<Option<SslOpts>> {
-    let Some(tls) = &config.tls else {
-        return Ok(None);
+/// Opens the driver's connection: directly, or over TCP with TLS through our OpenSSL relay
+/// (`crate::tls_relay`; over `unix_socket` nothing is encrypted, as before).
+fn open(config: &DbConfig, opts: OptsBuilder) -> Result<Conn> {
+    let tls = match (&config.tls, &config.unix_socket) {
+        (Some(tls), None) => tls,
+        _ => return Conn::new(opts).map_err(|e| connection_error(config, &e)),
     };
-    let readable = |key: &str, path: &std::path::Path| -> Result<()> {
-        std::fs::File::open(path).map(drop).map_err(|e| {
-            Error::Configuration(format!(
-                "[database] {key} '{}' cannot be read by this process: {e}",
-                path.display()
-            ))
-        })
-    };
-    if let Some(ca) = &tls.ca {
-        readable("ssl_ca", ca)?;
-    }
-    if let Some((cert, key)) = &tls.client {
-        readable("ssl_cert", cert)?;
-        readable("ssl_key", key)?;
-    }
-    let Tls { ca, client, verify } = tls.clone();
-    Ok(Some(
-        SslOpts::default()
-            .with_root_cert_path(ca)
-            .with_client_identity(client.map(|(cert, key)| ClientIdentity::new(cert, key)))
-            .with_danger_accept_invalid_certs(!verify),
-    ))
+    let relay = crate::tls_relay::Relay::start(config, tls)?;
+    let opts = opts.socket(Some(relay.socket().to_owned()));
+    Conn::new(opts).map_err(|e| {
+        relay
+            .failure()
+            .unwrap_or_else(|| connection_error(config, &e))
+    })
 }
 
 fn connection_error(config: &DbConfig, e: &mysql::Error) -> Error {
     let target = format!("{} as '{}'", config.target(), config.username);
-    if let Some(tls) = tls_failure(e) {
-        return Error::Connection {
-            target,
-            detail: format!("TLS handshake failed: {tls}; {}", tls_advice(config, tls)),
-            code: errno::SSL_CONNECTION_ERROR,
-        };
-    }
     let (code, detail) = match e {
         mysql::Error::MySqlError(m) => (m.code, m.message.clone()),
         mysql::Error::IoError(io) => (errno::CONNECTION_ERROR, io.to_string()),
-        mysql::Error::DriverError(mysql::DriverError::TlsNotSupported) => {
-            return Error::Connection {
-                target,
-                detail: "enable_ssl is on but the server does not offer TLS: give the server a \
-                         certificate (its ssl_cert and ssl_key settings), or set enable_ssl = 0"
-                    .into(),
-                code: errno::SSL_CONNECTION_ERROR,
-            };
-        }
         mysql::Error::DriverError(d) => (errno::CONNECTION_ERROR, d.to_string()),
         other => (errno::CONNECTION_ERROR, other.to_string()),
     };
@@ -410,52 +382,6 @@ fn connection_error(config: &DbConfig, e: &mysql::Error) -> Error {
         target,
         detail: format!("{detail} ({advice})"),
         code,
-    }
-}
-
-/// The rustls error behind a failed connect, if TLS is what failed: the driver hands it over
-/// as its own TLS error, or inside an I/O error from the encrypted stream (bare, or wrapped by
-/// the packet codec).
-fn tls_failure(e: &mysql::Error) -> Option<&rustls::Error> {
-    use std::error::Error as _;
-    let io: &std::io::Error = match e {
-        mysql::Error::TlsError(mysql::error::tls::TlsError::Tls(t)) => return Some(t),
-        mysql::Error::IoError(io) => io,
-        mysql::Error::CodecError(codec) => codec.source()?.downcast_ref()?,
-        _ => return None,
-    };
-    io.get_ref()?.downcast_ref()
-}
-
-fn tls_advice(config: &DbConfig, e: &rustls::Error) -> String {
-    use rustls::CertificateError as C;
-    let ca = match config.tls.as_ref().and_then(|t| t.ca.as_ref()) {
-        Some(path) => format!("the CA in ssl_ca ('{}')", path.display()),
-        None => "a public CA (ssl_ca is empty)".to_owned(),
-    };
-    match e {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
-            "the server's certificate is not signed by {ca}: name the CA that signed it in \
-             ssl_ca (ssl_no_verify = 1 skips the check, for testing only)"
-        ),
-        rustls::Error::InvalidCertificate(
-            C::NotValidForName | C::NotValidForNameContext { .. },
-        ) => {
-            format!(
-                "the server's certificate does not name '{}': connect by a host name or address \
-                 its subjectAltName lists",
-                config.host
-            )
-        }
-        rustls::Error::InvalidCertificate(
-            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
-        ) => "the server's certificate is outside its validity period (or this host's clock is \
-              wrong)"
-            .to_owned(),
-        rustls::Error::AlertReceived(_) => "the server refused the handshake: if it requires a \
-             client certificate, set ssl_cert and ssl_key to one signed by a CA it trusts"
-            .to_owned(),
-        _ => "check [database] ssl_ca, ssl_cert and ssl_key".to_owned(),
     }
 }
 
@@ -551,7 +477,9 @@ mod tests {
         }
         let tls = Tls {
             ca: None,
+            ca_path: None,
             client: None,
+            cipher: None,
             verify: true,
         };
         let (_, text) = detail(connection_error(
@@ -559,54 +487,5 @@ mod tests {
             &server_says(errno::ACCESS_DENIED),
         ));
         assert!(text.contains("ssl_cert and ssl_key"), "{text}");
-    }
-
-    #[test]
-    fn tls_asked_of_a_server_without_it_is_said_plainly() {
-        let tls = Tls {
-            ca: None,
-            client: None,
-            verify: true,
-        };
-        let (code, text) = detail(connection_error(
-            &config(Some(tls)),
-            &mysql::Error::DriverError(mysql::DriverError::TlsNotSupported),
-        ));
-        assert_eq!(code, errno::SSL_CONNECTION_ERROR);
-        assert!(text.contains("does not offer TLS"), "{text}");
-    }
-
-    #[test]
-    fn a_certificate_failure_inside_the_stream_is_told_as_tls() {
-        let rustls_error =
-            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
-        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_error);
-        let tls = Tls {
-            ca: Some("/etc/ssl/db-ca.pem".into()),
-            client: None,
-            verify: true,
-        };
-        let (code, text) = detail(connection_error(
-            &config(Some(tls)),
-            &mysql::Error::IoError(io),
-        ));
-        assert_eq!(code, errno::SSL_CONNECTION_ERROR);
-        assert!(text.contains("does not name 'db.example'"), "{text}");
-    }
-
-    #[test]
-    fn unreadable_tls_files_are_named_before_connecting() {
-        let tls = Tls {
-            ca: Some("/nonexistent/ca.pem".into()),
-            client: None,
-            verify: true,
-        };
-        match ssl_opts(&config(Some(tls))) {
-            Err(Error::Configuration(m)) => {
-                assert!(m.contains("ssl_ca '/nonexistent/ca.pem'"), "{m}")
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(ssl_opts(&config(None)), Ok(None)));
     }
 }

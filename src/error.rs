@@ -24,7 +24,7 @@ pub enum Error {
     )]
     NotConfigured,
 
-    /// Settings that cannot work (an ssl_* key rustls cannot honour, an unreadable ssl_ca).
+    /// Settings that cannot work (an unreadable ssl_ca, a key that is not its certificate's).
     #[error("{0}")]
     Configuration(String),
 

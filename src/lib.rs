@@ -27,6 +27,8 @@ pub mod request_scope;
 pub mod schema;
 pub mod settings;
 pub mod thread_log;
+pub mod tls;
+pub mod tls_relay;
 pub mod watch;
 
 use ext_php_rs::prelude::*;

@@ -1,5 +1,5 @@
 //! `install_schema()`: brings a Matomo database up to what claims need (Matomo 5.3's owner
-//! columns, the process registry, optionally an index), idempotently, and says what it changed.
+//! columns, the process registry, the owner index unless declined), idempotently, and says what it changed.
 //! Only additive changes to what is Matomo's: nothing of it is dropped or rewritten (only our own
 //! index of an earlier version is replaced by the current one).
 
@@ -47,11 +47,12 @@ pub struct SchemaOptions {
 }
 
 impl SchemaOptions {
-    /// install_schema()'s options: `index`, `dry_run`.
+    /// install_schema()'s options: `index` (true unless given false: the plugin adds the index
+    /// by default, and so does every other way in), `dry_run`.
     pub fn parse(entries: &[(Key, Value)]) -> Result<SchemaOptions> {
         let o = Options::new("install_schema", entries, &["index", "dry_run"])?;
         Ok(SchemaOptions {
-            add_index: o.bool("index")?.unwrap_or(false),
+            add_index: o.bool("index")?.unwrap_or(true),
             dry_run: o.bool("dry_run")?.unwrap_or(false),
         })
     }

@@ -84,7 +84,7 @@ class ArchiveClaim extends \Piwik\Plugin
                 // A NOTICE, not a warning: a warning would make core:archive exit 1.
                 Extension::once($logger, 'ArchiveClaim: no index of archive_invalidations starts with status, so automatic reaping '
                     . 'looks for orphans once per lease (' . $me['lease'] . ' s) instead of every heartbeat. Activating the plugin '
-                    . 'adds one unless [ArchiveClaim] index = 0; or run Matomo\ArchiveClaim\install_schema([\'index\' => true]).');
+                    . 'adds one unless [ArchiveClaim] index = 0; or run Matomo\ArchiveClaim\install_schema().');
             }
         } catch (Native\Exception $e) {
             // Never stop Matomo from archiving: claims fall back to Matomo's statement if the

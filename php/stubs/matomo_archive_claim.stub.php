@@ -107,7 +107,8 @@ final class Action
  * Sets the connection for this process from the [database] section of Matomo's config.ini.php.
  *
  * Keys: host, port, unix_socket, username, password, dbname, tables_prefix, charset; with
- * enable_ssl = 1 also ssl_ca, ssl_cert, ssl_key and ssl_no_verify (TLS over TCP); and the
+ * enable_ssl = 1 also ssl_ca, ssl_ca_path, ssl_cert, ssl_key, ssl_cipher and ssl_no_verify (TLS
+ * over TCP through the system's OpenSSL, accepting what PDO accepts with them); and the
  * extension's own connect_timeout, read_timeout, write_timeout (seconds). Pass the section as it
  * is: keys the extension does not read (adapter, schema, and whatever a Matomo release adds)
  * are ignored; the ones it reads are checked.
@@ -116,8 +117,9 @@ final class Action
  * @param array<string, mixed> $database
  * @throws \ValueError for an integer key, an unsafe tables_prefix or charset, a missing host/dbname
  * @throws \TypeError for a value of the wrong type
- * @throws ConfigurationException with enable_ssl = 1: for ssl_cipher or ssl_ca_path (which rustls
- *   cannot honour), or ssl_cert without ssl_key or the reverse
+ * @throws ConfigurationException with enable_ssl = 1: for ssl_cert without ssl_key or the reverse
+ *   (an unreadable file, a key that is not its certificate's or a cipher list OpenSSL does not
+ *   know is one too, from the first call that connects)
  *
  * $database is #[\SensitiveParameter]: a stack trace shows it as SensitiveParameterValue, never
  * the array with its password (mark your own functions that pass it on the same way).
@@ -199,8 +201,9 @@ function in_progress(?array $filters = null): array {}
 
 /**
  * Idempotently adds what claims need: the processing_host and process_id columns (Matomo 5.3's
- * exact types) to an older table, and on request an index on (status, processing_host, ...)
- * that covers a reap's read (an earlier version's (status, processing_host) is widened).
+ * exact types) to an older table, and an index on (status, processing_host, ...) that covers a
+ * reap's read (an earlier version's (status, processing_host) is widened), as the plugin does;
+ * `['index' => false]` leaves the index out.
  *
  * @param array{index?: bool, dry_run?: bool}|null $options
  * @return array{table: string, dry_run: bool, changes: list<string>} changes is empty when nothing was needed

@@ -25,11 +25,16 @@ final class CliInstallSchemaTest extends ExtensionTestCase
         [$code, $out] = $run(['--dry-run']);
         $this->assertSame(0, $code);
         $this->assertStringContainsString('Would change matomo_archive_invalidations', $out);
-        [$code, $out] = $run(['--index']);
+        [$code, $out] = $run(['--no-index']);
         $this->assertSame(0, $code);
         $this->assertStringContainsString('added column processing_host VARCHAR(100) NULL DEFAULT NULL', $out);
-        $this->assertStringContainsString('added index index_archive_claim_status_host', $out);
-        [, $out] = $run(['--index']);
+        $this->assertStringNotContainsString('index_archive_claim_status_host', $out, '--no-index declines the index');
+        [$code, $out] = $run([]);
+        $this->assertSame(0, $code);
+        $this->assertStringContainsString('added index index_archive_claim_status_host', $out, 'added by default, as the plugin does');
+        [, $out] = $run([]);
         $this->assertStringContainsString('already has everything; nothing changed', $out);
+        [$code] = $run(['--index', '--no-index']);
+        $this->assertNotSame(0, $code, 'contradicting flags are refused');
     }
 }

@@ -40,7 +40,7 @@ final class SchemaTest extends ExtensionTestCase
     {
         $dry = install_schema(['dry_run' => true]);
         $this->assertTrue($dry['dry_run']);
-        $this->assertCount(5, $dry['changes']);
+        $this->assertCount(6, $dry['changes'], 'the columns, the registry, the index (as the plugin adds them) and the two history tables');
         $this->assertCount(11, $this->columns(self::PREFIX), 'a dry run changes nothing');
 
         $first = install_schema();
@@ -48,6 +48,7 @@ final class SchemaTest extends ExtensionTestCase
         $this->assertSame([
             'added column processing_host VARCHAR(100) NULL DEFAULT NULL',
             'added column process_id VARCHAR(15) NULL DEFAULT NULL',
+            'added index index_archive_claim_status_host (status, processing_host, process_id, ts_started, idsite, date1, date2, period)',
             'created table matomo_archive_claim_process (the process registry)',
             'created table matomo_archive_claim_load (load per host and minute)',
             'created table matomo_archive_claim_duration (how long archives took)',
@@ -62,20 +63,21 @@ final class SchemaTest extends ExtensionTestCase
         $this->assertTrue(claim_invalidation($id));
     }
 
-    public function testTheOptionalIndexIsAddedOnRequestOnly(): void
+    public function testTheIndexIsAddedByDefaultAsThePluginDoesAndCanBeDeclined(): void
     {
-        install_schema();
+        install_schema(['index' => false]);
         $indexes = fn () => $this->pdo->query('SHOW INDEX FROM ' . $this->table())->fetchAll(\PDO::FETCH_COLUMN, 2);
-        $this->assertNotContains('index_archive_claim_status_host', $indexes());
+        $this->assertNotContains('index_archive_claim_status_host', $indexes(), "['index' => false] declines it");
+        $this->assertSame([], install_schema(['index' => false])['changes']);
         $this->assertSame(['added index index_archive_claim_status_host (status, processing_host, process_id, ts_started, idsite, date1, date2, period)'],
-            install_schema(['index' => true])['changes']);
+            install_schema()['changes']);
         $this->assertContains('index_archive_claim_status_host', $indexes());
         $this->assertSame([], install_schema(['index' => true])['changes']);
     }
 
     public function testTheNarrowIndexOfAnEarlierVersionIsWidenedToCoverAReapsRead(): void
     {
-        install_schema();
+        install_schema(['index' => false]);
         $this->pdo->exec('ALTER TABLE ' . $this->table() . ' ADD INDEX index_archive_claim_status_host (status, processing_host)');
         $columns = fn () => array_column(array_filter($this->pdo->query('SHOW INDEX FROM ' . $this->table())->fetchAll(\PDO::FETCH_ASSOC),
             fn ($r) => $r['Key_name'] === 'index_archive_claim_status_host'), 'Column_name');

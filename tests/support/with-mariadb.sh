@@ -72,6 +72,9 @@ if [[ "${MATOMO_ARCHIVE_CLAIM_TEST_DB_TLS:-0}" == 1 ]]; then
       -addext "extendedKeyUsage=clientAuth"
   } >"$dir/tls.log" 2>&1 || { cat "$dir/tls.log" >&2; exit 2; }
   tls_flags="--ssl-ca=$tls/ca.pem --ssl-cert=$tls/server.pem --ssl-key=$tls/server-key.pem --require-secure-transport=ON"
+  # MATOMO_ARCHIVE_CLAIM_TEST_DB_TLS_VERSION=TLSv1.2: a server that offers only that version,
+  # where a client's ssl_cipher list decides whether they agree at all.
+  tls_flags+="${MATOMO_ARCHIVE_CLAIM_TEST_DB_TLS_VERSION:+ --tls-version=$MATOMO_ARCHIVE_CLAIM_TEST_DB_TLS_VERSION}"
   export MATOMO_ARCHIVE_CLAIM_TEST_TLS_DIR="$tls"
 fi
 

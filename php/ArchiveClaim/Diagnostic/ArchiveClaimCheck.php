@@ -79,7 +79,7 @@ class ArchiveClaimCheck implements Diagnostic
         }
         return DiagnosticResult::singleResult($label, DiagnosticResult::STATUS_WARNING,
             'No index of archive_invalidations starts with status, so each look for orphans scans the whole table and the heartbeat threads look only once per lease. '
-            . 'Add it: <code>php/bin/archive-claim --config=config/config.ini.php install-schema --index</code>, or deactivate and activate the ArchiveClaim plugin without <code>[ArchiveClaim] index = 0</code>.');
+            . 'Add it: <code>php/bin/archive-claim --config=config/config.ini.php install-schema</code>, or deactivate and activate the ArchiveClaim plugin without <code>[ArchiveClaim] index = 0</code>.');
     }
 
     private function dead(bool $canJudge): DiagnosticResult
