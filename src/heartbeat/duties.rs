@@ -12,6 +12,7 @@ use mysql::Conn;
 
 use crate::config::DbConfig;
 use crate::connection::WorkError;
+use crate::identity;
 use crate::liveness::{self, LocalView};
 use crate::pidfd;
 use crate::reap::{self, Action, ReapEntry, ReapOptions};
@@ -77,13 +78,18 @@ impl Beat {
         let idprocess = lease.idprocess();
         // The counters as of the previous beat (this one is counted once acknowledged).
         let counters = self.counter_columns.then(|| lease.counters());
-        let (found, counters_written) =
-            registry::heartbeat(open(conn)?, config, idprocess, counters.as_ref())?;
+        // 0: an archiving child whose registration waited for its first beat (see
+        // `heartbeat::ensure_child_registered`): there is no row to beat yet.
+        let (found, counters_written) = if idprocess == 0 {
+            (false, true)
+        } else {
+            registry::heartbeat(open(conn)?, config, idprocess, counters.as_ref())?
+        };
         if counters.is_some() && !counters_written {
             self.counter_columns = false;
         }
         if !found {
-            // Pruned while we were frozen: register again (the rows we hold may have been
+            // Not written yet (a child's), or pruned while we were frozen: register (again) (the rows we hold may have been
             // reaped meanwhile; our fenced complete/release will then simply change nothing).
             let id = registry::register(
                 open(conn)?,
@@ -318,7 +324,7 @@ impl LocalReaper {
         self.last_reap = Some(Instant::now());
         let host = link.registered.identity.host.clone();
         let released = release_proven_dead(link, report, host.clone().into_iter().collect())?;
-        self.row_owners = released
+        let kept: Vec<(u32, liveness::Reason)> = released
             .iter()
             .flat_map(|r| &r.entries)
             .filter(|e| e.action == Action::Kept && e.row.processing_host == host)
@@ -327,8 +333,26 @@ impl LocalReaper {
                     .process_id
                     .as_deref()
                     .and_then(liveness::plausible_pid)
+                    .map(|pid| (pid, e.decision.reason))
             })
             .collect();
+        self.row_owners = kept.iter().map(|(pid, _)| *pid).collect();
+        // Rows of a dead owner kept for the archiving children still working for it: the end of
+        // the last of them is when those rows are free, so watch the children too (registered
+        // or not, seen in /proc as Matomo starts them).
+        let kept_for_children: HashSet<u32> = kept
+            .iter()
+            .filter(|(_, reason)| *reason == liveness::Reason::ChildWorking)
+            .map(|(pid, _)| *pid)
+            .collect();
+        if !kept_for_children.is_empty() {
+            self.row_owners.extend(
+                identity::archiving_children()
+                    .into_iter()
+                    .filter(|(_, owner)| kept_for_children.contains(owner))
+                    .map(|(child, _)| child),
+            );
+        }
         self.refresh_watch(link)
     }
 }

@@ -148,8 +148,12 @@ pub fn ensure_registered(
     register_with(Some(conn), config)
 }
 
-/// Registers an archiving child (it works for a `core:archive` parent and claims nothing) on
-/// its heartbeat's connection alone: one connection per child instead of two.
+/// Registers an archiving child (it works for a `core:archive` parent and claims nothing): its
+/// heartbeat thread connects and writes the registration at its first beat, an interval from
+/// now, on its own connection. A child that ends sooner sends nothing at all (most archives
+/// take less than an interval), and none needs to: its parent ran and beat when it started it,
+/// a watcher elsewhere needs a whole lease (three intervals at least) of the parent's silence,
+/// and on this host /proc shows the child working for its parent from its start.
 pub fn ensure_child_registered(
     config: &DbConfig,
 ) -> std::result::Result<Registered, RegisterError> {
@@ -170,51 +174,53 @@ fn register_with(
     let log = LogTarget::from_ini();
     let announce = LogTarget::dedicated_from_ini();
     let beat_config = heartbeat_config(config, &settings);
+    let Some(conn) = main else {
+        // A child's registration waits for its thread's first beat (see above).
+        let pending = Registered {
+            idprocess: 0,
+            identity,
+            settings,
+            time_zone: None,
+        };
+        return start_thread(beat_config, None, pending, log, announce);
+    };
     // The heartbeat's connection first: without it the registration would read as death a
     // lease from now while this process lives and claims.
-    let mut beat_conn = connection::connect_for(&beat_config, beat_purpose(&identity))
+    let beat_conn = connection::connect_for(&beat_config, beat_purpose(&identity))
         .map_err(RegisterError::HeartbeatCannotConnect)?;
-    let lease_seconds = settings.lease.as_secs_f64();
-    let (time_zone, idprocess) = match main {
-        Some(conn) => {
-            // Claims write ts_started in this session's time zone; a reconnect after a SET
-            // GLOBAL time_zone would switch zones under the registration, so the connection
-            // keeps this one.
-            let time_zone: Option<String> = conn
-                .query_first("SELECT @@session.time_zone")
-                .map_err(RegisterError::Sql)?;
-            let id = registry::register(
-                conn,
-                config,
-                &identity,
-                false,
-                time_zone.as_deref(),
-                lease_seconds,
-            )
-            .map_err(RegisterError::Sql)?;
-            connection::pin_time_zone(time_zone.clone());
-            (time_zone, id)
-        }
-        // No claims of its own: the registration records the session's zone by itself.
-        None => {
-            let id = registry::register(
-                &mut beat_conn,
-                config,
-                &identity,
-                false,
-                None,
-                lease_seconds,
-            )
-            .map_err(RegisterError::Sql)?;
-            (None, id)
-        }
-    };
+    // Claims write ts_started in this session's time zone; a reconnect after a SET GLOBAL
+    // time_zone would switch zones under the registration, so the connection keeps this one.
+    let time_zone: Option<String> = conn
+        .query_first("SELECT @@session.time_zone")
+        .map_err(RegisterError::Sql)?;
+    let idprocess = registry::register(
+        conn,
+        config,
+        &identity,
+        false,
+        time_zone.as_deref(),
+        settings.lease.as_secs_f64(),
+    )
+    .map_err(RegisterError::Sql)?;
+    connection::pin_time_zone(time_zone.clone());
     let registered = Registered {
         idprocess,
         identity,
         settings,
         time_zone,
     };
+    start_thread(beat_config, Some(beat_conn), registered, log, announce)
+}
+
+/// Starts the heartbeat thread of `registered` (idprocess 0: it registers at its first beat).
+fn start_thread(
+    beat_config: DbConfig,
+    beat_conn: Option<Conn>,
+    registered: Registered,
+    log: LogTarget,
+    announce: bool,
+) -> std::result::Result<Registered, RegisterError> {
+    let idprocess = registered.idprocess;
     let lease = Arc::new(Lease::new(idprocess));
     let (stop, stop_rx) =
         pidfd::stop_signal().map_err(|e| RegisterError::Sql(mysql::Error::IoError(e)))?;
@@ -222,11 +228,12 @@ fn register_with(
     let thread_registered = registered.clone();
     let thread_lease = lease.clone();
     let thread_log = log.clone();
+    let thread_config = beat_config.clone();
     let spawned = std::thread::Builder::new()
         .name("archive-claim-heartbeat".into())
         .spawn(move || {
             Heartbeat::new(
-                beat_config,
+                thread_config,
                 thread_registered,
                 thread_lease,
                 beat_conn,
@@ -240,8 +247,10 @@ fn register_with(
         Ok(h) => h,
         Err(e) => {
             // Without a heartbeat the registration would soon read as death: take it back.
-            if let Ok(mut c) = connection::connect_for(config, Purpose::BeatOnly) {
-                let _ = registry::unregister(&mut c, config, idprocess);
+            if idprocess != 0 {
+                if let Ok(mut c) = connection::connect_for(&beat_config, Purpose::BeatOnly) {
+                    let _ = registry::unregister(&mut c, &beat_config, idprocess);
+                }
             }
             return Err(RegisterError::Sql(mysql::Error::IoError(e)));
         }

@@ -48,7 +48,7 @@ impl Heartbeat {
         config: DbConfig,
         registered: Registered,
         lease: Arc<Lease>,
-        conn: Conn,
+        conn: Option<Conn>,
         log: LogTarget,
         announce: bool,
     ) -> Heartbeat {
@@ -74,7 +74,7 @@ impl Heartbeat {
                 config,
                 registered,
                 lease,
-                conn: Some(conn),
+                conn,
             },
         }
     }
@@ -97,6 +97,10 @@ impl Heartbeat {
         } = &mut self.link;
         let idprocess = lease.idprocess();
         let child = registered.identity.works_for.is_some();
+        if idprocess == 0 {
+            // A child that ended before its first beat: it never wrote a registration.
+            return;
+        }
         if let Some(c) = conn.as_mut() {
             // The last minute's counts, so a run shorter than a minute is on the load chart too
             // (a child claims nothing: it has none).
@@ -120,6 +124,12 @@ impl Heartbeat {
     }
 
     fn connected(&mut self, beat_due: bool) -> std::result::Result<(), String> {
+        // An archiving child has nothing to do but beat: it connects only when a beat is due
+        // (its first, which also registers it, an interval after it started).
+        let child = self.link.registered.identity.works_for.is_some();
+        if self.link.conn.is_none() && child && !beat_due {
+            return Ok(());
+        }
         if self.link.conn.is_none() {
             // Locks were tied to the old connection, and a new one vouches for nothing the
             // watch saw through the old.
