@@ -12,8 +12,10 @@
 //! another server or is a cluster (each Galera node answers `UTC_TIMESTAMP()` from its own
 //! clock), and after an outage that hit everyone every heartbeat is old while every archiver is
 //! alive. The watch starts afresh whenever its own beat or look fails, the connection is new,
-//! or two looks lie further apart than `max_gap` (the thread was frozen, or blocked): the
-//! database may have been out of reach for everyone in between, which is nobody's silence.
+//! or its connection went unanswered for longer than `max_gap` between a look and the next
+//! (the thread was frozen, or blocked): the database may have been out of reach for everyone
+//! in between, which is nobody's silence. A long duty whose every statement was answered
+//! (a reap under load) is no such gap.
 //!
 //! The watch lives per process (a forked child starts with none) and is shared between the
 //! heartbeat thread, which feeds it, and the PHP thread, whose `reap_orphans()` and
@@ -86,6 +88,9 @@ pub struct Watch {
     /// When the current unbroken stretch of looks began.
     since: Option<Instant>,
     last_look: Option<Instant>,
+    /// When the watcher's connection last answered (a look, a beat, a reap): a long duty
+    /// between two looks that succeeded shows the watcher was not frozen meanwhile.
+    last_contact: Option<Instant>,
     seen: HashMap<u64, Seen>,
 }
 
@@ -95,6 +100,7 @@ impl Watch {
             max_gap,
             since: None,
             last_look: None,
+            last_contact: None,
             seen: HashMap::new(),
         }
     }
@@ -102,9 +108,10 @@ impl Watch {
     /// A look at every registration's token, made at `now` right after an acknowledged beat
     /// of our own. Registrations not in it are gone (unregistered or forgotten).
     pub fn look(&mut self, now: Instant, tokens: impl IntoIterator<Item = (u64, BeatToken)>) {
-        let unbroken = self
-            .last_look
-            .is_some_and(|last| now.saturating_duration_since(last) <= self.max_gap);
+        let unbroken = self.last_look.is_some()
+            && self
+                .last_contact
+                .is_some_and(|last| now.saturating_duration_since(last) <= self.max_gap);
         if !unbroken {
             self.seen.clear();
             self.since = Some(now);
@@ -128,6 +135,15 @@ impl Watch {
         }
         self.seen = next;
         self.last_look = Some(now);
+        self.last_contact = Some(now);
+    }
+
+    /// The watcher's connection answered at `now` (everything it asked since the last look
+    /// succeeded).
+    pub fn contact(&mut self, now: Instant) {
+        if self.last_look.is_some() {
+            self.last_contact = Some(now);
+        }
     }
 
     /// Our own beat or look failed, or the connection is new: nothing seen so far proves a
@@ -136,12 +152,15 @@ impl Watch {
         self.seen.clear();
         self.since = None;
         self.last_look = None;
+        self.last_contact = None;
     }
 
     /// How long the current stretch of looks has run without a break (zero: none runs).
     pub fn unbroken_for(&self, now: Instant) -> Duration {
-        match (self.since, self.last_look) {
-            (Some(since), Some(last)) if now.saturating_duration_since(last) <= self.max_gap => {
+        match (self.since, self.last_look, self.last_contact) {
+            (Some(since), Some(last), Some(contact))
+                if now.saturating_duration_since(contact) <= self.max_gap =>
+            {
                 last.saturating_duration_since(since)
             }
             _ => Duration::ZERO,
@@ -150,11 +169,11 @@ impl Watch {
 
     /// What the watch says of `idprocess` whose token a caller read as `token` at `now`.
     pub fn silence(&self, idprocess: u64, token: BeatToken, now: Instant) -> Silence {
-        let Some(last) = self.last_look else {
+        let (Some(last), Some(contact)) = (self.last_look, self.last_contact) else {
             return Silence::NotWatched;
         };
-        // A watcher that stopped looking (its thread stopped, or is stuck) vouches for nothing.
-        if now.saturating_duration_since(last) > self.max_gap {
+        // A watcher that stopped answering (its thread stopped, or is stuck) vouches for nothing.
+        if now.saturating_duration_since(contact) > self.max_gap {
             return Silence::NotWatched;
         }
         match self.seen.get(&idprocess) {
@@ -235,6 +254,18 @@ pub fn unbroken_for() -> Duration {
                 .map(|(_, watch)| watch.unbroken_for(now))
         })
         .unwrap_or(Duration::ZERO)
+}
+
+/// The watcher's connection answered everything it was asked since the last look.
+pub fn contact() {
+    let now = Instant::now();
+    if let Ok(mut shared) = SHARED.lock() {
+        if let Some((owner, watch)) = shared.as_mut() {
+            if *owner == std::process::id() {
+                watch.contact(now);
+            }
+        }
+    }
 }
 
 /// Forgets everything watched (the watcher's connection was lost).
@@ -319,6 +350,17 @@ mod tests {
                 saw_beat: false
             }
         );
+    }
+
+    #[test]
+    fn a_long_duty_that_succeeded_between_two_looks_does_not_break_the_watch() {
+        // A reap that took five seconds under load, every statement of it answered.
+        let base = Instant::now();
+        let mut w = Watch::new(GAP);
+        watched_every_second(&mut w, base, 5, t(1));
+        w.contact(secs(base, 9.5));
+        w.look(secs(base, 10.0), [(7, t(1))]);
+        assert!(w.silence(7, t(1), secs(base, 10.0)).is_silent_for(10.0));
     }
 
     #[test]

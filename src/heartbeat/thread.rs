@@ -141,10 +141,13 @@ impl Heartbeat {
             );
         }
         let result = self.duties(beat_due);
+        if result.is_ok() {
+            crate::watch::contact();
+        }
         if let Err(e) = &result {
-            // Whatever failed, the database may not have taken everyone's writes meanwhile.
-            self.watcher.broken();
             if connection::is_connection_lost(e) {
+                // A new connection vouches for nothing the old one saw.
+                self.watcher.broken();
                 self.link.conn = None;
             }
         }
@@ -159,7 +162,13 @@ impl Heartbeat {
         let reaps = settings.auto_reap && self.link.registered.identity.works_for.is_none();
         let link = &mut self.link;
         if beat_due {
-            self.beat.run(link)?;
+            // A beat or a look that failed: the database may not have taken everyone's writes
+            // meanwhile, so the watch starts afresh. (A later duty that fails, a reap that lost
+            // a deadlock, say, was answered: the connection works.)
+            if let Err(e) = self.beat.run(link) {
+                self.watcher.broken();
+                return Err(e);
+            }
             // A child claims nothing, so it has no load to write (nor the history to prune).
             if link.registered.identity.works_for.is_none() {
                 if let Some(conn) = link.conn.as_mut() {
@@ -167,7 +176,10 @@ impl Heartbeat {
                 }
             }
             if reaps || crate::watch::wanted() {
-                self.watcher.run(link)?;
+                if let Err(e) = self.watcher.run(link) {
+                    self.watcher.broken();
+                    return Err(e);
+                }
             }
         }
         if !reaps {

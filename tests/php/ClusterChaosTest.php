@@ -12,7 +12,8 @@ use function Matomo\ArchiveClaim\reap_orphans;
  * climulti:request children), while archivers are killed, whole servers lose power and are
  * replaced on another node, and a node is killed (its servers with it: a server cut off from
  * the database for longer than a lease may by design lose its claims) and comes back. Every
- * server reaps in its heartbeat thread; this process reaps through node 1. Invariants, as in
+ * server reaps in its heartbeat thread; this process, registered and watching all along as
+ * `archive-claim watch` does, reaps through node 1. Invariants, as in
  * ChaosTest, from the archivers' log and the table: every invalidation was completed, none was
  * lost or invented, none was worked on by two live processes at once, no live claim was
  * taken away, nothing is left in progress.
@@ -52,8 +53,45 @@ final class ClusterChaosTest extends ClusterTestCase
     {
         try {
             return (int) $this->synced(1)->query("SELECT COUNT(*) FROM {$this->table()}")->fetchColumn();
-        } catch (\PDOException) {
-            return 1;
+        } catch (\PDOException $e) {
+            $this->lastReadError = $e->getMessage();
+            return 1; // unknown: keep going
+        }
+    }
+
+    private ?string $lastReadError = null;
+
+    /** What is left, for the failure message: each row with its owner and this reaper's verdict. */
+    private function leftOver(): string
+    {
+        try {
+            $rows = $this->synced(1)->query("SELECT idinvalidation, status, processing_host, process_id, ts_started FROM {$this->table()}")
+                ->fetchAll(\PDO::FETCH_ASSOC);
+            $verdicts = [];
+            foreach (reap_orphans(['dry_run' => true])['rows'] as $r) {
+                $verdicts[$r['idinvalidation']] = "{$r['verdict']}/{$r['reason']}";
+            }
+            foreach ($rows as &$row) {
+                $row['verdict'] = $verdicts[$row['idinvalidation']] ?? null;
+                // What the servers' own reapers (which watch) say of it.
+                foreach ($this->servers as $name => $server) {
+                    try {
+                        $seen = array_column($server->send(['cmd' => 'reap', 'options' => ['dry_run' => true]])['rows'], null, 'idinvalidation')[$row['idinvalidation']] ?? null;
+                        $row['seen by ' . $name] = $seen === null ? 'gone' : "{$seen['verdict']}/{$seen['reason']}";
+                    } catch (\Throwable $e) {
+                        $row['seen by ' . $name] = 'error: ' . $e->getMessage();
+                    }
+                }
+                $row['registrations'] = $this->synced(1)->query("SELECT idprocess, pid, works_for, reaps, heartbeat_version,
+                    ROUND(UNIX_TIMESTAMP() - heartbeat_at, 1) AS beat_age FROM " . self::PREFIX . "archive_claim_process
+                    WHERE host = " . $this->synced(1)->quote((string) $row['processing_host']))->fetchAll(\PDO::FETCH_ASSOC);
+            }
+            $threads = $this->synced(1)->query('SELECT host, pid, reaps, beats, reap_runs, released, errors, last_error FROM '
+                . self::PREFIX . 'archive_claim_process WHERE errors > 0 OR reaps = 1')->fetchAll(\PDO::FETCH_ASSOC);
+            return json_encode(['rows' => $rows, 'live servers' => array_keys($this->servers), 'threads' => $threads,
+                'last read error' => $this->lastReadError]);
+        } catch (\Throwable $e) {
+            return 'cannot read what is left: ' . $e->getMessage() . '; last read error: ' . $this->lastReadError;
         }
     }
 
@@ -68,6 +106,10 @@ final class ClusterChaosTest extends ClusterTestCase
         $seed = (int) (getenv('MATOMO_ARCHIVE_CLAIM_CHAOS_SEED') ?: random_int(1, PHP_INT_MAX));
         $rand = new \Random\Randomizer(new \Random\Engine\Mt19937($seed));
 
+        // This process is the fleet's long-lived watcher (as `archive-claim watch` is in
+        // production): once the archivers have drained the queue and ended, only a watch that
+        // outlives them can prove the servers that died last silent.
+        \Matomo\ArchiveClaim\register_process();
         foreach ([1, 2, 3] as $node) {
             $this->startServer($log, $node);
         }
@@ -152,7 +194,7 @@ final class ClusterChaosTest extends ClusterTestCase
         $this->assertSame([], $work['overlaps'], 'no invalidation was worked on by two live processes at once');
         $this->assertSame([], $work['unfinished'], 'only killed processes left work unfinished');
         $this->assertSame([], array_diff($work['seen'], $ids), 'no invalidation was invented');
-        $this->assertSame(0, $this->remaining(), 'nothing left queued or in progress');
+        $this->assertSame(0, $this->remaining(), 'nothing left queued or in progress: ' . $this->leftOver());
         $this->assertSame($ids, $work['done'], 'every invalidation was completed');
         $this->assertGreaterThan(0, $story['nodes killed'], 'a node was killed');
     }

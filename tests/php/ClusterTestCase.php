@@ -63,6 +63,8 @@ abstract class ClusterTestCase extends TestCase
 
     protected function tearDown(): void
     {
+        // A test that made this process a watcher: its thread stops with the test's database.
+        \Matomo\ArchiveClaim\unregister_process();
         foreach ($this->servers as $s) {
             $s->killWhole();
         }

@@ -49,6 +49,45 @@ final class MultiHostTest extends SimulatedServersTestCase
         }
     }
 
+    /**
+     * Between two core:archive runs nobody watches: `archive-claim watch`, the fleet's long-lived
+     * watcher, releases a server that lost power meanwhile within a lease and a beat, with nobody
+     * running a command, and says so.
+     */
+    public function testTheWatchCommandReleasesAServerThatDiedBetweenRuns(): void
+    {
+        [$held, $other] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
+        $server = $this->server('between-runs');
+        $this->assertSame([$held], $server->send(['cmd' => 'claim', 'ids' => [$held]])['won']);
+        $c = $this->config;
+        $env = ['PATH' => getenv('PATH'), 'MATOMO_DB_HOST' => $c['host'], 'MATOMO_DB_PORT' => $c['port'], 'MATOMO_DB_USER' => $c['username'],
+            'MATOMO_DB_PASSWORD' => $c['password'], 'MATOMO_DB_NAME' => $c['dbname'], 'MATOMO_DB_PREFIX' => $c['tables_prefix']];
+        $cmd = TestDatabase::php(['-d', 'matomo_archive_claim.heartbeat_interval=1', '-d', 'matomo_archive_claim.lease=3',
+            '-d', 'matomo_archive_claim.auto_reap=1', __DIR__ . '/../../php/bin/archive-claim', 'watch']);
+        $out = tempnam(sys_get_temp_dir(), 'watch');
+        $watch = proc_open($cmd, [1 => ['file', $out, 'w'], 2 => ['file', $out, 'a']], $pipes, null, $env);
+        try {
+            sleep(4); // a lease of watching: the fleet's reaper duty is its from then on
+            $server->killWhole();
+            unset($this->servers['between-runs']);
+            $killed = microtime(true);
+            while ((int) $this->row($held)['status'] === 1 && microtime(true) - $killed < 15) {
+                usleep(200000);
+            }
+            $recovery = microtime(true) - $killed;
+            $this->assertSame(0, (int) $this->row($held)['status'], "not released within 15 s:\n" . file_get_contents($out));
+            $this->assertLessThan(15, $recovery);
+            $this->assertSame(0, (int) $this->row($other)['status'], 'a queued row is left alone');
+            usleep(1500000); // the loop prints what its thread released at its next turn
+            $this->assertMatchesRegularExpression("/released #$held \\(site 1, .* of between-runs pid 1: dead\\/heartbeat_stale, reset/", (string) file_get_contents($out));
+            fwrite(STDERR, sprintf("\narchive-claim watch: a server that lost power was released %.1f s later (lease 3 s)\n", $recovery));
+        } finally {
+            proc_terminate($watch, SIGTERM);
+            proc_close($watch);
+            @unlink($out);
+        }
+    }
+
     public function testAProcessKilledInsideAServerIsReapedAtOnceByThatServer(): void
     {
         [$id] = $this->queue([[]]);
