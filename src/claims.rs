@@ -164,9 +164,12 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
 pub fn register() -> Result<Registered> {
     if heartbeat::current().is_none() && Identity::current().works_for.is_some() {
         // An archiving child claims nothing: it registers on its heartbeat's connection and
-        // never opens its own.
+        // never opens its own; a detached one (runid= on its command line, which /proc shows
+        // whatever became of its parent) at its first beat, a batch of one (whose parent is
+        // known only from its ancestry at start) at once.
         let config = connection::settings()?;
-        return heartbeat::ensure_child_registered(&config).map_err(registration_error);
+        let defer = crate::identity::names_whom_it_works_for();
+        return heartbeat::ensure_child_registered(&config, defer).map_err(registration_error);
     }
     // Not retried after a reconnect: the first attempt may have registered.
     connection::run("register_process", |conn, config, _| {

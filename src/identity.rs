@@ -151,6 +151,15 @@ fn numeric_stat_field(pid: u32, field: usize) -> Option<u32> {
 
 /// The `core:archive` pid a Matomo archiving child works for, from its command line (NUL
 /// separated): `php console climulti:request ... 'module=API&...&pid=..&runid=<pid>'`.
+/// Whether this process is a detached archiving child: its command line names the process it
+/// works for (`runid=`), which /proc shows for as long as it runs, whatever became of that
+/// process. (A batch of one names none: its parent is known only from its ancestry at start.)
+pub fn names_whom_it_works_for() -> bool {
+    fs::read("/proc/self/cmdline")
+        .ok()
+        .is_some_and(|c| is_archiving_child(&c) && archiving_child_of(&c).is_some())
+}
+
 pub fn archiving_child_of(cmdline: &[u8]) -> Option<u32> {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     if !is_archiving_child(cmdline) {

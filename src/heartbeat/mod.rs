@@ -148,16 +148,54 @@ pub fn ensure_registered(
     register_with(Some(conn), config)
 }
 
-/// Registers an archiving child (it works for a `core:archive` parent and claims nothing): its
-/// heartbeat thread connects and writes the registration at its first beat, an interval from
-/// now, on its own connection. A child that ends sooner sends nothing at all (most archives
-/// take less than an interval), and none needs to: its parent ran and beat when it started it,
-/// a watcher elsewhere needs a whole lease (three intervals at least) of the parent's silence,
-/// and on this host /proc shows the child working for its parent from its start.
+/// Registers an archiving child (it works for a `core:archive` parent and claims nothing) on
+/// its heartbeat's connection alone. `defer` (a detached child, `runid=` on its command line):
+/// the thread connects and writes the registration at its first beat, an interval from now, so
+/// a child that ends sooner sends nothing at all (most archives take less than an interval).
+/// None needs to: its parent ran and beat when it started it, a watcher elsewhere needs a whole
+/// lease (three intervals at least) of the parent's silence, and on this host /proc shows the
+/// child working for its parent by its command line from its start. A batch of one, whose
+/// command line names nobody, registers at once: its registration is what says whom it works
+/// for once its parent is gone.
 pub fn ensure_child_registered(
     config: &DbConfig,
+    defer: bool,
 ) -> std::result::Result<Registered, RegisterError> {
-    register_with(None, config)
+    if defer {
+        register_with(None, config)
+    } else {
+        register_child_now(config)
+    }
+}
+
+fn register_child_now(config: &DbConfig) -> std::result::Result<Registered, RegisterError> {
+    if let Some(r) = current() {
+        return Ok(r);
+    }
+    forget_inherited();
+    let identity = Identity::current();
+    let settings = HeartbeatSettings::from_ini();
+    let log = LogTarget::from_ini();
+    let announce = LogTarget::dedicated_from_ini();
+    let beat_config = heartbeat_config(config, &settings);
+    let mut beat_conn = connection::connect_for(&beat_config, beat_purpose(&identity))
+        .map_err(RegisterError::HeartbeatCannotConnect)?;
+    let idprocess = registry::register(
+        &mut beat_conn,
+        config,
+        &identity,
+        false,
+        None,
+        settings.lease.as_secs_f64(),
+    )
+    .map_err(RegisterError::Sql)?;
+    let registered = Registered {
+        idprocess,
+        identity,
+        settings,
+        time_zone: None,
+    };
+    start_thread(beat_config, Some(beat_conn), registered, log, announce)
 }
 
 fn register_with(

@@ -271,7 +271,14 @@ final class MatomoChaosTest extends TestCase
         $log = escapeshellarg("$dir/$name.log");
         // The namespace's init is this shell (pid 1 there): it reaps the detached children that
         // runs leave behind, and its death (power loss) kills every process of the server.
-        $loop = 'hostname "$0" && while [ ! -e ' . escapeshellarg($stop) . ' ]; do echo "RUN $(date +%s.%N)" >> ' . $log
+        // With the extension, the server also runs the long-lived watcher the README asks for
+        // (`archive-claim watch`): between two short core:archive runs nobody else watches,
+        // and only a watch proves another server silent.
+        $watch = $withExtension
+            ? implode(' ', array_map('escapeshellarg', [PHP_BINARY, __DIR__ . '/../../php/bin/archive-claim',
+                '--config=' . $m->root . '/config/config.ini.php', 'watch'])) . " >> $log 2>&1 & "
+            : '';
+        $loop = 'hostname "$0" && ' . $watch . 'while [ ! -e ' . escapeshellarg($stop) . ' ]; do echo "RUN $(date +%s.%N)" >> ' . $log
             . "; $console >> $log 2>&1; echo \"EXIT \$?\" >> $log; sleep 0.3; done";
         $proc = proc_open(['unshare', '--uts', '--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', $loop, $name],
             [0 => ['file', '/dev/null', 'r'], 1 => ['file', '/dev/null', 'a'], 2 => ['file', "$dir/$name.err", 'a']], $pipes, null, $m->env($withExtension));

@@ -224,8 +224,9 @@ final class MatomoE2ETest extends TestCase
         // Matomo 5.2's own claim writes neither column: what we saw was written by the extension.
         $this->assertSame([gethostname() . " pid {$run['pid']}"], array_keys($run['claims']),
             'every claim seen in progress carried this host and the core:archive pid');
-        $children = array_diff(array_keys($run['registered']), [$run['pid']]);
-        $this->assertNotEmpty($children, 'climulti:request children registered while they archived');
+        // Detached climulti:request children register at their first beat, an interval after
+        // they start (the children of this short run mostly end before: they cost nothing); the
+        // kill tests below show a child that outlives its parent keeping the claim.
         $this->assertSame([], self::m()->pdo()->query('SELECT pid FROM matomo_archive_claim_process')->fetchAll(\PDO::FETCH_COLUMN),
             'core:archive and its children unregistered when done');
         $this->assertSame(self::$checksum, self::m()->coreChecksum(), 'no file of Matomo was edited');
