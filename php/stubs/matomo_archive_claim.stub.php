@@ -265,10 +265,10 @@ function reap_orphans(?array $options = null): array {}
  * claimer's; claims retry registering every half lease (30 s by default). A registered process claims only while its
  * lease is fresh: if its heartbeat thread cannot reach the database, the claim beats first.
  *
- * An archiving child (a `climulti:request` whose command line names the core:archive it works for
- * with runid=) registers later and more cheaply: its heartbeat thread connects and writes the
- * registration at its first beat, an interval from now (idprocess is 0 until then), and a child
- * that ends sooner sends nothing. Its parent beat when it started it, a watcher elsewhere needs a
+ * An archiving child (a `climulti:request`) registers on its heartbeat's connection alone; one whose
+ * command line names the core:archive it works for with runid= registers later and more cheaply:
+ * its heartbeat thread connects and writes the registration at its first beat, an interval from
+ * now (idprocess is 0 until then), and a child that ends sooner sends nothing. Its parent beat when it started it, a watcher elsewhere needs a
  * whole lease of the parent's silence, and on its own host /proc shows it working from its start.
  * A child only beats: it takes no reaper lock, watches and reaps nothing.
  *
