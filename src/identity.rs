@@ -100,9 +100,17 @@ pub fn process_status(pid: &str) -> Option<ProcessStatus> {
     })
 }
 
-/// Whether a command line (NUL separated) is a Matomo archiving child's.
+/// Whether a command line (NUL separated) is a Matomo archiving child's, or the shell that is
+/// starting one (`sh -c '... console climulti:request ... runid=N ... &'`): CliMulti starts
+/// each child through a shell, and between the shell's fork and its exec of PHP the child is
+/// only that shell. A reaper that looked then and saw no child would release a claim whose
+/// child is a moment from archiving.
 fn is_archiving_child(cmdline: &[u8]) -> bool {
-    cmdline.split(|b| *b == 0).any(|a| a == b"climulti:request")
+    cmdline.split(|b| *b == 0).any(|a| {
+        a == b"climulti:request"
+            || a.split(|b| b.is_ascii_whitespace())
+                .any(|word| word == b"climulti:request" || word == b"'climulti:request'")
+    })
 }
 
 /// The pid the calling process works for, if it is a Matomo archiving child: the `runid` on
@@ -191,6 +199,24 @@ pub fn archiving_children() -> Vec<(u32, u32)> {
             let owner = archiving_child_of(&cmdline).or_else(|| process_group_of(pid))?;
             let status = process_status(&pid.to_string())?;
             (!is_dead_state(status.state)).then_some((pid, owner))
+        })
+        .collect()
+}
+
+/// Live local archiving children whose command line names nobody (`runid=`): a batch of one,
+/// run in the foreground. Until it registers (at its request's start), nothing ties it to the
+/// `core:archive` that started it once that process is gone.
+pub fn unnamed_archiving_children() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                is_archiving_child(&c)
+                    && archiving_child_of(&c).is_none()
+                    && process_status(&pid.to_string()).is_some_and(|s| !is_dead_state(s.state))
+            })
         })
         .collect()
 }
@@ -300,6 +326,16 @@ mod tests {
         assert_eq!(state_from_stat(stat), Some('Z'));
         assert!(is_dead_state('Z') && is_dead_state('X'));
         assert!(!is_dead_state('S') && !is_dead_state('R') && !is_dead_state('D'));
+    }
+
+    #[test]
+    fn the_shell_that_starts_an_archiving_child_counts_as_one() {
+        let shell = b"sh\0-c\0/usr/bin/php -q /var/www/matomo/console climulti:request -q \
+            --matomo-domain=localhost 'module=API&method=CoreAdminHome.archiveReports&idSite=3&pid=9&runid=2168' > /dev/null 2>&1 &\0";
+        assert!(is_archiving_child(shell));
+        assert_eq!(archiving_child_of(shell), Some(2168));
+        assert!(!is_archiving_child(b"sh\0-c\0echo climulti:requests\0"));
+        assert!(!is_archiving_child(b"php\0console\0core:archive\0"));
     }
 
     #[test]

@@ -96,6 +96,9 @@ string_enum! {
         HostNameShared = "host_name_shared",
         /// /proc could not tell whether the owner runs (for example hidepid).
         ProcUnreadable = "proc_unreadable",
+        /// An archiving child that names nobody (a batch of one) runs on this host and has not
+        /// registered yet: it may be working for the dead owner.
+        UnregisteredChild = "unregistered_child",
         /// process_id is not a pid (or host is unknown).
         ImplausiblePid = "implausible_pid",
         /// ts_started is NULL: Matomo never reaps those, nor do we.
@@ -249,6 +252,11 @@ pub trait LocalView {
     /// Whether a Matomo archiving child (`climulti:request ... runid=<owner>`) of `owner` runs;
     /// None when /proc hides other users' processes, so a child could run unseen.
     fn has_child_working_for(&self, owner: u32) -> Option<bool>;
+    /// Archiving children that name nobody on their command line (a batch of one): whom they
+    /// work for is known only once they register.
+    fn unnamed_children(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// Who is deciding, and with what policy.
@@ -450,11 +458,21 @@ pub fn liveness(
     } else {
         false
     };
+    // A batch-of-one child that has not registered yet may be working for this owner: nothing
+    // on its command line or in the registry says for whom.
+    let child_unattributed = this_host
+        && local.unnamed_children().into_iter().any(|child| {
+            !registrations
+                .iter()
+                .any(|r| r.pid == child && ctx.is_this_machine(r))
+        });
     // A death seen here proves nothing where a child may work unseen, or where another pid
     // namespace uses the host name (the row may be a process's there, with the same pid).
     let local_death = |reason: Reason| {
         if children_unseen {
             Decision::of(Unknown, ProcUnreadable)
+        } else if child_unattributed {
+            Decision::of(Unknown, UnregisteredChild)
         } else if ctx.is_shared(host) {
             Decision::of(Unknown, HostNameShared)
         } else {
@@ -1171,6 +1189,37 @@ mod tests {
             Verdict::Dead,
             Reason::HeartbeatStale,
         );
+    }
+
+    #[test]
+    fn a_batch_of_one_child_not_yet_registered_keeps_a_local_death_unproven() {
+        struct WithUnnamedChild(Procs);
+        impl LocalView for WithUnnamedChild {
+            fn process(&self, pid: u32) -> LocalProcess {
+                self.0.process(pid)
+            }
+            fn has_child_working_for(&self, owner: u32) -> Option<bool> {
+                self.0.has_child_working_for(owner)
+            }
+            fn unnamed_children(&self) -> Vec<u32> {
+                vec![300]
+            }
+        }
+        let local = WithUnnamedChild(nothing_runs());
+        let d = decide(&row("server1", "100"), &[registration(2.0)], &local, &ctx());
+        check(d, Verdict::Unknown, Reason::UnregisteredChild);
+        // Once it registers, its registration says whom it works for: not this owner.
+        let mut child = registration(1.0);
+        child.idprocess = 2;
+        child.pid = 300;
+        child.works_for = Some(999);
+        let d = decide(
+            &row("server1", "100"),
+            &[registration(2.0), child],
+            &local,
+            &ctx(),
+        );
+        check(d, Verdict::Dead, Reason::PidGone);
     }
 
     // --- unregistered owners --------------------------------------------------------------

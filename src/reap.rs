@@ -338,6 +338,10 @@ impl LocalView for ProcFs {
         }
     }
 
+    fn unnamed_children(&self) -> Vec<u32> {
+        identity::unnamed_archiving_children()
+    }
+
     fn has_child_working_for(&self, owner: u32) -> Option<bool> {
         if identity::proc_hides_other_users() {
             return None;

@@ -80,6 +80,11 @@ final class Reason
     public const HOST_NAME_SHARED = 'host_name_shared';
     /** /proc could not tell whether the owner runs (hidepid). */
     public const PROC_UNREADABLE = 'proc_unreadable';
+    /**
+     * An archiving child that names nobody on its command line (a batch of one, run in the
+     * foreground) runs on this host and has not registered yet: it may be working for the dead owner.
+     */
+    public const UNREGISTERED_CHILD = 'unregistered_child';
     /** process_id is not a pid, or the host is unknown. */
     public const IMPLAUSIBLE_PID = 'implausible_pid';
     /** ts_started is NULL: never reaped, as in Matomo. */
