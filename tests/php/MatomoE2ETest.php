@@ -795,7 +795,10 @@ final class MatomoE2ETest extends TestCase
                 self::$figures["kill -9 mid-run to site 1 back in the shared site queue, $label"] = sprintf('%.0f s (log time), by %s',
                     strtotime($back[1] . ' UTC') - $killedAt, preg_replace('/\d+/', 'N', $back[2]));
             }
-            $this->assertSame(1, $found[0], 'the first run after the kill archived site 1\'s day again');
+            // The first run after the kill, or the next: the killed run's claim is released only once no
+            // archiving child on this host can still be working for it, and a batch-of-one child of a
+            // later run counts as such until it registers (unknown/unregistered_child).
+            $this->assertLessThanOrEqual(2, $found[0], 'the first or second run after the kill archived site 1\'s day again');
             $this->assertMatchesRegularExpression('/ArchiveClaim: .* put site 1 back into Matomo\'s shared site queue/', $log);
             $this->assertSame([], $this->invalidations('idsite IN (1, 2)'));
         } finally {
