@@ -94,7 +94,7 @@ fn register_before_claim(
     if backing_off {
         return Ok(());
     }
-    match heartbeat::ensure_registered(conn, config) {
+    match heartbeat::ensure_registered(conn, config, Identity::current) {
         Ok(_) => {
             REGISTRATION_FAILED.set(None);
             Ok(())
@@ -162,18 +162,22 @@ pub fn claim(idinvalidation: i64) -> Result<bool> {
 /// Registers this process and starts its heartbeat now (hosts such as the Matomo plugin that
 /// want to be visible before their first claim).
 pub fn register() -> Result<Registered> {
-    if heartbeat::current().is_none() && Identity::current().works_for.is_some() {
+    if let Some(r) = heartbeat::current() {
+        return Ok(r);
+    }
+    let me = Identity::current();
+    if me.works_for.is_some() {
         // An archiving child claims nothing: it registers on its heartbeat's connection and
         // never opens its own; a detached one (runid= on its command line, which /proc shows
         // whatever became of its parent) at its first beat, a batch of one (whose parent is
         // known only from its ancestry at start) at once.
         let config = connection::settings()?;
         let defer = crate::identity::names_whom_it_works_for();
-        return heartbeat::ensure_child_registered(&config, defer).map_err(registration_error);
+        return heartbeat::ensure_child_registered(&config, me, defer).map_err(registration_error);
     }
     // Not retried after a reconnect: the first attempt may have registered.
     connection::run("register_process", |conn, config, _| {
-        heartbeat::ensure_registered(conn, config)
+        heartbeat::ensure_registered(conn, config, || me.clone())
             .map_err(|e| WorkError::Final(registration_error(e)))
     })
 }

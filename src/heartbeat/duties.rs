@@ -243,6 +243,10 @@ pub(super) struct LocalReaper {
     row_owners: Vec<u32>,
     /// Pids already found gone, so a registration kept as evidence wakes nobody twice.
     gone: HashSet<u32>,
+    /// The last look kept a dead owner's rows only because a batch-of-one archiving child had
+    /// not registered yet: it registers within moments of its start (or dies), and nothing
+    /// wakes the thread when it does, so look again an interval later, not a lease.
+    recheck_soon: bool,
 }
 
 impl LocalReaper {
@@ -253,6 +257,7 @@ impl LocalReaper {
             last_reap: None,
             row_owners: Vec::new(),
             gone: HashSet::new(),
+            recheck_soon: false,
         }
     }
 
@@ -310,7 +315,7 @@ impl LocalReaper {
         Ok(schedule::local_reap_due(
             self.local_death,
             self.last_reap,
-            link.settings().lease,
+            schedule::local_look_period(self.recheck_soon, &link.settings()),
             Instant::now(),
         ))
     }
@@ -337,6 +342,14 @@ impl LocalReaper {
             })
             .collect();
         self.row_owners = kept.iter().map(|(pid, _)| *pid).collect();
+        self.recheck_soon = kept
+            .iter()
+            .any(|(_, reason)| *reason == liveness::Reason::UnregisteredChild);
+        if self.recheck_soon {
+            // One that ends before it registers frees the rows at its death.
+            self.row_owners
+                .extend(identity::unnamed_archiving_children());
+        }
         // Rows of a dead owner kept for the archiving children still working for it: the end of
         // the last of them is when those rows are free, so watch the children too (registered
         // or not, seen in /proc as Matomo starts them).

@@ -141,11 +141,13 @@ pub fn status() -> Option<Status> {
 
 /// Registers this process (once) and starts its heartbeat; called on the PHP thread with the
 /// process's own connection, before a claim.
+/// `identity` is asked only if this process has no registration yet.
 pub fn ensure_registered(
     conn: &mut Conn,
     config: &DbConfig,
+    identity: impl FnOnce() -> Identity,
 ) -> std::result::Result<Registered, RegisterError> {
-    register_with(Some(conn), config)
+    register_on(RegisterOn::Main(conn), config, identity)
 }
 
 /// Registers an archiving child (it works for a `core:archive` parent and claims nothing) on
@@ -159,61 +161,46 @@ pub fn ensure_registered(
 /// for once its parent is gone.
 pub fn ensure_child_registered(
     config: &DbConfig,
+    identity: Identity,
     defer: bool,
 ) -> std::result::Result<Registered, RegisterError> {
-    if defer {
-        register_with(None, config)
+    let on = if defer {
+        RegisterOn::FirstBeat
     } else {
-        register_child_now(config)
-    }
-}
-
-fn register_child_now(config: &DbConfig) -> std::result::Result<Registered, RegisterError> {
-    if let Some(r) = current() {
-        return Ok(r);
-    }
-    forget_inherited();
-    let identity = Identity::current();
-    let settings = HeartbeatSettings::from_ini();
-    let log = LogTarget::from_ini();
-    let announce = LogTarget::dedicated_from_ini();
-    let beat_config = heartbeat_config(config, &settings);
-    let mut beat_conn = connection::connect_for(&beat_config, beat_purpose(&identity))
-        .map_err(RegisterError::HeartbeatCannotConnect)?;
-    let idprocess = registry::register(
-        &mut beat_conn,
-        config,
-        &identity,
-        false,
-        None,
-        settings.lease.as_secs_f64(),
-    )
-    .map_err(RegisterError::Sql)?;
-    let registered = Registered {
-        idprocess,
-        identity,
-        settings,
-        time_zone: None,
+        RegisterOn::BeatConnection
     };
-    start_thread(beat_config, Some(beat_conn), registered, log, announce)
+    register_on(on, config, || identity)
 }
 
-fn register_with(
-    main: Option<&mut Conn>,
+/// Where and when a registration is written.
+enum RegisterOn<'a> {
+    /// Now, on the process's own connection (a claimer): its session time zone is what its
+    /// claims write `ts_started` in, so the registration records it.
+    Main(&'a mut Conn),
+    /// Now, on the heartbeat's connection (a batch-of-one archiving child).
+    BeatConnection,
+    /// At the heartbeat thread's first beat (a detached archiving child).
+    FirstBeat,
+}
+
+fn register_on(
+    on: RegisterOn<'_>,
     config: &DbConfig,
+    identity: impl FnOnce() -> Identity,
 ) -> std::result::Result<Registered, RegisterError> {
     if let Some(r) = current() {
         return Ok(r);
     }
     forget_inherited();
-    let identity = Identity::current();
+    let identity = identity();
     let settings = HeartbeatSettings::from_ini();
     // Resolved here, on the PHP thread: the heartbeat thread must not read PHP's settings.
     let log = LogTarget::from_ini();
     let announce = LogTarget::dedicated_from_ini();
     let beat_config = heartbeat_config(config, &settings);
-    let Some(conn) = main else {
-        // A child's registration waits for its thread's first beat (see above).
+    let lease_seconds = settings.lease.as_secs_f64();
+    if let RegisterOn::FirstBeat = on {
+        // idprocess 0: the thread registers at its first beat.
         let pending = Registered {
             idprocess: 0,
             identity,
@@ -221,26 +208,44 @@ fn register_with(
             time_zone: None,
         };
         return start_thread(beat_config, None, pending, log, announce);
-    };
+    }
     // The heartbeat's connection first: without it the registration would read as death a
     // lease from now while this process lives and claims.
-    let beat_conn = connection::connect_for(&beat_config, beat_purpose(&identity))
+    let mut beat_conn = connection::connect_for(&beat_config, beat_purpose(&identity))
         .map_err(RegisterError::HeartbeatCannotConnect)?;
-    // Claims write ts_started in this session's time zone; a reconnect after a SET GLOBAL
-    // time_zone would switch zones under the registration, so the connection keeps this one.
-    let time_zone: Option<String> = conn
-        .query_first("SELECT @@session.time_zone")
-        .map_err(RegisterError::Sql)?;
-    let idprocess = registry::register(
-        conn,
-        config,
-        &identity,
-        false,
-        time_zone.as_deref(),
-        settings.lease.as_secs_f64(),
-    )
-    .map_err(RegisterError::Sql)?;
-    connection::pin_time_zone(time_zone.clone());
+    let (idprocess, time_zone) = match on {
+        RegisterOn::Main(conn) => {
+            // Claims write ts_started in this session's time zone; a reconnect after a SET
+            // GLOBAL time_zone would switch zones under the registration, so the connection
+            // keeps this one.
+            let time_zone: Option<String> = conn
+                .query_first("SELECT @@session.time_zone")
+                .map_err(RegisterError::Sql)?;
+            let idprocess = registry::register(
+                conn,
+                config,
+                &identity,
+                false,
+                time_zone.as_deref(),
+                lease_seconds,
+            )
+            .map_err(RegisterError::Sql)?;
+            connection::pin_time_zone(time_zone.clone());
+            (idprocess, time_zone)
+        }
+        RegisterOn::BeatConnection | RegisterOn::FirstBeat => {
+            let idprocess = registry::register(
+                &mut beat_conn,
+                config,
+                &identity,
+                false,
+                None,
+                lease_seconds,
+            )
+            .map_err(RegisterError::Sql)?;
+            (idprocess, None)
+        }
+    };
     let registered = Registered {
         idprocess,
         identity,

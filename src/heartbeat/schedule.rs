@@ -66,14 +66,24 @@ pub(super) fn look_period(indexed: Option<bool>, settings: &HeartbeatSettings) -
     }
 }
 
-/// This host's look at its rows: at once when a watched process died, else once per lease.
+/// This host's look at its rows: at once when a watched process died, else once per `period`.
 pub(super) fn local_reap_due(
     local_death: bool,
     last: Option<Instant>,
-    lease: Duration,
+    period: Duration,
     now: Instant,
 ) -> bool {
-    local_death || due(last, lease, now)
+    local_death || due(last, period, now)
+}
+
+/// How long after a look at this host's rows the next is due with no death seen: a lease, or
+/// an interval while rows wait only for a starting archiving child to register.
+pub(super) fn local_look_period(recheck_soon: bool, settings: &HeartbeatSettings) -> Duration {
+    if recheck_soon {
+        settings.interval
+    } else {
+        settings.lease
+    }
 }
 
 /// How far apart two looks of the watcher may lie before its watch starts afresh: two beats,
@@ -182,6 +192,13 @@ mod tests {
         assert!(!local_reap_due(false, Some(t0), lease, t0 + S * 29));
         assert!(local_reap_due(true, Some(t0), lease, t0 + S));
         assert!(local_reap_due(false, Some(t0), lease, t0 + lease));
+    }
+
+    #[test]
+    fn rows_waiting_for_a_child_to_register_are_looked_at_again_an_interval_later() {
+        let settings = HeartbeatSettings::parse(Some("2"), Some("30"), None);
+        assert_eq!(local_look_period(true, &settings), S * 2);
+        assert_eq!(local_look_period(false, &settings), S * 30);
     }
 
     fn looked(host: &str, unchanged_for: f64, own_lease: Option<f64>) -> (Watched, Silence) {

@@ -796,10 +796,15 @@ final class MatomoE2ETest extends TestCase
                     strtotime($back[1] . ' UTC') - $killedAt, preg_replace('/\d+/', 'N', $back[2]));
             }
             // The first run after the kill, or the next: the killed run's claim is released only once no
-            // archiving child on this host can still be working for it, and a batch-of-one child of a
-            // later run counts as such until it registers (unknown/unregistered_child).
+            // archiving child on this host can still be working for it (on a slow machine the killed
+            // run's child may outlive the first run), and a batch-of-one child of a later run counts as
+            // such until it registers (unknown/unregistered_child).
             $this->assertLessThanOrEqual(2, $found[0], 'the first or second run after the kill archived site 1\'s day again');
-            $this->assertMatchesRegularExpression('/ArchiveClaim: .* put site 1 back into Matomo\'s shared site queue/', $log);
+            if ($found[0] === 1) {
+                // The first run continues the killed run's queue, which lacks site 1: only the plugin
+                // putting it back lets that run archive it. (The second builds a fresh queue.)
+                $this->assertMatchesRegularExpression('/ArchiveClaim: .* put site 1 back into Matomo\'s shared site queue/', $log);
+            }
             $this->assertSame([], $this->invalidations('idsite IN (1, 2)'));
         } finally {
             foreach (array_keys(self::processes('climulti:request', 'date=' . self::HEAVY_DAY)) as $pid) {
