@@ -98,6 +98,13 @@ function rss_of(string $code, bool $extension): int
     return (int) trim((string) shell_exec(implode(' ', array_map('escapeshellarg', $cmd))));
 }
 
+/** The whole machine's busy CPU time so far (user, nice, system, irq, softirq), seconds. */
+function machine_cpu_seconds(): float
+{
+    $cpu = preg_split('/\s+/', trim(strtok((string) file_get_contents('/proc/stat'), "\n")));
+    return ((int) $cpu[1] + (int) $cpu[2] + (int) $cpu[3] + (int) $cpu[6] + (int) $cpu[7]) / 100;
+}
+
 /** @return array{0: float, 1: mixed} seconds and what $f returned */
 function timed(callable $f): array
 {
@@ -114,6 +121,60 @@ function fmt_s(float $s): string
 function fmt_us(float $us): string
 {
     return $us >= 1000 ? sprintf('%.2f ms', $us / 1000) : sprintf('%.0f µs', $us);
+}
+
+/**
+ * What the extension costs one `climulti:request` child, timed apart from Matomo's own work
+ * (which varies by more than this between runs): a PHP process whose command line is a child's
+ * registers and unregisters as the plugin makes it do, against the same process that only
+ * configures the extension. Alternating, $n each; medians.
+ */
+function child_cost(array $db, int $children, float $stockWall, int $n): void
+{
+    $code = 'Matomo\\ArchiveClaim\\configure(json_decode($argv[1], true)); $t0 = hrtime(true);'
+        . ' if ($argv[2] === "register") { Matomo\\ArchiveClaim\\register_process(); } $t1 = hrtime(true);'
+        . ' if ($argv[2] === "register") { Matomo\\ArchiveClaim\\unregister_process(); } $t2 = hrtime(true);'
+        . ' echo ($t1 - $t0) / 1e6, " ", ($t2 - $t1) / 1e6;';
+    // A detached child names its parent (runid=); a batch of one is found through its ancestry
+    // (this process, through the shell of shell_exec).
+    $kinds = ['detached (runid=, most children)' => ['runid=' . getmypid()], 'batch of one (no runid)' => []];
+    $samples = [];
+    for ($i = 0; $i < $n; $i++) {
+        foreach ($kinds as $kind => $extra) {
+            foreach (['only configure()', 'register + unregister'] as $what) {
+                $args = array_merge(['-r', $code, json_encode($db), $what === 'only configure()' ? 'none' : 'register', 'climulti:request'], $extra);
+                $t = hrtime(true);
+                $out = (string) shell_exec(implode(' ', array_map('escapeshellarg', TestDatabase::php($args))));
+                $wall = (hrtime(true) - $t) / 1e6;
+                [$reg, $unreg] = array_map('floatval', explode(' ', trim($out)) + [0, 0]);
+                $samples[$kind][$what][] = ['wall' => $wall, 'register' => $reg, 'unregister' => $unreg];
+            }
+        }
+    }
+    $pdo = new PDO(sprintf('mysql:host=%s;port=%d;dbname=%s', $db['host'], $db['port'], $db['dbname']), $db['username'], $db['password']);
+    $trips = [];
+    for ($i = 0; $i < 200; $i++) {
+        $t = hrtime(true);
+        $pdo->query('SELECT 1')->fetchColumn();
+        $trips[] = (hrtime(true) - $t) / 1e6;
+    }
+    $trip = median($trips);
+    say(sprintf('What one archiving child pays (a PHP process with a climulti:request command line, the extension loaded, %d runs each, alternating; medians; '
+        . 'one database round trip, SELECT 1 through PDO: %.2f ms):', $n, $trip));
+    $rows = [];
+    $worst = 0.0;
+    foreach ($samples as $kind => $by) {
+        $col = fn (string $what, string $k) => median(array_column($by[$what], $k));
+        $added = $col('register + unregister', 'wall') - $col('only configure()', 'wall');
+        $worst = max($worst, $added);
+        $rows[] = [$kind, sprintf('%.2f ms', $col('register + unregister', 'register')), sprintf('%.2f ms', $col('register + unregister', 'unregister')),
+            sprintf('%.1f ms', $col('only configure()', 'wall')), sprintf('%.1f ms', $col('register + unregister', 'wall')), sprintf('%+.1f ms', $added)];
+    }
+    table(['child', 'register_process()', 'unregister_process()', 'process wall, configure() only', 'process wall, registered', 'added'], $rows);
+    say(sprintf('All %d children of the run above at the larger figure, one after another: %.2f s, %.1f%% of the stock run\'s %.2f s '
+        . '(an upper bound: Matomo runs up to three children at once).', $children, $children * max(0.0, $worst) / 1000,
+        100 * $children * max(0.0, $worst) / 1000 / max(0.001, $stockWall), $stockWall));
+    say();
 }
 
 /**
@@ -690,12 +751,14 @@ if ($wanted('matomo')) {
             };
             $archive = function (bool $plugin) use ($m, $questions): array {
                 $q0 = $questions();
+                $cpu0 = machine_cpu_seconds();
                 $t = microtime(true);
                 [$code, $out] = $m->console(['core:archive', '--url=http://localhost/'], $plugin);
                 $wall = microtime(true) - $t;
+                $cpu = machine_cpu_seconds() - $cpu0;
                 $q = $questions() - $q0 - 1; // minus the SHOW that read q0
                 $code === 0 || throw new \RuntimeException("core:archive exited $code:\n$out");
-                return ['wall' => $wall, 'questions' => $q, 'archives' => count(preg_grep('/Archived website id/', explode("\n", $out)))];
+                return ['wall' => $wall, 'cpu' => $cpu, 'questions' => $q, 'archives' => count(preg_grep('/Archived website id/', explode("\n", $out)))];
             };
             $runs = ['stock' => [], 'plugin' => []];
             $queued = 0;
@@ -709,16 +772,21 @@ if ($wanted('matomo')) {
             $med = fn (string $mode, string $k) => median(array_column($runs[$mode], $k));
             say(sprintf('%d sites x %d days of %d visits/day, every report invalidated (%d invalidations), one core:archive, %d rounds, '
                 . 'load average %s at the end:', $sites, $days, $perDay, $queued, $rounds, explode(' ', (string) file_get_contents('/proc/loadavg'))[0]));
-            table(['core:archive', 'median wall', 'walls', 'median Questions', 'archives (children)'], [
+            table(['core:archive', 'median wall', 'walls', 'median CPU (machine)', 'median Questions', 'archives (children)'], [
                 ['stock (plugin deactivated, no extension)', fmt_s($med('stock', 'wall')), implode(' ', array_map(fn ($r) => sprintf('%.1f', $r['wall']), $runs['stock'])),
-                    number_format($med('stock', 'questions')), $runs['stock'][0]['archives']],
+                    fmt_s($med('stock', 'cpu')), number_format($med('stock', 'questions')), $runs['stock'][0]['archives']],
                 ['plugin + extension (ini file)', fmt_s($med('plugin', 'wall')), implode(' ', array_map(fn ($r) => sprintf('%.1f', $r['wall']), $runs['plugin'])),
-                    number_format($med('plugin', 'questions')), $runs['plugin'][0]['archives']],
+                    fmt_s($med('plugin', 'cpu')), number_format($med('plugin', 'questions')), $runs['plugin'][0]['archives']],
             ]);
-            say(sprintf('Ratios, plugin / stock: wall %.2fx, statements %.3fx (+%s statements, %+.1f per archive).',
-                $med('plugin', 'wall') / max(0.001, $med('stock', 'wall')), $med('plugin', 'questions') / max(1, $med('stock', 'questions')),
+            // Each round's two runs ran back to back: their ratio cancels the machine's drift
+            // between rounds, which the medians of each side do not.
+            $paired = array_map(fn ($p, $s) => $p['wall'] / max(0.001, $s['wall']), $runs['plugin'], $runs['stock']);
+            say(sprintf('Ratios, plugin / stock: wall %.3fx (median of the %d rounds\' own ratios: %.3fx, from %.3fx to %.3fx), CPU %.3fx, statements %.3fx (+%s statements, %+.1f per archive).',
+                $med('plugin', 'wall') / max(0.001, $med('stock', 'wall')), $rounds, median($paired), min($paired), max($paired),
+                $med('plugin', 'cpu') / max(0.001, $med('stock', 'cpu')), $med('plugin', 'questions') / max(1, $med('stock', 'questions')),
                 number_format($med('plugin', 'questions') - $med('stock', 'questions')),
                 ($med('plugin', 'questions') - $med('stock', 'questions')) / max(1, $runs['plugin'][0]['archives'])));
+            say('(CPU: the whole machine\'s busy time during the run from /proc/stat: Matomo\'s processes, the database and anything else running.)');
             say();
 
             // The breakdown: one more run of each with the general log on (slower; not timed).
@@ -790,6 +858,7 @@ if ($wanted('matomo')) {
             table(['the extension\'s statements, by purpose', 'in the run', 'per child (divided by the children)'], $rows);
             say('(Per child divides the whole run\'s statements, the parent\'s included, by the children: what archiving one request costs in all.)');
             say();
+            child_cost($m->database(), $runs['plugin'][0]['archives'], $med('stock', 'wall'), $quick ? 15 : 41);
         } finally {
             $m->remove();
         }
