@@ -4,6 +4,7 @@ declare(strict_types=1);
 namespace Matomo\ArchiveClaim\Tests;
 
 use function Matomo\ArchiveClaim\claim_invalidation;
+use function Matomo\ArchiveClaim\in_progress;
 use function Matomo\ArchiveClaim\reap_orphans;
 
 /**
@@ -391,5 +392,65 @@ final class ReapTest extends ExtensionTestCase
         $this->server = null;
         $count = $this->pdo->query('SELECT COUNT(*) FROM `matomo_archive_claim_process`')->fetchColumn();
         $this->assertSame(1, (int) $count);
+    }
+
+    /** @return array<string, array{bool}> whether the unregistered archiving child registers (or dies) */
+    public static function unregisteredChildEnds(): array
+    {
+        return ['it registers, working for another process' => [true], 'it dies before registering' => [false]];
+    }
+
+    /**
+     * A batch-of-one archiving child (climulti:request, no runid=) that has not registered yet
+     * may be working for a dead owner on this host: the owner's rows wait for it
+     * (unknown/unregistered_child). Nothing wakes the heartbeat thread when such a child
+     * registers, so the rows are looked at again an interval later, not a lease later (30 s
+     * here); a child that dies first wakes the thread at its death.
+     *
+     * @dataProvider unregisteredChildEnds
+     */
+    public function testRowsWaitingForAnArchivingChildToRegisterComeBackMomentsAfterItRegistersOrDies(bool $registers): void
+    {
+        [$held, $orphan] = $this->queue([['idsite' => 1], ['idsite' => 2]]);
+        // Matomo takes a moment to boot before the plugin registers a child: this one registers
+        // when told (a line on its stdin) or never.
+        $code = 'Matomo\ArchiveClaim\configure(json_decode($argv[1], true)); if (fgets(STDIN) === "register\n") {'
+            . ' Matomo\ArchiveClaim\register_process(); echo "registered\n"; } sleep(120);';
+        $child = proc_open(TestDatabase::php(['-r', $code, json_encode($this->config), 'climulti:request']),
+            [0 => ['pipe', 'r'], 1 => ['pipe', 'w'], 2 => ['file', '/dev/null', 'w']], $pipes);
+        $childPid = proc_get_status($child)['pid'];
+        try {
+            $server = $this->sameHost(['auto_reap' => 1, 'heartbeat_interval' => 1, 'lease' => 30]);
+            $server->send(['cmd' => 'claim', 'ids' => [$held]]);
+            $victim = $server->send(['cmd' => 'spawn', 'ids' => [$orphan]]);
+            $server->send(['cmd' => 'kill', 'pid' => $victim['pid']]);
+
+            $reason = fn () => array_column(in_progress(), 'reason', 'idinvalidation')[$orphan] ?? null;
+            $this->assertSame('unregistered_child', $reason(), 'the dead owner\'s row waits for the unregistered child');
+            sleep(2); // the heartbeat thread looked meanwhile (at the death) and kept it
+            $this->assertSame(1, (int) $this->row($orphan)['status'], 'kept while the child is unregistered');
+
+            $t = microtime(true);
+            if ($registers) {
+                fwrite($pipes[0], "register\n");
+                $this->assertSame("registered\n", fgets($pipes[1]));
+            } else {
+                posix_kill($childPid, SIGKILL);
+            }
+            $deadline = microtime(true) + 10;
+            while ((int) $this->row($orphan)['status'] === 1 && microtime(true) < $deadline) {
+                usleep(50000);
+            }
+            $this->assertSame(0, (int) $this->row($orphan)['status'],
+                're-queued by the heartbeat thread within an interval or two, not at its next look a lease (30 s) later');
+            $this->assertLessThan(10.0, microtime(true) - $t);
+            $this->assertSame(1, (int) $this->row($held)['status'], 'a live claim is never released');
+        } finally {
+            posix_kill($childPid, SIGKILL);
+            foreach ($pipes as $pipe) {
+                fclose($pipe);
+            }
+            proc_close($child);
+        }
     }
 }
