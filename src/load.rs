@@ -9,8 +9,9 @@
 //! is one upsert per busy process and minute, and an idle process writes nothing.
 //!
 //! What is lost: the counts of a process killed since its last write (at most a minute's).
-//! Releases counted are this process's own (`release_invalidations`), not the rows it reaped
-//! for dead owners (those are listed with their reasons by the plugin).
+//! Released counts two things: a process's own claims it gave back (`release_invalidations`),
+//! in its host's minute, and the rows a reaper released for dead owners, in the dead owner's
+//! host's minute (`record_reaped`), so a server that died shows its work going back.
 //!
 //! Also here: the table of archive durations the plugin writes at each completion (from PHP,
 //! through Matomo's connection), so that `install_schema()` creates both tables.
@@ -211,6 +212,47 @@ pub fn tick(conn: &mut Conn, config: &DbConfig, stopping: bool) {
     }
 }
 
+/// Rows a reap released for dead owners, as (the owner's host, how many): added to the
+/// `released` of that host's current minute. Written at once, one upsert per host, instead of
+/// by the heartbeat thread: a reap that releases anything is rare, and the reaper may be a
+/// one-off command with no thread. Never an error for the reap: the history is for display.
+pub fn record_reaped(conn: &mut Conn, config: &DbConfig, by_host: &[(String, u64)]) {
+    let now = now_seconds();
+    let minute = now - now % 60;
+    for (host, released) in by_host.iter().filter(|(_, n)| *n > 0) {
+        let write = |conn: &mut Conn| {
+            conn.exec_drop(
+                format!(
+                    "INSERT INTO {} (minute, host, released) VALUES (?, ?, ?)
+                     ON DUPLICATE KEY UPDATE released = released + VALUES(released)",
+                    config.table(TABLE)
+                ),
+                (minute, host, released),
+            )
+        };
+        if let Err(mysql::Error::MySqlError(e)) = write(conn) {
+            if e.code == NO_SUCH_TABLE {
+                let _ = conn
+                    .query_drop(create_table_sql(config))
+                    .and_then(|_| write(conn));
+            }
+        }
+    }
+}
+
+/// The released rows' owner hosts counted per host, for `record_reaped` (a row without a
+/// host is never released, and is not counted).
+pub fn released_by_host<'a>(hosts: impl Iterator<Item = Option<&'a str>>) -> Vec<(String, u64)> {
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    for host in hosts.flatten() {
+        match counts.iter_mut().find(|(h, _)| h == host) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((host.to_owned(), 1)),
+        }
+    }
+    counts
+}
+
 /// Bounds both history tables by age, at most once an hour per process.
 fn prune(conn: &mut Conn, config: &DbConfig, now: u64) {
     if now.saturating_sub(LAST_PRUNE.load(Ordering::Relaxed)) < PRUNE_EVERY_SECONDS {
@@ -233,4 +275,19 @@ fn prune(conn: &mut Conn, config: &DbConfig, now: u64) {
         ),
         (cutoff as f64,),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reaped_rows_are_counted_per_owner_host() {
+        let hosts = [Some("server2"), Some("server3"), None, Some("server2")];
+        assert_eq!(
+            released_by_host(hosts.into_iter()),
+            vec![("server2".to_owned(), 2), ("server3".to_owned(), 1)]
+        );
+        assert!(released_by_host(std::iter::empty()).is_empty());
+    }
 }

@@ -557,6 +557,18 @@ pub fn reap(
     } else {
         registry::forget(conn, config, &dead_registrations(&observer, &local))?
     };
+    if !options.dry_run {
+        crate::load::record_reaped(
+            conn,
+            config,
+            &crate::load::released_by_host(
+                carried
+                    .released
+                    .iter()
+                    .map(|e| e.row.processing_host.as_deref()),
+            ),
+        );
+    }
     entries.extend(carried.released.iter().cloned());
     entries.sort_by_key(|e| e.row.idinvalidation);
     Ok(ReapReport {

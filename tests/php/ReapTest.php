@@ -394,6 +394,43 @@ final class ReapTest extends ExtensionTestCase
         $this->assertSame(1, (int) $count);
     }
 
+    /**
+     * The operator's load charts count as released what a reaper gave back for a dead owner, on
+     * the dead owner's host and in the minute of the release: a server that died shows its work
+     * going back. A dry run records nothing.
+     */
+    public function testReapedRowsCountAsReleasedOnTheDeadOwnersHostInTheLoadHistory(): void
+    {
+        [$a, $b, $remote] = $this->queue([['idsite' => 1], ['idsite' => 2], ['idsite' => 3]]);
+        $server = $this->sameHost();
+        $claimer = $server->send(['cmd' => 'spawn', 'ids' => [$a, $b]]);
+        $this->claimAs($remote, 'server-gone', '4242');
+        $server->send(['cmd' => 'kill', 'pid' => $claimer['pid']]);
+        $released = function (): array {
+            if (!$this->pdo->query("SHOW TABLES LIKE 'matomo_archive_claim_load'")->fetchColumn()) {
+                return [];
+            }
+            return array_map('intval', $this->pdo->query('SELECT host, SUM(released) FROM matomo_archive_claim_load
+                WHERE released > 0 GROUP BY host ORDER BY host')->fetchAll(\PDO::FETCH_KEY_PAIR));
+        };
+
+        $this->assertSame(3, reap_orphans(['dry_run' => true, 'declare_hosts_dead' => ['server-gone']])['would_reset']);
+        $this->assertSame([], $released(), 'a dry run records nothing');
+
+        $from = intdiv(time(), 60) * 60;
+        $this->assertSame(3, reap_orphans(['declare_hosts_dead' => ['server-gone']])['released']);
+        $to = time();
+        $expected = [gethostname() => 2, 'server-gone' => 1];
+        ksort($expected);
+        $this->assertSame($expected, $released());
+        $minutes = $this->pdo->query('SELECT DISTINCT minute FROM matomo_archive_claim_load WHERE released > 0')->fetchAll(\PDO::FETCH_COLUMN);
+        foreach ($minutes as $minute) {
+            $this->assertGreaterThanOrEqual($from, (int) $minute);
+            $this->assertLessThanOrEqual($to, (int) $minute);
+        }
+        $this->assertSame([], array_filter(array_map(fn ($id) => (int) $this->row($id)['status'], [$a, $b, $remote])), 'all three back in the queue');
+    }
+
     /** @return array<string, array{bool}> whether the unregistered archiving child registers (or dies) */
     public static function unregisteredChildEnds(): array
     {
