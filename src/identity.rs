@@ -157,17 +157,17 @@ fn numeric_stat_field(pid: u32, field: usize) -> Option<u32> {
         .ok()
 }
 
-/// The `core:archive` pid a Matomo archiving child works for, from its command line (NUL
-/// separated): `php console climulti:request ... 'module=API&...&pid=..&runid=<pid>'`.
 /// Whether this process is a detached archiving child: its command line names the process it
 /// works for (`runid=`), which /proc shows for as long as it runs, whatever became of that
 /// process. (A batch of one names none: its parent is known only from its ancestry at start.)
 pub fn names_whom_it_works_for() -> bool {
     fs::read("/proc/self/cmdline")
         .ok()
-        .is_some_and(|c| is_archiving_child(&c) && archiving_child_of(&c).is_some())
+        .is_some_and(|c| archiving_child_of(&c).is_some())
 }
 
+/// The `core:archive` pid a Matomo archiving child works for, from its command line (NUL
+/// separated): `php console climulti:request ... 'module=API&...&pid=..&runid=<pid>'`.
 pub fn archiving_child_of(cmdline: &[u8]) -> Option<u32> {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     if !is_archiving_child(cmdline) {
@@ -182,23 +182,31 @@ pub fn archiving_child_of(cmdline: &[u8]) -> Option<u32> {
     })
 }
 
-/// Live local Matomo archiving children, as (child pid, the pid their `runid` names): while
-/// one lives, the claims of that pid are being worked on, whatever became of it.
-pub fn archiving_children() -> Vec<(u32, u32)> {
+/// Live local Matomo archiving children (a zombie has ended), each with its command line.
+fn live_archiving_children() -> Vec<(u32, Vec<u8>)> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            if !is_archiving_child(&cmdline) {
-                return None;
-            }
+            let live = is_archiving_child(&cmdline)
+                && process_status(&pid.to_string()).is_some_and(|s| !is_dead_state(s.state));
+            live.then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Live local Matomo archiving children, as (child pid, the pid their `runid` names): while
+/// one lives, the claims of that pid are being worked on, whatever became of it.
+pub fn archiving_children() -> Vec<(u32, u32)> {
+    live_archiving_children()
+        .into_iter()
+        .filter_map(|(pid, cmdline)| {
             // A batch of one runs in the foreground without runid: it stays in the process
             // group of the core:archive that started it, even after that process died.
             let owner = archiving_child_of(&cmdline).or_else(|| process_group_of(pid))?;
-            let status = process_status(&pid.to_string())?;
-            (!is_dead_state(status.state)).then_some((pid, owner))
+            Some((pid, owner))
         })
         .collect()
 }
@@ -207,17 +215,10 @@ pub fn archiving_children() -> Vec<(u32, u32)> {
 /// run in the foreground. Until it registers (at its request's start), nothing ties it to the
 /// `core:archive` that started it once that process is gone.
 pub fn unnamed_archiving_children() -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                is_archiving_child(&c)
-                    && archiving_child_of(&c).is_none()
-                    && process_status(&pid.to_string()).is_some_and(|s| !is_dead_state(s.state))
-            })
-        })
+    live_archiving_children()
+        .into_iter()
+        .filter(|(_, cmdline)| archiving_child_of(cmdline).is_none())
+        .map(|(pid, _)| pid)
         .collect()
 }
 

@@ -686,39 +686,33 @@ fn literal_ids(ids: &[u64]) -> String {
 pub fn complete(conn: &mut Conn, config: &DbConfig, ids: &[i64], owner: &Owner) -> SqlResult<u64> {
     let t = config.table(TABLE);
     let ids = sorted_unique(ids.iter().filter_map(|id| u64::try_from(*id).ok()));
-    let delete = |q: &mut dyn FnMut(String) -> SqlResult<u64>, chunk: &[u64]| {
-        q(format!(
+    let delete = |chunk: &[u64]| {
+        format!(
             "DELETE FROM {t} WHERE idinvalidation IN ({}) AND status = {STATUS_IN_PROGRESS} \
              AND processing_host <=> ? AND process_id <=> ?",
             literal_ids(chunk)
-        ))
+        )
     };
+    let params = (&owner.processing_host, &owner.process_id);
     if ids.len() <= DELETE_CHUNK {
         // One statement is atomic by itself: no transaction around it, whose BEGIN and COMMIT
         // would be two more statements for every archive Matomo completes.
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut run = |sql: String| -> SqlResult<u64> {
-                exec_uncached(conn, sql, (&owner.processing_host, &owner.process_id))?;
-                Ok(conn.affected_rows())
-            };
-            match delete(&mut run, &ids) {
+            match exec_uncached(conn, delete(&ids), params) {
                 Err(mysql::Error::MySqlError(e)) if e.code == DEADLOCK && attempts < 5 => {
                     std::thread::sleep(std::time::Duration::from_millis(10 * attempts));
                 }
-                other => return other,
+                other => return other.map(|_| conn.affected_rows()),
             }
         }
     }
     in_transaction(conn, |tx| {
         let mut deleted = 0;
         for chunk in ids.chunks(DELETE_CHUNK) {
-            let mut run = |sql: String| -> SqlResult<u64> {
-                exec_uncached(tx, sql, (&owner.processing_host, &owner.process_id))?;
-                Ok(tx.affected_rows())
-            };
-            deleted += delete(&mut run, chunk)?;
+            exec_uncached(tx, delete(chunk), params)?;
+            deleted += tx.affected_rows();
         }
         Ok(deleted)
     })

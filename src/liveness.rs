@@ -254,8 +254,8 @@ pub trait LocalView {
     fn has_child_working_for(&self, owner: u32) -> Option<bool>;
     /// Archiving children that name nobody on their command line (a batch of one): whom they
     /// work for is known only once they register.
-    fn unnamed_children(&self) -> Vec<u32> {
-        Vec::new()
+    fn unnamed_children(&self) -> &[u32] {
+        &[]
     }
 }
 
@@ -460,18 +460,21 @@ pub fn liveness(
     };
     // A batch-of-one child that has not registered yet may be working for this owner: nothing
     // on its command line or in the registry says for whom.
-    let child_unattributed = this_host
-        && local.unnamed_children().into_iter().any(|child| {
-            !registrations
-                .iter()
-                .any(|r| r.pid == child && ctx.is_this_machine(r))
-        });
+    // Asked only where a local death is about to be declared (it reads /proc).
+    let child_unattributed = || {
+        this_host
+            && local.unnamed_children().iter().any(|child| {
+                !registrations
+                    .iter()
+                    .any(|r| r.pid == *child && ctx.is_this_machine(r))
+            })
+    };
     // A death seen here proves nothing where a child may work unseen, or where another pid
     // namespace uses the host name (the row may be a process's there, with the same pid).
     let local_death = |reason: Reason| {
         if children_unseen {
             Decision::of(Unknown, ProcUnreadable)
-        } else if child_unattributed {
+        } else if child_unattributed() {
             Decision::of(Unknown, UnregisteredChild)
         } else if ctx.is_shared(host) {
             Decision::of(Unknown, HostNameShared)
@@ -1201,8 +1204,8 @@ mod tests {
             fn has_child_working_for(&self, owner: u32) -> Option<bool> {
                 self.0.has_child_working_for(owner)
             }
-            fn unnamed_children(&self) -> Vec<u32> {
-                vec![300]
+            fn unnamed_children(&self) -> &[u32] {
+                &[300]
             }
         }
         let local = WithUnnamedChild(nothing_runs());

@@ -323,6 +323,9 @@ pub fn rows_then_registry(
 pub struct ProcFs {
     /// pid -> whether a live archiving child works for it; read once, at first need.
     children: once_cell::unsync::OnceCell<std::collections::HashSet<u32>>,
+    /// Live archiving children that name nobody; read once, at first need (a reap asks for
+    /// every local row it finds dead).
+    unnamed: once_cell::unsync::OnceCell<Vec<u32>>,
 }
 
 impl LocalView for ProcFs {
@@ -338,8 +341,9 @@ impl LocalView for ProcFs {
         }
     }
 
-    fn unnamed_children(&self) -> Vec<u32> {
-        identity::unnamed_archiving_children()
+    fn unnamed_children(&self) -> &[u32] {
+        self.unnamed
+            .get_or_init(identity::unnamed_archiving_children)
     }
 
     fn has_child_working_for(&self, owner: u32) -> Option<bool> {

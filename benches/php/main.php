@@ -732,22 +732,12 @@ if ($wanted('matomo')) {
             $self = (int) $admin->query('SELECT CONNECTION_ID()')->fetchColumn();
             $questions = fn (): int => (int) $admin->query("SHOW GLOBAL STATUS LIKE 'Questions'")->fetch(PDO::FETCH_NUM)[1];
             $prepare = function (bool $plugin) use ($m, $start, $end): int {
-                $pdo = $m->pdo();
-                foreach ($pdo->query("SHOW TABLES LIKE 'matomo_archive\\_%'")->fetchAll(PDO::FETCH_COLUMN) as $t) {
-                    if (preg_match('/^matomo_archive_(numeric|blob)_\d{4}_\d{2}$/', $t)) {
-                        $pdo->exec("TRUNCATE `$t`");
-                    }
-                }
-                $pdo->exec('DELETE FROM matomo_archive_invalidations');
-                $pdo->exec("DELETE FROM matomo_option WHERE option_name LIKE 'SharedSiteIdsToArchive%'");
-                if ($pdo->query("SHOW TABLES LIKE 'matomo_archive_claim_process'")->fetchColumn()) {
-                    $pdo->exec('DELETE FROM matomo_archive_claim_process');
-                }
+                $m->resetArchives();
                 [$code, $out] = $m->console(['plugin:' . ($plugin ? 'activate' : 'deactivate'), 'ArchiveClaim'], $plugin);
                 $code === 0 || throw new \RuntimeException($out);
                 [$code, $out] = $m->console(['core:invalidate-report-data', "--dates=$start,$end", '--sites=all'], $plugin);
                 $code === 0 || throw new \RuntimeException($out);
-                return (int) $pdo->query('SELECT COUNT(*) FROM matomo_archive_invalidations')->fetchColumn();
+                return (int) $m->pdo()->query('SELECT COUNT(*) FROM matomo_archive_invalidations')->fetchColumn();
             };
             $archive = function (bool $plugin) use ($m, $questions): array {
                 $q0 = $questions();

@@ -89,8 +89,9 @@ impl Beat {
             self.counter_columns = false;
         }
         if !found {
-            // Not written yet (a child's), or pruned while we were frozen: register (again) (the rows we hold may have been
-            // reaped meanwhile; our fenced complete/release will then simply change nothing).
+            // Not written yet (a detached child's), or pruned while we were frozen: register
+            // (again). The rows we hold may have been reaped meanwhile; our fenced
+            // complete/release then simply changes nothing.
             let id = registry::register(
                 open(conn)?,
                 config,

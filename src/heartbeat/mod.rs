@@ -213,38 +213,35 @@ fn register_on(
     // lease from now while this process lives and claims.
     let mut beat_conn = connection::connect_for(&beat_config, beat_purpose(&identity))
         .map_err(RegisterError::HeartbeatCannotConnect)?;
-    let (idprocess, time_zone) = match on {
-        RegisterOn::Main(conn) => {
-            // Claims write ts_started in this session's time zone; a reconnect after a SET
-            // GLOBAL time_zone would switch zones under the registration, so the connection
-            // keeps this one.
-            let time_zone: Option<String> = conn
-                .query_first("SELECT @@session.time_zone")
-                .map_err(RegisterError::Sql)?;
-            let idprocess = registry::register(
-                conn,
-                config,
-                &identity,
-                false,
-                time_zone.as_deref(),
-                lease_seconds,
-            )
+    let (idprocess, time_zone) = if let RegisterOn::Main(conn) = on {
+        // Claims write ts_started in this session's time zone; a reconnect after a SET GLOBAL
+        // time_zone would switch zones under the registration, so the connection keeps this one.
+        let time_zone: Option<String> = conn
+            .query_first("SELECT @@session.time_zone")
             .map_err(RegisterError::Sql)?;
-            connection::pin_time_zone(time_zone.clone());
-            (idprocess, time_zone)
-        }
-        RegisterOn::BeatConnection | RegisterOn::FirstBeat => {
-            let idprocess = registry::register(
-                &mut beat_conn,
-                config,
-                &identity,
-                false,
-                None,
-                lease_seconds,
-            )
-            .map_err(RegisterError::Sql)?;
-            (idprocess, None)
-        }
+        let idprocess = registry::register(
+            conn,
+            config,
+            &identity,
+            false,
+            time_zone.as_deref(),
+            lease_seconds,
+        )
+        .map_err(RegisterError::Sql)?;
+        connection::pin_time_zone(time_zone.clone());
+        (idprocess, time_zone)
+    } else {
+        // An archiving child claims nothing: no zone to record.
+        let idprocess = registry::register(
+            &mut beat_conn,
+            config,
+            &identity,
+            false,
+            None,
+            lease_seconds,
+        )
+        .map_err(RegisterError::Sql)?;
+        (idprocess, None)
     };
     let registered = Registered {
         idprocess,

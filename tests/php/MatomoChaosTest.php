@@ -100,7 +100,7 @@ final class MatomoChaosTest extends TestCase
     public function testAFleetWithThePluginSurvivesChaosWithEveryReportRight(): void
     {
         // The judge first: with no archive at all, every report with visits must come out missing.
-        $this->resetArchives();
+        self::$matomo->resetArchives();
         [$wrong, $checked, $missing] = $this->compareReports();
         $this->assertGreaterThan(self::$sites * self::$days, $missing, 'the comparison sees missing reports');
         $this->assertCount($missing, $wrong, 'and each is a difference');
@@ -136,7 +136,7 @@ final class MatomoChaosTest extends TestCase
     {
         $m = self::$matomo;
         $pdo = $m->pdo();
-        $this->resetArchives();
+        self::$matomo->resetArchives();
         [$code, $out] = $m->console(['plugin:' . ($withPlugin ? 'activate' : 'deactivate'), 'ArchiveClaim'], $withPlugin);
         $this->assertSame(0, $code, $out);
         $end = date('Y-m-d', strtotime(self::START . ' +' . self::$days . ' days')); // the last day of visits + 1 (time zones east of UTC)
@@ -410,22 +410,6 @@ final class MatomoChaosTest extends TestCase
     private function reconnect(): void
     {
         self::$matomo->reconnect();
-    }
-
-    /** Before each run: no archives, no invalidations, no run's site queue, no registrations. */
-    private function resetArchives(): void
-    {
-        $pdo = self::$matomo->pdo();
-        foreach ($pdo->query("SHOW TABLES LIKE 'matomo_archive\\_%'")->fetchAll(\PDO::FETCH_COLUMN) as $t) {
-            if (preg_match('/^matomo_archive_(numeric|blob)_\d{4}_\d{2}$/', $t)) {
-                $pdo->exec("TRUNCATE `$t`");
-            }
-        }
-        $pdo->exec('DELETE FROM matomo_archive_invalidations');
-        $pdo->exec("DELETE FROM matomo_option WHERE option_name LIKE 'SharedSiteIdsToArchive%'");
-        if ($pdo->query("SHOW TABLES LIKE 'matomo_archive_claim_process'")->fetchColumn()) {
-            $pdo->exec('DELETE FROM matomo_archive_claim_process');
-        }
     }
 
     /**

@@ -98,6 +98,25 @@ final class RealMatomo
         return self::run($this->consoleCommand($args), $this->env($withExtension));
     }
 
+    /**
+     * Before an archiving run measured or judged from scratch: no archives, no invalidations,
+     * no run's shared site queue, no registrations.
+     */
+    public function resetArchives(): void
+    {
+        $pdo = $this->pdo();
+        foreach ($pdo->query("SHOW TABLES LIKE 'matomo_archive\\_%'")->fetchAll(PDO::FETCH_COLUMN) as $t) {
+            if (preg_match('/^matomo_archive_(numeric|blob)_\d{4}_\d{2}$/', $t)) {
+                $pdo->exec("TRUNCATE `$t`");
+            }
+        }
+        $pdo->exec('DELETE FROM matomo_archive_invalidations');
+        $pdo->exec("DELETE FROM matomo_option WHERE option_name LIKE 'SharedSiteIdsToArchive%'");
+        if ($pdo->query("SHOW TABLES LIKE 'matomo_archive_claim_process'")->fetchColumn()) {
+            $pdo->exec('DELETE FROM matomo_archive_claim_process');
+        }
+    }
+
     /** @return array{0: int, 1: string} */
     public function php(array $args, bool $withExtension = true): array
     {
