@@ -118,10 +118,12 @@ final class GaleraCluster
             $root = $c->rootPdo(1);
             $root->exec("CREATE USER 'admin'@'%' IDENTIFIED BY '{$c->password}'");
             $root->exec("GRANT ALL PRIVILEGES ON *.* TO 'admin'@'%' WITH GRANT OPTION");
+            // One joiner at a time, as Galera's own guides start a cluster: two nodes joining at
+            // once share one donor, and a CI run once saw a joiner dropped from the component and
+            // terminated mid-transfer that way.
             for ($n = 2; $n <= $nodes; $n++) {
-                $c->launch($n, false);
+                $c->join($n);
             }
-            $c->waitReady(range(1, $nodes), 120);
             $c->waitClusterSize($nodes, 30);
         } catch (\Throwable $e) {
             $logs = $c->logTails();
@@ -211,6 +213,42 @@ final class GaleraCluster
         }
         proc_close($this->procs[$n]);
         unset($this->procs[$n], $this->held[$n]);
+    }
+
+    /**
+     * Node $n's first join. Joining is Galera's business, not what the tests are about, so a
+     * joiner that dies while receiving its state gets one more try from a fresh data directory;
+     * its log is kept in the artifacts folder and the retry is said on stderr.
+     */
+    private function join(int $n): void
+    {
+        for ($attempt = 1; ; $attempt++) {
+            $this->launch($n, false);
+            try {
+                $this->waitReady([$n], 120);
+                return;
+            } catch (\RuntimeException $e) {
+                if ($attempt >= 2 || $this->isRunning($n)) {
+                    throw $e;
+                }
+            }
+            $kept = self::keepLog($this->nodeDir($n) . '/error.log', "node$n-failed-join");
+            fwrite(STDERR, "GaleraCluster: node $n exited while joining; trying once more from a fresh data directory (its log: $kept)\n");
+            $this->kill($n);
+            $this->run(['rm', '-rf', $this->nodeDir($n) . '/data'], "{$this->dir}/install.log");
+            $this->run(['cp', '-a', "{$this->dir}/template", $this->nodeDir($n) . '/data'], "{$this->dir}/install.log");
+            $this->run(['chown', '-R', 'mysql:', $this->nodeDir($n)], "{$this->dir}/install.log");
+        }
+    }
+
+    /** Copies a log into tests/php/artifacts/GaleraCluster (the cluster's directory goes with stop()). */
+    private static function keepLog(string $log, string $name): string
+    {
+        $dir = dirname(__DIR__) . '/php/artifacts/GaleraCluster';
+        @mkdir($dir, 0777, true);
+        $to = "$dir/$name-" . date('Ymd-His') . '.log';
+        @copy($log, $to);
+        return $to;
     }
 
     /** Starts a killed node again (optionally with another clock); returns once it is synced. */
@@ -330,8 +368,17 @@ final class GaleraCluster
 
     private function rootPdo(int $n): PDO
     {
-        return new PDO('mysql:unix_socket=' . $this->nodeDir($n) . '/mysqld.sock', 'root', '',
-            [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_TIMEOUT => 5]);
+        // A node shutting down may take a session and never answer it; mysqlnd would wait a day
+        // (its read timeout is taken when the connection opens).
+        $before = ini_set('mysqlnd.net_read_timeout', '30');
+        try {
+            return new PDO('mysql:unix_socket=' . $this->nodeDir($n) . '/mysqld.sock', 'root', '',
+                [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_TIMEOUT => 5]);
+        } finally {
+            if ($before !== false) {
+                ini_set('mysqlnd.net_read_timeout', $before);
+            }
+        }
     }
 
     private function launch(int $n, bool $bootstrap): void
