@@ -166,7 +166,7 @@ pub fn register() -> Result<Registered> {
         return Ok(r);
     }
     let me = Identity::current();
-    if me.works_for.is_some() {
+    if me.is_archiving_child() {
         // An archiving child claims nothing: it registers on its heartbeat's connection and
         // never opens its own; a detached one (runid= on its command line, which /proc shows
         // whatever became of its parent) at its first beat, a batch of one (whose parent is

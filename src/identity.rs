@@ -45,6 +45,12 @@ impl Identity {
         }
     }
 
+    /// A Matomo archiving child: it works on its parent's claims, never reaps, and leaves the
+    /// parent's rows alone when it ends.
+    pub fn is_archiving_child(&self) -> bool {
+        self.works_for.is_some()
+    }
+
     /// `process_id` as Matomo stores it: the pid in decimal.
     pub fn process_id(&self) -> String {
         self.pid.to_string()
@@ -105,7 +111,7 @@ pub fn process_status(pid: &str) -> Option<ProcessStatus> {
 /// each child through a shell, and between the shell's fork and its exec of PHP the child is
 /// only that shell. A reaper that looked then and saw no child would release a claim whose
 /// child is a moment from archiving.
-fn is_archiving_child(cmdline: &[u8]) -> bool {
+fn is_archiving_child_cmdline(cmdline: &[u8]) -> bool {
     cmdline.split(|b| *b == 0).any(|a| {
         a == b"climulti:request"
             || a.split(|b| b.is_ascii_whitespace())
@@ -118,7 +124,7 @@ fn is_archiving_child(cmdline: &[u8]) -> bool {
 /// without `runid`), its nearest ancestor that is not a shell: the `core:archive` process.
 fn works_for(me: u32) -> Option<u32> {
     let cmdline = fs::read("/proc/self/cmdline").ok()?;
-    if !is_archiving_child(&cmdline) {
+    if !is_archiving_child_cmdline(&cmdline) {
         return None;
     }
     archiving_child_of(&cmdline).or_else(|| {
@@ -170,7 +176,7 @@ pub fn names_whom_it_works_for() -> bool {
 /// separated): `php console climulti:request ... 'module=API&...&pid=..&runid=<pid>'`.
 pub fn archiving_child_of(cmdline: &[u8]) -> Option<u32> {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    if !is_archiving_child(cmdline) {
+    if !is_archiving_child_cmdline(cmdline) {
         return None;
     }
     args.iter().find_map(|arg| {
@@ -190,7 +196,7 @@ fn live_archiving_children() -> Vec<(u32, Vec<u8>)> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let live = is_archiving_child(&cmdline)
+            let live = is_archiving_child_cmdline(&cmdline)
                 && process_status(&pid.to_string()).is_some_and(|s| !is_dead_state(s.state));
             live.then_some((pid, cmdline))
         })
@@ -333,10 +339,12 @@ mod tests {
     fn the_shell_that_starts_an_archiving_child_counts_as_one() {
         let shell = b"sh\0-c\0/usr/bin/php -q /var/www/matomo/console climulti:request -q \
             --matomo-domain=localhost 'module=API&method=CoreAdminHome.archiveReports&idSite=3&pid=9&runid=2168' > /dev/null 2>&1 &\0";
-        assert!(is_archiving_child(shell));
+        assert!(is_archiving_child_cmdline(shell));
         assert_eq!(archiving_child_of(shell), Some(2168));
-        assert!(!is_archiving_child(b"sh\0-c\0echo climulti:requests\0"));
-        assert!(!is_archiving_child(b"php\0console\0core:archive\0"));
+        assert!(!is_archiving_child_cmdline(
+            b"sh\0-c\0echo climulti:requests\0"
+        ));
+        assert!(!is_archiving_child_cmdline(b"php\0console\0core:archive\0"));
     }
 
     #[test]

@@ -416,7 +416,7 @@ fn forget_inherited() {
 /// What the heartbeat's connection is for: an archiving child's only beats (it never watches
 /// or reaps), so it skips the look for a cluster.
 pub(super) fn beat_purpose(identity: &Identity) -> Purpose {
-    if identity.works_for.is_some() {
+    if identity.is_archiving_child() {
         Purpose::BeatOnly
     } else {
         Purpose::Any

@@ -57,7 +57,7 @@ impl Heartbeat {
             report: Report::new(log, announce, &registered.identity),
             clock: BeatClock::new(
                 registered.settings.interval,
-                if registered.identity.works_for.is_some() {
+                if registered.identity.is_archiving_child() {
                     now + registered.settings.interval
                 } else {
                     now
@@ -96,7 +96,7 @@ impl Heartbeat {
             conn,
         } = &mut self.link;
         let idprocess = lease.idprocess();
-        let child = registered.identity.works_for.is_some();
+        let child = registered.identity.is_archiving_child();
         if idprocess == 0 {
             // A child that ended before its first beat: it never wrote a registration.
             return;
@@ -126,7 +126,7 @@ impl Heartbeat {
     fn connected(&mut self, beat_due: bool) -> std::result::Result<(), String> {
         // An archiving child has nothing to do but beat: it connects only when a beat is due
         // (its first, which also registers it, an interval after it started).
-        let child = self.link.registered.identity.works_for.is_some();
+        let child = self.link.registered.identity.is_archiving_child();
         if self.link.conn.is_none() && child && !beat_due {
             return Ok(());
         }
@@ -159,7 +159,7 @@ impl Heartbeat {
         // An archiving child (it works for a `core:archive` parent) only beats: it lives for
         // one archive, its parent's host reaper sees its processes, and every statement it
         // saves is saved once per archive.
-        let reaps = settings.auto_reap && self.link.registered.identity.works_for.is_none();
+        let reaps = settings.auto_reap && !self.link.registered.identity.is_archiving_child();
         let link = &mut self.link;
         if beat_due {
             // A beat or a look that failed: the database may not have taken everyone's writes
@@ -170,7 +170,7 @@ impl Heartbeat {
                 return Err(e);
             }
             // A child claims nothing, so it has no load to write (nor the history to prune).
-            if link.registered.identity.works_for.is_none() {
+            if !link.registered.identity.is_archiving_child() {
                 if let Some(conn) = link.conn.as_mut() {
                     crate::load::tick(conn, &link.config, false);
                 }
