@@ -840,8 +840,9 @@ final class MatomoE2ETest extends TestCase
             ['unshare', '--uts', '--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', 'hostname "$0" && exec "$@"', $host]);
         $outA = tempnam(sys_get_temp_dir(), 'e2e-a');
         $outB = tempnam(sys_get_temp_dir(), 'e2e-b');
+        $outWatch = tempnam(sys_get_temp_dir(), 'e2e-watch');
         $a = $server('e2e-server-a', $outA);
-        $b = null;
+        $b = $watchB = null;
         $heldByA = [];
         $doubleClaims = [];
         $sample = function () use (&$doubleClaims): array {
@@ -865,6 +866,13 @@ final class MatomoE2ETest extends TestCase
             }
             $this->assertNotEmpty($heldByA, 'server A claimed work (with its own host name)');
             $b = $server('e2e-server-b', $outB);
+            // Server B as the README deploys a fleet: cron's core:archive runs and one long-lived
+            // `archive-claim watch`. Only a watch of a lease proves A silent, and once B has
+            // archived its share, the rest are A's claims, which no run can take: every later run
+            // ends at once, shorter than the lease (a CI run saw 90 s of them prove nothing).
+            $watchB = proc_open(['unshare', '--uts', '--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', 'hostname "$0" && exec "$@"',
+                'e2e-server-b', PHP_BINARY, dirname(__DIR__, 2) . '/php/bin/archive-claim', '--config=' . $m->root . '/config/config.ini.php', 'watch'],
+                [0 => ['file', '/dev/null', 'r'], 1 => ['file', $outWatch, 'w'], 2 => ['redirect', 1]], $pipes, null, $m->env(true));
             for ($i = 0; $i < 1500 && !array_filter($sample(), fn ($r) => $r['processing_host'] === 'e2e-server-b'); $i++) {
                 usleep(2000);
             }
@@ -902,28 +910,40 @@ final class MatomoE2ETest extends TestCase
                 usleep(20000);
             }
             $this->assertNotNull($back, "server A's claims went back to the queue:\n" . json_encode($this->invalidations())
-                . "\nB:\n" . file_get_contents($outB) . json_encode(self::m()->pdo()->query('SELECT *, NOW(6) FROM matomo_archive_claim_process')->fetchAll(\PDO::FETCH_ASSOC)));
+                . "\nB:\n" . file_get_contents($outB) . "\nB's watch:\n" . file_get_contents($outWatch) . json_encode(self::m()->pdo()->query('SELECT *, NOW(6) FROM matomo_archive_claim_process')->fetchAll(\PDO::FETCH_ASSOC)));
             self::$figures['server A powered off to its claims re-queued (lease 3 s)'] = sprintf('%.1f s', $back - $lostAt);
             self::$figures['server B finished the queue'] = sprintf('%.1f s after the power loss, in %d core:archive run(s)', microtime(true) - $lostAt, $runsB);
             $this->assertSame([], $this->invalidations('idsite IN (1, 2, 3)'), 'server B archived everything, A\'s share included');
             $this->assertSame([], $doubleClaims, 'no archive was claimed twice at once');
-            // Who released A's claims (B's run at its start, or a heartbeat thread on B, whose
-            // releases the plugin fetches with background_releases()) is in Matomo's log.
-            if (function_exists('Matomo\ArchiveClaim\background_releases')) {
-                foreach ($heldByA as $id) {
-                    $this->assertMatchesRegularExpression("/ArchiveClaim: .*(re-queued|deleted \\(a duplicate of queued work\\)) invalidation $id "
-                        . '\\(site \\d+, .*\\) held by e2e-server-a pid \\d+ for \\d+ s: dead, /', self::m()->log());
-                }
+            // Who released A's claims is on record: B's run at its start or its heartbeat thread (whose
+            // releases the plugin fetches with background_releases()) in Matomo's log, or B's watch
+            // in its output.
+            $log = self::m()->log();
+            $watched = (string) file_get_contents($outWatch);
+            foreach ($heldByA as $id) {
+                $inMatomo = preg_match("/ArchiveClaim: .*(re-queued|deleted \\(a duplicate of queued work\\)) invalidation $id "
+                    . '\\(site \\d+, .*\\) held by e2e-server-a pid \\d+ for \\d+ s: dead, /', $log);
+                $byWatch = preg_match("/released #$id \\(site \\d+, .*\\) of e2e-server-a pid \\d+: dead\\//", $watched);
+                $this->assertTrue($inMatomo || $byWatch, "the release of invalidation $id is on record:\n$watched");
             }
+            self::$figures['server A\'s claims released by'] = $byWatch ? "B's archive-claim watch" : "B's core:archive";
         } finally {
-            foreach ([$a, $b] as $proc) {
+            foreach ([$a, $b, $watchB] as $proc) {
                 if (is_resource($proc)) {
                     proc_terminate($proc, SIGKILL);
                     proc_close($proc);
                 }
             }
+            // The watcher itself too, should anything stand between it and its unshare.
+            foreach (glob('/proc/[0-9]*/cmdline') as $file) {
+                $cmd = str_replace("\0", ' ', (string) @file_get_contents($file));
+                if (str_contains($cmd, 'php/bin/archive-claim') && str_contains($cmd, $m->root . '/config/config.ini.php')) {
+                    posix_kill((int) basename(dirname($file)), SIGKILL);
+                }
+            }
             @unlink($outA);
             @unlink($outB);
+            @unlink($outWatch);
         }
     }
 
