@@ -836,8 +836,9 @@ final class MatomoE2ETest extends TestCase
         $m = self::m();
         [$code, $out] = $m->console(['core:invalidate-report-data', '--dates=2024-01-01,2024-01-03', '--sites=1,2,3']);
         $this->assertSame(0, $code, $out);
-        $server = fn (string $host, string $outFile) => $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $outFile,
-            ['unshare', '--uts', '--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', 'hostname "$0" && exec "$@"', $host]);
+        // A command run on a simulated server: its own host name and pid namespace.
+        $on = fn (string $host) => ['unshare', '--uts', '--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', 'hostname "$0" && exec "$@"', $host];
+        $server = fn (string $host, string $outFile) => $this->startConsole(['core:archive', '--url=http://localhost/'], $m->env(true), $outFile, $on($host));
         $outA = tempnam(sys_get_temp_dir(), 'e2e-a');
         $outB = tempnam(sys_get_temp_dir(), 'e2e-b');
         $outWatch = tempnam(sys_get_temp_dir(), 'e2e-watch');
@@ -870,8 +871,8 @@ final class MatomoE2ETest extends TestCase
             // `archive-claim watch`. Only a watch of a lease proves A silent, and once B has
             // archived its share, the rest are A's claims, which no run can take: every later run
             // ends at once, shorter than the lease (a CI run saw 90 s of them prove nothing).
-            $watchB = proc_open(['unshare', '--uts', '--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', 'hostname "$0" && exec "$@"',
-                'e2e-server-b', PHP_BINARY, dirname(__DIR__, 2) . '/php/bin/archive-claim', '--config=' . $m->root . '/config/config.ini.php', 'watch'],
+            $watchB = proc_open(array_merge($on('e2e-server-b'),
+                [PHP_BINARY, dirname(__DIR__, 2) . '/php/bin/archive-claim', '--config=' . $m->root . '/config/config.ini.php', 'watch']),
                 [0 => ['file', '/dev/null', 'r'], 1 => ['file', $outWatch, 'w'], 2 => ['redirect', 1]], $pipes, null, $m->env(true));
             for ($i = 0; $i < 1500 && !array_filter($sample(), fn ($r) => $r['processing_host'] === 'e2e-server-b'); $i++) {
                 usleep(2000);

@@ -109,8 +109,7 @@ final class GaleraCluster
                 $c->ports[$n] = ['sql' => self::freePort(), 'group' => self::freePort(), 'ist' => self::freePort(), 'sst' => self::freePort()];
                 $c->faketime[$n] = $faketime[$n] ?? null;
                 mkdir($c->nodeDir($n));
-                $c->run(['cp', '-a', $template, $c->nodeDir($n) . '/data'], "{$c->dir}/install.log");
-                $c->run(['chown', '-R', 'mysql:', $c->nodeDir($n)], "{$c->dir}/install.log");
+                $c->freshData($n);
             }
             $c->launch(1, true);
             $c->waitReady([1], 60);
@@ -235,10 +234,16 @@ final class GaleraCluster
             $kept = self::keepLog($this->nodeDir($n) . '/error.log', "node$n-failed-join");
             fwrite(STDERR, "GaleraCluster: node $n exited while joining; trying once more from a fresh data directory (its log: $kept)\n");
             $this->kill($n);
-            $this->run(['rm', '-rf', $this->nodeDir($n) . '/data'], "{$this->dir}/install.log");
-            $this->run(['cp', '-a', "{$this->dir}/template", $this->nodeDir($n) . '/data'], "{$this->dir}/install.log");
-            $this->run(['chown', '-R', 'mysql:', $this->nodeDir($n)], "{$this->dir}/install.log");
+            $this->freshData($n);
         }
+    }
+
+    /** Node $n's data directory as the template made it (a joiner receives the rest by SST). */
+    private function freshData(int $n): void
+    {
+        $this->run(['rm', '-rf', $this->nodeDir($n) . '/data'], "{$this->dir}/install.log");
+        $this->run(['cp', '-a', "{$this->dir}/template", $this->nodeDir($n) . '/data'], "{$this->dir}/install.log");
+        $this->run(['chown', '-R', 'mysql:', $this->nodeDir($n)], "{$this->dir}/install.log");
     }
 
     /** Copies a log into tests/php/artifacts/GaleraCluster (the cluster's directory goes with stop()). */
