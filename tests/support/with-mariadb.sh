@@ -78,6 +78,15 @@ if [[ "${MATOMO_ARCHIVE_CLAIM_TEST_DB_TLS:-0}" == 1 ]]; then
   export MATOMO_ARCHIVE_CLAIM_TEST_TLS_DIR="$tls"
 fi
 
+# libfaketime itself, not the faketime command: the command names a semaphore and a shared-memory
+# file after its own pid and leaves them behind when killed, and a later command that gets that pid
+# fails ("sem_open: File exists"), as a test run on a long-lived machine did.
+faketime_library=/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
+if [[ -n "${MATOMO_ARCHIVE_CLAIM_TEST_DB_FAKETIME:-}" && ! -f $faketime_library ]]; then
+  echo "with-mariadb: $faketime_library is missing (apt-get install faketime)" >&2
+  exit 2
+fi
+
 mariadb-install-db --no-defaults --datadir="$dir/data" $user_flag \
   --auth-root-authentication-method=normal --skip-test-db --skip-name-resolve >"$dir/install.log" 2>&1 \
   || { cat "$dir/install.log" >&2; exit 2; }
@@ -87,7 +96,7 @@ mariadb-install-db --no-defaults --datadir="$dir/data" $user_flag \
 cat >"$dir/start" <<START
 #!/usr/bin/env bash
 set -e
-${MATOMO_ARCHIVE_CLAIM_TEST_DB_FAKETIME:+FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f '$MATOMO_ARCHIVE_CLAIM_TEST_DB_FAKETIME'} \\
+${MATOMO_ARCHIVE_CLAIM_TEST_DB_FAKETIME:+LD_PRELOAD=$faketime_library FAKETIME='$MATOMO_ARCHIVE_CLAIM_TEST_DB_FAKETIME' FAKETIME_DONT_FAKE_MONOTONIC=1} \\
 mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mysqld.sock" --port="$port" \\
   --bind-address=127.0.0.1 $user_flag --skip-name-resolve --pid-file="$dir/mysqld.pid" \\
   --log-error="$dir/error.log" --max-connections=400 --innodb-buffer-pool-size=256M \\
